@@ -1,0 +1,14 @@
+"""captum-vit: Vision Transformer explanations and metrics for Captum and timm."""
+
+from .attr import AttentionRollout, GenAtt
+from .vit import TokenMask, ViTAdapter, patch_scores
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttentionRollout",
+    "GenAtt",
+    "TokenMask",
+    "ViTAdapter",
+    "patch_scores",
+]

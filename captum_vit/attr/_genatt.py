@@ -1,0 +1,96 @@
+"""Generic attention-model explainability (Chefer, Gur & Wolf, ICCV 2021)."""
+
+from __future__ import annotations
+
+from typing import List, Tuple, Union
+
+import torch
+import torch.nn as nn
+from captum.attr import GradientAttribution
+from captum.log import log_usage
+from torch import Tensor
+
+from ..vit import ViTAdapter, record_attention, tokens_to_pixels
+from ._utils import TargetType, format_target, pack_output, unpack_inputs
+
+
+def genatt_relevance(attentions: List[Tensor], gradients: List[Tensor]) -> Tensor:
+    """Relevance matrix ``R = ∏_l (I + Ā_l)`` (B, T, T), applied in layer order.
+
+    ``Ā_l = mean_heads(clamp(∇A_l ⊙ A_l, min=0))`` and ``R ← R + Ā_l R``.
+    """
+    b, _, t, _ = attentions[0].shape
+    eye = torch.eye(t, dtype=attentions[0].dtype, device=attentions[0].device)
+    r = eye.expand(b, t, t)
+    for a, g in zip(attentions, gradients):
+        a_bar = (g * a).clamp(min=0).mean(dim=1)
+        r = r + a_bar @ r
+    return r
+
+
+class GenAtt(GradientAttribution):
+    r"""Chefer et al.'s gradient-weighted attention relevance for ViTs.
+
+    One forward and one backward pass for the whole batch. The backward differentiates
+    the target **logit** (summed over the batch, which yields per-sample gradients
+    because samples do not interact) with ``torch.autograd.grad`` with respect to the
+    attention maps only: no parameter ``.grad`` is written and nothing is propagated
+    below the first block. Per layer, ``Ā = mean_heads(clamp(∇A ⊙ A, min=0))`` and
+    ``R ← R + Ā R`` starting from ``R = I``; the relevance of patch j is the row of ``R``
+    that the head reads (CLS row; for distilled DeiT the mean of the CLS and
+    distillation rows, matching the mean of its two heads; the mean of patch rows for
+    pooled models), without further normalisation.
+
+    Args:
+        model: A supported timm ViT (see :class:`captum_vit.vit.ViTAdapter`).
+
+    Examples::
+
+        >>> attr = GenAtt(model).attribute(images, target=labels)
+        >>> grid = captum_vit.patch_scores(attr, model)
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.adapter = ViTAdapter(model)
+        super().__init__(self.adapter.model)
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: Union[Tensor, Tuple[Tensor]],
+        target: TargetType = None,
+        interpolate_mode: str = "nearest",
+    ) -> Union[Tensor, Tuple[Tensor]]:
+        r"""GenAtt relevance of every patch, spread over its pixels.
+
+        Args:
+            inputs: (B, C, H, W) images (or a 1-tuple of them).
+            target: Class index: an int, a per-sample list or 1-D tensor; None
+                explains the predicted class of each sample.
+            interpolate_mode: ``"nearest"`` keeps maps patch-constant;
+                ``"bilinear"`` for display.
+
+        Returns:
+            Attributions of the inputs' shape (and tuple-ness), non-negative.
+        """
+        images, was_tuple = unpack_inputs(inputs)
+        grid = self.adapter.check_images(images)
+        if target is not None:
+            t = format_target(target, images.shape[0], self.adapter.num_classes)
+        # An input that requires grad makes the attention maps differentiable even
+        # when every parameter is frozen; the model itself is not touched.
+        x = images.detach().requires_grad_(True)
+        with torch.enable_grad(), record_attention(self.adapter) as rec:
+            logits = self.forward_func(x)
+            if target is None:
+                t = logits.argmax(dim=1)
+            t = t.to(logits.device)
+            objective = logits.gather(1, t[:, None]).sum()
+            grads = rec.grad(objective)
+        r = genatt_relevance([a.detach() for a in rec.attentions], grads)
+        p = self.adapter.num_prefix_tokens
+        w = self.adapter.readout_weights(grid[0] * grid[1]).to(r)
+        scores = torch.einsum("t,bts->bs", w, r)[:, p:]
+        return pack_output(
+            tokens_to_pixels(scores.detach(), grid, images, interpolate_mode), was_tuple
+        )

@@ -1,0 +1,138 @@
+"""Attention rollout (Abnar & Zuidema, ACL 2020)."""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+from captum.attr import Attribution
+from captum.log import log_usage
+from torch import Tensor
+
+from ..vit import ViTAdapter, record_attention, tokens_to_pixels
+from ._utils import TargetType, check_choice, pack_output, unpack_inputs
+
+_FUSIONS = ["mean", "max", "min"]
+
+
+def fuse_heads(attention: Tensor, head_fusion: str) -> Tensor:
+    """(B, heads, T, T) -> (B, T, T) by mean, max or min over heads."""
+    if head_fusion == "mean":
+        return attention.mean(dim=1)
+    if head_fusion == "max":
+        return attention.amax(dim=1)
+    return attention.amin(dim=1)
+
+
+def discard_lowest(fused: Tensor, ratio: float, num_prefix: int) -> Tensor:
+    """Zero the smallest ``ratio`` fraction of patch-to-patch entries, per sample.
+
+    Rows and columns of prefix tokens (CLS, registers) are never discarded.
+    """
+    if ratio <= 0:
+        return fused
+    b, t, _ = fused.shape
+    n = t - num_prefix
+    k = int(ratio * n * n)
+    if k == 0:
+        return fused
+    fused = fused.clone()
+    block = fused[:, num_prefix:, num_prefix:].reshape(b, n * n)
+    idx = block.topk(k, dim=1, largest=False).indices
+    block = block.scatter(1, idx, 0.0)
+    fused[:, num_prefix:, num_prefix:] = block.reshape(b, n, n)
+    return fused
+
+
+class AttentionRollout(Attribution):
+    r"""Attention rollout: propagate attention through the residual stream.
+
+    For each block from ``start_layer`` on: fuse the heads, optionally discard the
+    weakest patch-to-patch links, add the identity for the residual connection and
+    renormalise each row, ``Â_l = norm_rows(fuse(A_l) + I)``; then
+    ``R = Â_{L-1} ⋯ Â_{start}`` (later layers on the left). The relevance of patch j is
+    the row of ``R`` read by the head: the CLS row for CLS models, the mean of the CLS
+    and distillation rows for distilled DeiT, the mean of the patch rows for pooled
+    (CLS-free) models.
+
+    One forward pass for the whole batch, with the attention modules temporarily on the
+    explicit (unfused) path; class-agnostic, so ``target`` is accepted and ignored.
+
+    Args:
+        model: A supported timm ViT (see :class:`captum_vit.vit.ViTAdapter`).
+        head_fusion: ``"mean"`` (default), ``"max"`` or ``"min"`` over heads.
+        discard_ratio: Fraction in [0, 1) of the smallest patch-to-patch attention
+            entries set to zero in each layer, per sample (prefix rows and columns are
+            kept).
+        start_layer: First block included in the product (Chefer et al. use 1).
+
+    Examples::
+
+        >>> rollout = AttentionRollout(model, discard_ratio=0.9)
+        >>> attr = rollout.attribute(images)      # (B, C, H, W), patch-constant
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        head_fusion: str = "mean",
+        discard_ratio: float = 0.0,
+        start_layer: int = 0,
+    ) -> None:
+        self.adapter = ViTAdapter(model)
+        super().__init__(self.adapter.model)
+        self.head_fusion = check_choice("head_fusion", head_fusion, _FUSIONS)
+        if not 0.0 <= float(discard_ratio) < 1.0:
+            raise ValueError(f"discard_ratio: expected [0, 1), got {discard_ratio}")
+        self.discard_ratio = float(discard_ratio)
+        if not 0 <= int(start_layer) < self.adapter.num_layers:
+            raise ValueError(
+                f"start_layer: expected 0 <= start_layer < {self.adapter.num_layers}, "
+                f"got {start_layer}"
+            )
+        self.start_layer = int(start_layer)
+
+    def rollout(self, attentions: List[Tensor]) -> Tensor:
+        """The rollout matrix ``R`` (B, T, T) from per-layer (B, heads, T, T) maps."""
+        p = self.adapter.num_prefix_tokens
+        r: Optional[Tensor] = None
+        for att in attentions[self.start_layer :]:
+            a = fuse_heads(att, self.head_fusion)
+            a = discard_lowest(a, self.discard_ratio, p)
+            a = a + torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+            a = a / a.sum(dim=-1, keepdim=True)
+            r = a if r is None else a @ r
+        assert r is not None
+        return r
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: Union[Tensor, Tuple[Tensor]],
+        target: TargetType = None,
+        interpolate_mode: str = "nearest",
+    ) -> Union[Tensor, Tuple[Tensor]]:
+        r"""Rollout relevance of every patch, spread over its pixels.
+
+        Args:
+            inputs: (B, C, H, W) images (or a 1-tuple of them).
+            target: Ignored (rollout does not depend on the class); accepted so the
+                call fits any Captum loop.
+            interpolate_mode: ``"nearest"`` keeps maps patch-constant (exact for
+                :func:`captum_vit.patch_scores`); ``"bilinear"`` for display.
+
+        Returns:
+            Attributions of the inputs' shape (and tuple-ness), non-negative.
+        """
+        images, was_tuple = unpack_inputs(inputs)
+        grid = self.adapter.check_images(images)
+        with torch.no_grad(), record_attention(self.adapter) as rec:
+            self.forward_func(images)
+        r = self.rollout(rec.attentions)
+        p = self.adapter.num_prefix_tokens
+        w = self.adapter.readout_weights(grid[0] * grid[1]).to(r)
+        scores = torch.einsum("t,bts->bs", w, r)[:, p:]
+        return pack_output(
+            tokens_to_pixels(scores, grid, images, interpolate_mode), was_tuple
+        )
