@@ -73,7 +73,9 @@ def format_target(target: TargetType, batch: int, num_classes: int) -> Tensor:
     else:
         raise TypeError(f"target: expected int, list or tensor, got {type(target)}")
     if t.numel() != batch:
-        raise ValueError(f"target: expected {batch} per-sample targets, got {t.numel()}")
+        raise ValueError(
+            f"target: expected {batch} per-sample targets, got {t.numel()}"
+        )
     if batch and (int(t.min()) < 0 or int(t.max()) >= num_classes):
         raise ValueError(
             f"target: class indices must lie in [0, {num_classes}), got "

@@ -193,7 +193,9 @@ class ViTAdapter:
             ValueError: wrong rank, channel count, or a size the model rejects.
         """
         if not isinstance(images, Tensor):
-            raise TypeError(f"{name}: expected a (B, C, H, W) tensor, got {type(images)}")
+            raise TypeError(
+                f"{name}: expected a (B, C, H, W) tensor, got {type(images)}"
+            )
         if images.dim() != 4:
             raise ValueError(
                 f"{name}: expected a (B, C, H, W) image batch, got shape "
@@ -247,7 +249,11 @@ class ViTAdapter:
         if not isinstance(keep, Tensor) or keep.dtype != torch.bool:
             raise TypeError(
                 "keep: expected a boolean tensor of shape (batch, num_patches), got "
-                + (f"dtype {keep.dtype}" if isinstance(keep, Tensor) else str(type(keep)))
+                + (
+                    f"dtype {keep.dtype}"
+                    if isinstance(keep, Tensor)
+                    else str(type(keep))
+                )
             )
         if tuple(keep.shape) != (batch, num_patches):
             raise ValueError(

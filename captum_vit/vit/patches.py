@@ -43,18 +43,19 @@ def tokens_to_pixels(
     if interpolate_mode == "nearest":
         maps = F.interpolate(maps, size=(h, w), mode="nearest")
     else:
-        maps = F.interpolate(maps, size=(h, w), mode=interpolate_mode, align_corners=False)
+        maps = F.interpolate(
+            maps, size=(h, w), mode=interpolate_mode, align_corners=False
+        )
     return maps.expand(b, c, h, w).contiguous()
 
 
-def patch_scores(
-    attributions: Tensor, model: Union[nn.Module, ViTAdapter]
-) -> Tensor:
+def patch_scores(attributions: Tensor, model: Union[nn.Module, ViTAdapter]) -> Tensor:
     """Recover the (B, gh, gw) patch grid from a pixel-shaped attribution.
 
     Each patch's value is the mean of the attribution over its pixels and channels,
     which for the patch-constant maps returned by captum-vit's token-level methods is
-    exactly the token score.
+    exactly the token score (the mean is accumulated in float64). The result is
+    detached from the autograd graph.
 
     Args:
         attributions: (B, C, H, W) attribution (or a 1-tuple of it).
@@ -75,8 +76,11 @@ def patch_scores(
     if not isinstance(attributions, Tensor) or attributions.dim() != 4:
         raise ValueError(
             "attributions: expected a (B, C, H, W) tensor, got "
-            + (str(tuple(attributions.shape)) if isinstance(attributions, Tensor)
-               else str(type(attributions)))
+            + (
+                str(tuple(attributions.shape))
+                if isinstance(attributions, Tensor)
+                else str(type(attributions))
+            )
         )
     adapter = ViTAdapter.of(model)
     ph, pw = adapter.patch_size
@@ -86,6 +90,6 @@ def patch_scores(
             f"attributions: spatial size {(h, w)} is not a multiple of the patch size "
             f"{(ph, pw)}"
         )
-    return F.avg_pool2d(attributions.mean(dim=1, keepdim=True), (ph, pw))[:, 0]
-
-
+    # float64 accumulation makes the mean of a constant patch exactly its value
+    x = attributions.detach().to(torch.float64).mean(dim=1, keepdim=True)
+    return F.avg_pool2d(x, (ph, pw))[:, 0].to(attributions.dtype)

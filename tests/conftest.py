@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny random-weight timm models of every supported family."""
+
+from __future__ import annotations
+
+from typing import Dict, List
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+
+torch.set_num_threads(2)
+
+_TINY = dict(pretrained=False, depth=2, embed_dim=32, num_heads=2, num_classes=5)
+
+# name -> (timm name, extra kwargs, image size)
+FAMILIES: Dict[str, tuple] = {
+    "cls": ("vit_tiny_patch16_224", dict(img_size=32, patch_size=8), 32),
+    "distilled": (
+        "deit_tiny_distilled_patch16_224",
+        dict(img_size=32, patch_size=8),
+        32,
+    ),
+    "reg_gap": ("vit_base_patch16_reg4_gap_256", dict(img_size=32, patch_size=8), 32),
+    "eva": ("eva02_tiny_patch14_224", dict(img_size=56), 56),
+}
+
+
+def make_model(family: str, seed: int = 0, **overrides) -> nn.Module:
+    """A tiny random-weight model of ``family`` in eval mode."""
+    name, kwargs, _ = FAMILIES[family]
+    torch.manual_seed(seed)
+    kw = {**_TINY, **kwargs, **overrides}
+    return timm.create_model(name, **kw).eval()
+
+
+def image_size(family: str) -> int:
+    return FAMILIES[family][2]
+
+
+@pytest.fixture(params=list(FAMILIES))
+def family(request) -> str:
+    return request.param
+
+
+def model_state(model: nn.Module) -> List[tuple]:
+    """Everything a call must leave unchanged: flags, hooks, modes, grads."""
+    state = []
+    for name, mod in model.named_modules():
+        state.append(
+            (
+                name,
+                mod.training,
+                mod.__dict__.get("fused_attn", None),
+                tuple(mod._forward_hooks.keys()),
+                tuple(mod._forward_pre_hooks.keys()),
+                tuple(mod._backward_hooks.keys()),
+                tuple(getattr(mod, "_backward_pre_hooks", {}).keys()),
+            )
+        )
+    for name, p in model.named_parameters():
+        state.append(
+            (name, p.requires_grad, p.grad is None, float(p.detach().double().sum()))
+        )
+    return state
