@@ -36,8 +36,8 @@ class GenAtt(GradientAttribution):
     because samples do not interact) with ``torch.autograd.grad`` with respect to the
     attention maps only: no parameter ``.grad`` is written and nothing is propagated
     below the first block. Per layer, ``Ā = mean_heads(clamp(∇A ⊙ A, min=0))`` and
-    ``R ← R + Ā R`` starting from ``R = I``; the relevance of patch j is the row of ``R``
-    that the head reads (CLS row; for distilled DeiT the mean of the CLS and
+    ``R ← R + Ā R`` starting from ``R = I``; the relevance of patch j is the row of
+    ``R`` that the head reads (CLS row; for distilled DeiT the mean of the CLS and
     distillation rows, matching the mean of its two heads; the mean of patch rows for
     pooled models), without further normalisation.
 

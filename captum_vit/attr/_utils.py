@@ -1,4 +1,4 @@
-"""Small helpers shared by the attribution methods (kept out of Captum's private API)."""
+"""Helpers shared by the attribution methods (kept out of Captum's private API)."""
 
 from __future__ import annotations
 

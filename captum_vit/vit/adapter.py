@@ -220,8 +220,8 @@ class ViTAdapter:
         if hw != expected and getattr(pe, "strict_img_size", True):
             raise ValueError(
                 f"{name}: this model was built for {expected[0]}x{expected[1]} images "
-                f"(without dynamic_img_size); got {hw[0]}x{hw[1]}. Resize the images or "
-                "create the model with dynamic_img_size=True."
+                f"(without dynamic_img_size); got {hw[0]}x{hw[1]}. Resize the images "
+                "or create the model with dynamic_img_size=True."
             )
         return self.grid_size
 
@@ -257,7 +257,8 @@ class ViTAdapter:
             )
         if tuple(keep.shape) != (batch, num_patches):
             raise ValueError(
-                f"keep: expected shape (batch, num_patches) = ({batch}, {num_patches}), "
+                "keep: expected shape (batch, num_patches) = "
+                f"({batch}, {num_patches}), "
                 f"got {tuple(keep.shape)}"
             )
         if self.num_prefix_tokens == 0 and not bool(keep.any(dim=1).all()):

@@ -1,7 +1,7 @@
 """Record post-softmax attention probabilities (and their gradients) of every block.
 
-timm builds attention modules with ``fused_attn=True`` by default; the fused kernel never
-materialises the probabilities, so hooks on ``attn_drop`` would silently capture
+timm builds attention modules with ``fused_attn=True`` by default; the fused kernel
+never materialises the probabilities, so hooks on ``attn_drop`` would silently capture
 nothing. :func:`record_attention` switches every attention module of the model to the
 explicit path for the duration of the ``with`` block and restores each module's own flag
 afterwards, also when the body raises.
