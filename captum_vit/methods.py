@@ -1,0 +1,182 @@
+"""Named explanation methods with uniform construction, for the command line and the
+evaluation tables.
+
+Each entry builds, for a model, a function ``explain(inputs, target) -> attributions``
+with Captum's shapes. Methods that need extra trained parts (ViT Shapley's explainer)
+raise :class:`MethodUnavailable` when those parts are not there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+Explain = Callable[[Tensor, Tensor], Tensor]
+
+
+class MethodUnavailable(RuntimeError):
+    """The method cannot run for this model (e.g. no trained explainer)."""
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named method: how to build it and how to read its maps."""
+
+    name: str
+    build: Callable[[nn.Module, Dict[str, Any]], Explain]
+    signed: bool
+    description: str
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+def _rollout(model: nn.Module, extras: Dict[str, Any]) -> Explain:
+    from .attr import AttentionRollout
+
+    m = AttentionRollout(model)
+    return lambda x, t: m.attribute(x)
+
+
+def _genatt(model: nn.Module, extras: Dict[str, Any]) -> Explain:
+    from .attr import GenAtt
+
+    m = GenAtt(model)
+    return lambda x, t: m.attribute(x, target=t)
+
+
+def _vitcx(model: nn.Module, extras: Dict[str, Any]) -> Explain:
+    from .attr import ViTCX
+
+    m = ViTCX(model)
+    return lambda x, t: m.attribute(x, target=t, seed=0)
+
+
+def _tis(model: nn.Module, extras: Dict[str, Any]) -> Explain:
+    from .attr import TransformerInputSampling
+
+    m = TransformerInputSampling(model, n_masks=extras.get("tis_masks", 1024))
+    return lambda x, t: m.attribute(x, target=t, seed=0)
+
+
+def _ig(model: nn.Module, extras: Dict[str, Any]) -> Explain:
+    from captum.attr import IntegratedGradients
+
+    m = IntegratedGradients(model)
+    steps = extras.get("n_steps", 20)
+    return lambda x, t: m.attribute(x, target=t, n_steps=steps, internal_batch_size=64)
+
+
+def _ixg(model: nn.Module, extras: Dict[str, Any]) -> Explain:
+    from captum.attr import InputXGradient
+
+    m = InputXGradient(model)
+    return lambda x, t: m.attribute(x, target=t)
+
+
+def _skipplus_ig(model: nn.Module, extras: Dict[str, Any]) -> Explain:
+    from captum.attr import IntegratedGradients
+
+    from .attr import SkipPLUSWrapper
+
+    m = SkipPLUSWrapper(IntegratedGradients(model))
+    steps = extras.get("n_steps", 20)
+    return lambda x, t: m.attribute(x, target=t, n_steps=steps, internal_batch_size=64)
+
+
+def _skipplus_ixg(model: nn.Module, extras: Dict[str, Any]) -> Explain:
+    from captum.attr import InputXGradient
+
+    from .attr import SkipPLUSWrapper
+
+    m = SkipPLUSWrapper(InputXGradient(model))
+    return lambda x, t: m.attribute(x, target=t)
+
+
+def _leave_one_out(model: nn.Module, extras: Dict[str, Any]) -> Explain:
+    """Captum FeatureAblation with one feature per patch (leave-one-out)."""
+    from captum.attr import FeatureAblation
+
+    from .vit import ViTAdapter
+
+    adapter = ViTAdapter(model)
+    m = FeatureAblation(model)
+
+    def explain(x: Tensor, t: Tensor) -> Tensor:
+        gh, gw = adapter.check_images(x)
+        ph, pw = adapter.patch_size
+        ids = torch.arange(gh * gw).reshape(1, 1, gh, gw)
+        mask = ids.repeat_interleave(ph, 2).repeat_interleave(pw, 3)
+        mask = mask[..., : x.shape[-2], : x.shape[-1]].expand_as(x[:1]).contiguous()
+        return m.attribute(x, target=t, feature_mask=mask, perturbations_per_eval=64)
+
+    return explain
+
+
+def _vit_shapley(model: nn.Module, extras: Dict[str, Any]) -> Explain:
+    explainer = extras.get("shapley_explainer")
+    if explainer is None:
+        raise MethodUnavailable(
+            "vit-shapley needs a trained explainer for this model (shipped only for "
+            "the embedded default; train one with captum_vit.shapley)"
+        )
+    from .attr import ViTShapley
+
+    m = ViTShapley(explainer, extras.get("shapley_surrogate"))
+    return lambda x, t: m.attribute(x, target=t)
+
+
+def _random(model: nn.Module, extras: Dict[str, Any]) -> Explain:
+    """Random patch scores: the floor any method should beat."""
+    from .vit import ViTAdapter, tokens_to_pixels
+
+    adapter = ViTAdapter(model)
+    gen = torch.Generator().manual_seed(int(extras.get("seed", 0)))
+
+    def explain(x: Tensor, t: Tensor) -> Tensor:
+        grid = adapter.check_images(x)
+        scores = torch.rand(x.shape[0], grid[0] * grid[1], generator=gen)
+        return tokens_to_pixels(scores, grid, x)
+
+    return explain
+
+
+METHODS: Dict[str, Method] = {
+    m.name: m
+    for m in [
+        Method("rollout", _rollout, False, "Attention rollout (Abnar & Zuidema 2020)"),
+        Method("genatt", _genatt, False, "GenAtt (Chefer et al. 2021)"),
+        Method("vitcx", _vitcx, False, "ViT-CX (Xie et al. 2023)"),
+        Method("tis", _tis, False, "Transformer Input Sampling (Englebert 2023)"),
+        Method("vit-shapley", _vit_shapley, True, "ViT Shapley (Covert et al. 2023)"),
+        Method("ig", _ig, True, "Integrated Gradients, 20 steps"),
+        Method("skipplus-ig", _skipplus_ig, True, "SkipPLUS(IG) (Mehri et al. 2024)"),
+        Method("ixg", _ixg, True, "Input x Gradient"),
+        Method("skipplus-ixg", _skipplus_ixg, True, "SkipPLUS(IxG)"),
+        Method("leave-one-out", _leave_one_out, True, "FeatureAblation per patch"),
+        Method("random", _random, False, "Random patch scores (baseline)"),
+    ]
+}
+
+
+def method_names() -> List[str]:
+    """All registered method names, in table order."""
+    return list(METHODS)
+
+
+def resolve_methods(names: Optional[List[str]]) -> List[Method]:
+    """Look up method names (``None`` or ``["all"]`` = every method).
+
+    Raises:
+        ValueError: naming the unknown method(s) and the known ones.
+    """
+    if not names or names == ["all"]:
+        return list(METHODS.values())
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise ValueError(
+            f"unknown method(s) {unknown}; known: {', '.join(METHODS)} (or 'all')"
+        )
+    return [METHODS[n] for n in names]
