@@ -1,0 +1,312 @@
+"""ViT-CX against independent computations on tiny random-weight timm models."""
+
+from __future__ import annotations
+
+import copy
+from typing import List
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.spatial.distance import pdist
+
+from captum_vit.attr._vitcx import (
+    ViTCX,
+    cluster_labels,
+    cluster_masks,
+    coverage_corrected_saliency,
+    feature_masks,
+    merge_clusters,
+)
+
+torch.set_num_threads(2)
+
+_TINY = dict(pretrained=False, depth=2, embed_dim=32, num_heads=2, num_classes=5)
+FAMILIES = {
+    "cls": ("vit_tiny_patch16_224", dict(img_size=32, patch_size=8), 32),
+    "distilled": (
+        "deit_tiny_distilled_patch16_224",
+        dict(img_size=32, patch_size=8),
+        32,
+    ),
+    "reg_gap": ("vit_base_patch16_reg4_gap_256", dict(img_size=32, patch_size=8), 32),
+    "eva": ("eva02_tiny_patch14_224", dict(img_size=56), 56),
+}
+
+
+def make_model(family: str, seed: int = 0) -> nn.Module:
+    name, kwargs, _ = FAMILIES[family]
+    torch.manual_seed(seed)
+    return timm.create_model(name, **{**_TINY, **kwargs}).eval()
+
+
+def images(family: str, b: int = 2, seed: int = 1) -> torch.Tensor:
+    s = FAMILIES[family][2]
+    return torch.randn(b, 3, s, s, generator=torch.Generator().manual_seed(seed))
+
+
+def model_state(model: nn.Module) -> List[tuple]:
+    state = []
+    for name, mod in model.named_modules():
+        state.append(
+            (
+                name,
+                mod.training,
+                mod.__dict__.get("fused_attn", None),
+                tuple(mod._forward_hooks),
+                tuple(mod._forward_pre_hooks),
+                tuple(mod._backward_hooks),
+            )
+        )
+    for name, p in model.named_parameters():
+        state.append((name, p.requires_grad, p.grad is None, p.detach().clone()))
+    return state
+
+
+def same_state(a: List[tuple], b: List[tuple]) -> bool:
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if len(x) != len(y):
+            return False
+        for u, v in zip(x, y):
+            if isinstance(u, torch.Tensor):
+                if not torch.equal(u, v):
+                    return False
+            elif u != v:
+                return False
+    return True
+
+
+# ------------------------------------------------------------------ oracles
+def oracle_masks(model: nn.Module, image: torch.Tensor, threshold: float):
+    """Masks written out directly: hook, upsample, min-max, scipy clustering, mean."""
+    feats = []
+    h = model.blocks[-1].norm1.register_forward_hook(lambda m, a, o: feats.append(o))
+    try:
+        with torch.no_grad():
+            model(image[None])
+    finally:
+        h.remove()
+    p = model.num_prefix_tokens
+    gh, gw = model.patch_embed.grid_size
+    f = feats[0][0, p:].T.reshape(-1, gh, gw).double()
+    up = F.interpolate(f[None], size=image.shape[-2:], mode="bilinear")[0]
+    flat = up.flatten(1)
+    lo, hi = flat.min(1).values, flat.max(1).values
+    keep = (hi - lo) > 1e-6 * torch.maximum(lo.abs(), hi.abs())
+    m = ((flat[keep] - lo[keep, None]) / (hi - lo)[keep, None]).numpy()
+    if m.shape[0] == 1:
+        raw = np.ones(1, dtype=int)
+    else:
+        raw = fcluster(
+            linkage(pdist(m, "cosine"), "complete"), threshold, criterion="distance"
+        )
+    out = []
+    for c in sorted(set(raw), key=lambda c: int(np.flatnonzero(raw == c)[0])):
+        mean = m[raw == c].mean(0)
+        mean = (mean - mean.min()) / (mean.max() - mean.min())
+        out.append(torch.as_tensor(mean).reshape(image.shape[-2:]))
+    return torch.stack(out).float()
+
+
+def prob(model: nn.Module, x: torch.Tensor, t: int) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.softmax(model(x), -1)[:, t]
+
+
+# -------------------------------------------------------------------- tests
+def test_masks_equal_explicit_clustering():
+    model = make_model("cls")
+    x = images("cls")
+    e = ViTCX(model)
+    for i, masks in enumerate(e.masks(x)):
+        ref = oracle_masks(model, x[i], 0.1)
+        assert masks.shape == ref.shape
+        assert torch.allclose(masks, ref, atol=1e-5)
+
+
+def test_noise_free_equals_plain_recomputation():
+    model = make_model("cls")
+    x = images("cls")
+    targets = [1, 3]
+    e = ViTCX(model, noise_std=0.0)
+    attr = e.attribute(x, target=targets, perturbations_per_eval=7, seed=0)
+    assert attr.shape == x.shape
+    for i, t in enumerate(targets):
+        masks = oracle_masks(model, x[i], 0.1)  # (K, H, W)
+        s = prob(model, x[i][None] * masks[:, None], t)  # p(X ⊙ M_k)
+        num = (s[:, None, None] * masks).sum(0)
+        den = masks.sum(0)
+        ref = torch.where(den > 0, num / den.clamp_min(1e-30), torch.zeros_like(num))
+        assert torch.allclose(attr[i], ref.expand_as(attr[i]), atol=1e-5)
+
+
+def test_debiased_scores_follow_the_formula():
+    model = make_model("cls")
+    x = images("cls")
+    e = ViTCX(model, noise_std=0.1)
+    masks = e.masks(x)
+    targets = torch.tensor([4, 0])
+    got = e.scores(x, masks, targets, perturbations_per_eval=5, seed=11)
+    for i in range(2):
+        g = torch.Generator().manual_seed(11)  # every image restarts the noise stream
+        z = torch.stack([torch.randn(x.shape[1:], generator=g) for _ in masks[i]])
+        m = masks[i][:, None]
+        eps = (1 - m) * (0.1 * z)
+        t = int(targets[i])
+        ref = prob(model, x[i] * m + eps, t) - prob(model, x[i] + eps, t)
+        ref = ref + prob(model, x[i][None], t)
+        assert torch.allclose(got[i], ref, atol=1e-5)
+
+
+def test_attribute_combines_scores_with_coverage():
+    model = make_model("distilled")
+    x = images("distilled")
+    e = ViTCX(model)
+    masks = e.masks(x)
+    scores = e.scores(x, masks, [2, 2], seed=5)
+    attr = e.attribute(x, target=2, seed=5)
+    for i in range(2):
+        num = torch.einsum("k,khw->hw", scores[i], masks[i])
+        den = masks[i].sum(0)
+        ref = torch.where(den > 0, num / den.clamp_min(1e-30), torch.zeros_like(num))
+        assert torch.allclose(attr[i, 0], ref, atol=1e-6)
+        assert torch.equal(attr[i, 0], attr[i, 2])
+
+
+def test_fast_clustering_equals_explicit_masks():
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(48, 4, 5, generator=g) + 3 * torch.randn(48, 1, 1, generator=g)
+    f[7] = 0.0  # all-zero channel
+    f[9] = 2.5  # constant channel
+    m = feature_masks(f, (20, 25))
+    assert m.shape[0] == 46 and not torch.isnan(m).any()
+    assert float(m.amin()) == 0.0 and float(m.amax()) == 1.0
+    for t in (0.02, 0.1, 0.3):
+        labels = cluster_labels(m, t)
+        ref = merge_clusters(m, labels)
+        got, got_labels = cluster_masks(f, (20, 25), t)
+        assert got_labels[7] == -1 and got_labels[9] == -1
+        assert torch.equal(got_labels[got_labels >= 0], labels)
+        assert torch.allclose(got, ref, atol=1e-5)
+
+
+def test_larger_threshold_never_gives_more_masks():
+    model = make_model("eva")
+    x = images("eva", b=1)
+    counts = []
+    for t in (0.0, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 2.0):
+        counts.append(ViTCX(model, distance_threshold=t).masks(x)[0].shape[0])
+    assert all(a >= b for a, b in zip(counts, counts[1:])), counts
+    assert counts[0] == 32  # threshold 0: one mask per (distinct) channel
+    assert counts[-1] == 1  # cosine distances of non-negative masks are <= 1
+
+
+def test_constant_channels_and_uncovered_pixels_give_no_nan():
+    model = copy.deepcopy(make_model("cls"))
+    with torch.no_grad():
+        model.blocks[-1].norm1.weight[:10] = 0.0  # 10 channels constant (= bias)
+    x = images("cls")
+    e = ViTCX(model)
+    feats = e.features(x)
+    assert torch.equal(feats[:, :10].amax((2, 3)), feats[:, :10].amin((2, 3)))
+    attr = e.attribute(x, seed=0)
+    assert torch.isfinite(attr).all()
+    # every channel constant: no mask at all, zero coverage everywhere -> zeros
+    with torch.no_grad():
+        model.blocks[-1].norm1.weight.zero_()
+    assert [m.shape[0] for m in e.masks(x)] == [0, 0]
+    attr = e.attribute(x, seed=0)
+    assert torch.equal(attr, torch.zeros_like(attr))
+    # pixels no mask covers get 0, the others the coverage-weighted mean
+    masks = torch.zeros(2, 3, 3)
+    masks[0, 0, 0], masks[1, 0, 0], masks[1, 1, 1] = 1.0, 0.5, 1.0
+    sal = coverage_corrected_saliency(masks, torch.tensor([0.2, 0.8]))
+    assert torch.isfinite(sal).all()
+    assert torch.allclose(sal[0, 0], torch.tensor((0.2 + 0.4) / 1.5))
+    assert float(sal[1, 1]) == pytest.approx(0.8) and float(sal[2, 2]) == 0.0
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_batch_equals_per_sample(family):
+    model = make_model(family)
+    x = images(family, b=3)
+    e = ViTCX(model)
+    targets = [0, 4, 2]
+    batch = e.attribute(x, target=targets, perturbations_per_eval=9, seed=3)
+    assert batch.shape == x.shape and torch.isfinite(batch).all()
+    for i in range(3):
+        single = e.attribute(x[i : i + 1], target=targets[i], seed=3)
+        assert torch.allclose(batch[i], single[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_default_target_is_predicted_class(family):
+    model = make_model(family)
+    x = images(family)
+    e = ViTCX(model)
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    got = e.attribute(x, seed=1)
+    ref = e.attribute(x, target=pred, seed=1)
+    assert torch.allclose(got, ref, atol=1e-6)
+    # Captum tuple symmetry
+    out = e.attribute((x,), target=pred.tolist(), seed=1)
+    assert isinstance(out, tuple) and torch.allclose(out[0], ref, atol=1e-6)
+
+
+def test_model_left_unchanged_also_after_exception():
+    model = make_model("reg_gap")
+    x = images("reg_gap")
+    before = model_state(model)
+    ViTCX(model).attribute(x, seed=0, perturbations_per_eval=4)
+    assert same_state(before, model_state(model))
+
+    def boom(module, args, out):
+        if out.shape[0] > 1:
+            raise RuntimeError("boom")
+
+    e = ViTCX(model)
+    h = model.head.register_forward_hook(boom)  # fails in the batched scoring
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            e.attribute(x, seed=0, perturbations_per_eval=4)
+    finally:
+        h.remove()
+    assert same_state(before, model_state(model))
+    with pytest.raises(ValueError, match="layer"):
+        ViTCX(model, layer=model.patch_embed.proj).attribute(x)
+    assert same_state(before, model_state(model))
+
+
+def test_bad_input_gets_clear_errors():
+    model = make_model("cls")
+    x = images("cls")
+    with pytest.raises(ValueError, match="layer: expected a token-shaped output"):
+        ViTCX(model, layer=model.patch_embed.proj).attribute(x)  # (B, D, gh, gw)
+    with pytest.raises(ValueError, match="layer"):
+        ViTCX(model, layer=model.patch_embed).attribute(x)  # no prefix tokens
+    with pytest.raises(ValueError, match="layer: the module is not part"):
+        ViTCX(model, layer=nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="layer"):
+        ViTCX(model, layer="blocks.1.norm1")
+    e = ViTCX(model)
+    with pytest.raises(ValueError, match="target"):
+        e.attribute(x, target=5)
+    with pytest.raises(ValueError, match="target"):
+        e.attribute(x, target=[0, -1])
+    with pytest.raises(ValueError, match="target"):
+        e.attribute(x, target=[0, 1, 2])
+    with pytest.raises(ValueError, match="perturbations_per_eval"):
+        e.attribute(x, perturbations_per_eval=0)
+    with pytest.raises(ValueError, match="distance_threshold"):
+        ViTCX(model, distance_threshold=-0.1)
+    with pytest.raises(ValueError, match="noise_std"):
+        ViTCX(model, noise_std=-1.0)
+    with pytest.raises(ValueError, match="inputs"):
+        e.attribute(torch.randn(1, 3, 48, 48))
