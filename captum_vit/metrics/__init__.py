@@ -1,0 +1,62 @@
+"""Captum-style metrics for ViT (and any) explanations.
+
+Every model-based metric follows Captum's ``captum.metrics`` convention,
+``metric(forward_func, inputs, attributions, target=None,
+additional_forward_args=None, **knobs) -> (B,) tensor``, runs under
+``torch.no_grad()``, batches its forward passes (``max_examples_per_batch``) and is
+reproducible with ``seed``. Feature units are the patch grid of a timm ViT (removed
+by true token removal by default) or a Captum-style ``feature_mask`` with a pixel
+baseline for any model. Localisation and complexity metrics need no model.
+
+Faithfulness (perturbation):
+    :func:`insertion`, :func:`deletion`, :func:`insertion_deletion_curves`,
+    :func:`area_under_curve`, :func:`aopc`, :func:`perturbation_accuracy`,
+    :func:`faithfulness_correlation`, :func:`sensitivity_n`.
+Localisation:
+    :func:`pointing_game`, :func:`segmentation_ap`, :func:`mean_iou`,
+    :func:`pixel_accuracy`, :func:`box_iou`.
+Complexity:
+    :func:`sparseness`, :func:`effective_complexity`.
+Robustness:
+    :func:`max_sensitivity` (Captum's ``sensitivity_max`` with the TIS settings).
+"""
+
+from ._complexity import effective_complexity, sparseness
+from ._correlation import faithfulness_correlation, sensitivity_n
+from ._localisation import (
+    box_iou,
+    mean_iou,
+    pixel_accuracy,
+    pointing_game,
+    segmentation_ap,
+)
+from ._perturbation import (
+    PerturbationCurves,
+    aopc,
+    area_under_curve,
+    deletion,
+    insertion,
+    insertion_deletion_curves,
+    perturbation_accuracy,
+)
+from ._robustness import max_sensitivity
+
+__all__ = [
+    "PerturbationCurves",
+    "aopc",
+    "area_under_curve",
+    "box_iou",
+    "deletion",
+    "effective_complexity",
+    "faithfulness_correlation",
+    "insertion",
+    "insertion_deletion_curves",
+    "max_sensitivity",
+    "mean_iou",
+    "perturbation_accuracy",
+    "pixel_accuracy",
+    "pointing_game",
+    "segmentation_ap",
+    "sensitivity_n",
+    "sparseness",
+]

@@ -1,0 +1,785 @@
+"""The one perturbation engine shared by every model-based metric.
+
+Every curve- or subset-type metric in :mod:`captum_vit.metrics` is the same four steps:
+
+1. resolve *feature units* (the patch grid of a timm ViT, or a Captum-style
+   ``feature_mask``) and reduce the attributions to one score per feature, (B, F);
+2. describe the perturbed inputs as *rows*: a sample index and a boolean keep mask over
+   that sample's F features (built lazily, chunk by chunk);
+3. evaluate the rows in batches of ``max_examples_per_batch`` with one *remover*: true
+   token removal (:class:`captum_vit.vit.TokenMask`, ``"drop"`` mode) or replacement of
+   the removed features' elements by a pixel baseline;
+4. gather the target's score (softmax probability, logit, or top-1 correctness).
+
+Rows that keep every feature are the clean inputs and are not re-evaluated; rows that
+keep none are evaluated once per sample. Under token removal the rows are sorted by the
+number of kept tokens so that each batch holds sequences of (nearly) equal length and
+needs little padding.
+
+Everything here is private; the public functions live in the sibling modules.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+try:  # tqdm is a dependency of the package; keep the import soft all the same
+    from tqdm.auto import tqdm
+except ImportError:  # pragma: no cover
+    tqdm = None
+
+TargetType = Union[None, int, Sequence[int], Tensor]
+BaselineType = Union[None, str, float, Tensor, Callable[[Tensor], Tensor]]
+
+#: Pixel baselines known by name (see :func:`make_baseline`).
+BASELINES = ("black", "mean", "blur", "uniform")
+#: Output scores a metric can read.
+SCORES = ("probability", "logit")
+#: Reductions of pixel-shaped attributions to features.
+REDUCTIONS = ("sum", "mean")
+#: How ties in the attribution ranking are broken.
+TIE_BREAKS = ("random", "index")
+#: Rows per forward pass when ``max_examples_per_batch`` is None.
+DEFAULT_BATCH = 64
+#: Default number of curve steps cap (TIS uses 224 steps).
+MAX_DEFAULT_STEPS = 224
+#: Gaussian blur baseline (Petsiuk et al. 2018; TIS): kernel size and sigma.
+BLUR_KERNEL, BLUR_SIGMA = 11, 5.0
+
+
+# --------------------------------------------------------------------- validation
+def check_inputs(inputs: Any) -> Tensor:
+    """A single floating-point input tensor with a batch dimension."""
+    if isinstance(inputs, tuple):
+        if len(inputs) != 1:
+            raise TypeError(
+                "inputs: expected a tensor or a 1-tuple of tensors; metrics of "
+                "multi-input models are not supported"
+            )
+        inputs = inputs[0]
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"inputs: expected a tensor, got {type(inputs).__name__}")
+    if inputs.dim() < 2 or inputs.shape[0] == 0:
+        raise ValueError(
+            "inputs: expected a batch (B, ...) with B >= 1 and at least one feature "
+            f"dimension, got shape {tuple(inputs.shape)}"
+        )
+    if not inputs.is_floating_point():
+        raise TypeError(f"inputs: expected a floating-point tensor, got {inputs.dtype}")
+    return inputs
+
+
+def unwrap(value: Any, name: str) -> Tensor:
+    """A tensor, or the tensor inside a 1-tuple (Captum returns tuples for tuples)."""
+    if isinstance(value, tuple):
+        if len(value) != 1:
+            raise TypeError(f"{name}: expected a tensor or a 1-tuple of tensors")
+        value = value[0]
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name}: expected a tensor, got {type(value).__name__}")
+    return value
+
+
+def check_choice(value: Any, choices: Sequence[str], name: str) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name}: expected one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def check_positive_int(value: Any, name: str, allow_none: bool = True) -> Optional[int]:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
+    return int(seed)
+
+
+def generator(seed: int, offset: int = 0) -> torch.Generator:
+    """A CPU generator; the same seed always gives the same stream."""
+    return torch.Generator().manual_seed((int(seed) + 1_000_003 * offset) % (2**63))
+
+
+def format_target(
+    target: TargetType, batch: int, num_classes: int, device: torch.device, name: str
+) -> Optional[Tensor]:
+    """Captum-style target (int, per-sample list or 1-D tensor) as a (B,) long."""
+    if target is None:
+        return None
+    if isinstance(target, bool):
+        raise TypeError(f"{name}: expected an int, a list of ints or a 1-D tensor")
+    if isinstance(target, int):
+        t = torch.full((batch,), int(target), dtype=torch.long)
+    elif isinstance(target, Tensor):
+        if (
+            target.is_floating_point()
+            or target.is_complex()
+            or target.dtype == torch.bool
+        ):
+            raise TypeError(f"{name}: expected an integer tensor, got {target.dtype}")
+        if target.dim() == 0:
+            t = target.reshape(1).expand(batch).long()
+        elif target.dim() == 1 and target.numel() == batch:
+            t = target.long()
+        else:
+            raise ValueError(
+                f"{name}: expected a scalar or a (B,) = ({batch},) tensor, got shape "
+                f"{tuple(target.shape)}"
+            )
+    elif isinstance(target, (list, tuple)):
+        if len(target) != batch:
+            raise ValueError(
+                f"{name}: expected {batch} per-sample classes, got {len(target)}"
+            )
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in target):
+            raise TypeError(
+                f"{name}: expected a list of ints (tuple targets for multi-dimensional "
+                "outputs are not supported)"
+            )
+        t = torch.tensor(list(target), dtype=torch.long)
+    else:
+        raise TypeError(
+            f"{name}: expected None, an int, a list of ints or a 1-D tensor, got "
+            f"{type(target).__name__}"
+        )
+    t = t.to(device)
+    if bool(((t < 0) | (t >= num_classes)).any()):
+        raise ValueError(
+            f"{name}: class index out of range for a model with {num_classes} outputs"
+        )
+    return t
+
+
+def select_args(args: Any, index: Tensor, batch: int) -> Tuple[Any, ...]:
+    """``additional_forward_args`` for a subset of rows (tensors with a batch dim)."""
+    if args is None:
+        return ()
+    if not isinstance(args, tuple):
+        args = (args,)
+    out = []
+    for a in args:
+        if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == batch:
+            out.append(a[index.to(a.device)])
+        else:
+            out.append(a)
+    return tuple(out)
+
+
+# ------------------------------------------------------------------ feature units
+@dataclass
+class Features:
+    """Feature units of a batch.
+
+    ``ids`` is None when every element of a sample is its own feature (Captum's
+    default); else a (1 or B, numel) long tensor of feature ids in ``0 .. num - 1``.
+    """
+
+    num: int
+    ids: Optional[Tensor]
+    grid: Optional[Tuple[int, int]] = None
+
+    def rows(self, index: Tensor) -> Optional[Tensor]:
+        """Feature ids of the given samples, (m, numel), or None (identity)."""
+        if self.ids is None:
+            return None
+        if self.ids.shape[0] == 1:
+            return self.ids.expand(index.numel(), -1)
+        return self.ids[index]
+
+
+def patch_feature_ids(inputs: Tensor, grid: Tuple[int, int], patch: Tuple[int, int]):
+    """Feature ids (1, C*H*W) of the row-major patch grid of an image batch."""
+    _, c, h, w = inputs.shape
+    gh, gw = grid
+    ph, pw = patch
+    if gh * ph != h or gw * pw != w:
+        raise ValueError(
+            f"inputs: image size {(h, w)} is not the patch grid {grid} times the patch "
+            f"size {patch}; pass a feature_mask"
+        )
+    rows = torch.arange(h, device=inputs.device) // ph
+    cols = torch.arange(w, device=inputs.device) // pw
+    ids = rows[:, None] * gw + cols[None, :]
+    return ids.expand(c, h, w).reshape(1, -1)
+
+
+def check_feature_mask(feature_mask: Any, inputs: Tensor) -> Features:
+    """Captum-style feature mask: integer ids 0..F-1, broadcastable to ``inputs``."""
+    fm = unwrap(feature_mask, "feature_mask")
+    if fm.is_floating_point() or fm.is_complex() or fm.dtype == torch.bool:
+        raise TypeError(f"feature_mask: expected integer feature ids, got {fm.dtype}")
+    shape = tuple(inputs.shape)
+    try:
+        ok = (
+            fm.dim() <= inputs.dim()
+            and torch.broadcast_shapes(fm.shape, shape) == shape
+        )
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"feature_mask: shape {tuple(fm.shape)} does not broadcast to the inputs' "
+            f"shape {shape}"
+        )
+    fm = fm.to(inputs.device).long()
+    while fm.dim() < inputs.dim():
+        fm = fm.unsqueeze(0)
+    ids = fm.expand(fm.shape[0], *shape[1:]).reshape(fm.shape[0], -1)
+    if fm.shape[0] not in (1, shape[0]):  # pragma: no cover - excluded by broadcast
+        raise ValueError("feature_mask: batch dimension must be 1 or B")
+    if bool((ids < 0).any()):
+        raise ValueError("feature_mask: feature ids must be >= 0")
+    num = int(ids.max()) + 1
+    present = torch.zeros(ids.shape[0], num, dtype=torch.bool, device=ids.device)
+    present.scatter_(1, ids, True)
+    if not bool(present.all()):
+        raise ValueError(
+            f"feature_mask: every id 0..{num - 1} must occur in every example (ids "
+            "must be contiguous)"
+        )
+    return Features(num=num, ids=ids.contiguous())
+
+
+def reduce_attributions(
+    attributions: Any, inputs: Tensor, features: Features, reduction: str
+) -> Tensor:
+    """Attributions as one score per feature, (B, F) float.
+
+    Pixel-shaped attributions (the inputs' shape, or broadcastable to it, e.g. a
+    (B, 1, H, W) map) are summed (``"sum"``) or averaged (``"mean"``) over each
+    feature's elements. Feature-shaped attributions, (B, F) or (B, gh, gw) on a ViT,
+    are taken as they are.
+    """
+    attr = unwrap(attributions, "attributions")
+    b = inputs.shape[0]
+    shape = tuple(inputs.shape)
+    num = features.num
+    if attr.dim() < 1 or attr.shape[0] != b:
+        raise ValueError(
+            f"attributions: expected a batch of {b}, got shape {tuple(attr.shape)}"
+        )
+    attr = attr.detach().to(inputs.device)
+    if not attr.is_floating_point():
+        attr = attr.float()
+    try:
+        broadcastable = (
+            attr.dim() == inputs.dim()
+            and torch.broadcast_shapes(attr.shape, shape) == shape
+        )
+    except RuntimeError:
+        broadcastable = False
+    feature_shaped = attr.dim() == 2 and attr.shape[1] == num
+    if features.grid is not None and tuple(attr.shape[1:]) == tuple(features.grid):
+        feature_shaped = True
+    pixel = tuple(attr.shape) == shape or (broadcastable and not feature_shaped)
+    if pixel:
+        flat = attr.expand(shape).reshape(b, -1)
+        if features.ids is None:
+            out = flat
+        else:
+            ids = features.ids.expand(b, -1)
+            out = torch.zeros(b, num, dtype=flat.dtype, device=flat.device)
+            out.scatter_add_(1, ids, flat)
+            if reduction == "mean":
+                count = torch.zeros_like(out).scatter_add_(
+                    1, ids, torch.ones_like(flat)
+                )
+                out = out / count  # every id occurs (checked): count >= 1
+    elif feature_shaped:
+        out = attr.reshape(b, num)
+    else:
+        grid = f" or (B, gh, gw) = {(b, *features.grid)}" if features.grid else ""
+        raise ValueError(
+            f"attributions: shape {tuple(attr.shape)} matches neither the inputs' "
+            f"shape {shape} nor the feature count (B, F) = {(b, num)}{grid}"
+        )
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError("attributions: contains NaN or infinite values")
+    return out
+
+
+# -------------------------------------------------------------------- baselines
+def gaussian_blur(images: Tensor, kernel: int = BLUR_KERNEL, sigma: float = BLUR_SIGMA):
+    """Depthwise Gaussian blur with zero padding (as the RISE reference code)."""
+    r = torch.arange(kernel, dtype=images.dtype, device=images.device) - kernel // 2
+    g = torch.exp(-(r**2) / (2 * sigma**2))
+    k2 = g[:, None] * g[None, :]
+    k2 = k2 / k2.sum()
+    c = images.shape[1]
+    weight = k2.expand(c, 1, kernel, kernel)
+    return F.conv2d(images, weight, padding=kernel // 2, groups=c)
+
+
+def make_baseline(baseline: BaselineType, inputs: Tensor, seed: int) -> Tensor:
+    """The replacement value of every input element, a tensor of the inputs' shape.
+
+    ``"black"``: zeros (the input space the model sees; for normalised images pass the
+    normalised black value as a tensor or number). ``"mean"``: per-example, per-channel
+    mean (per-example mean for non-image inputs). ``"blur"``: Gaussian blur, kernel 11,
+    sigma 5, zero padding (4-D image inputs only). ``"uniform"``: noise uniform in each
+    example's [min, max] range, the same seeded pattern for every example. A number or
+    a tensor broadcastable to the inputs, or a callable ``f(inputs) -> tensor``.
+    """
+    shape = tuple(inputs.shape)
+    if isinstance(baseline, str):
+        check_choice(baseline, BASELINES + ("tokens",), "removal")
+        if baseline == "black":
+            return torch.zeros_like(inputs)
+        if baseline == "mean":
+            dims = tuple(range(2, inputs.dim())) if inputs.dim() == 4 else None
+            if dims is None:
+                dims = tuple(range(1, inputs.dim()))
+            return inputs.mean(dim=dims, keepdim=True).expand(shape).contiguous()
+        if baseline == "blur":
+            if inputs.dim() != 4:
+                raise ValueError(
+                    "removal: 'blur' needs (B, C, H, W) image inputs, got shape "
+                    f"{shape}"
+                )
+            return gaussian_blur(inputs)
+        if baseline == "uniform":
+            flat = inputs.reshape(shape[0], -1)
+            lo = flat.min(dim=1).values.view(-1, *([1] * (inputs.dim() - 1)))
+            hi = flat.max(dim=1).values.view(-1, *([1] * (inputs.dim() - 1)))
+            u = torch.rand(shape[1:], generator=generator(seed, 7), dtype=inputs.dtype)
+            return lo + (hi - lo) * u.to(inputs.device)
+        raise ValueError(
+            "removal: 'tokens' is not a pixel baseline"
+        )  # pragma: no cover
+    if isinstance(baseline, bool):
+        raise TypeError("removal: expected a name, a number, a tensor or a callable")
+    if isinstance(baseline, (int, float)):
+        return torch.full_like(inputs, float(baseline))
+    if callable(baseline) and not isinstance(baseline, Tensor):
+        with torch.no_grad():
+            value = baseline(inputs)
+        name = "removal (callable result)"
+    else:
+        value, name = baseline, "removal"
+    if not isinstance(value, Tensor):
+        raise TypeError(
+            f"{name}: expected a baseline name {BASELINES + ('tokens',)}, a number, a "
+            f"tensor or a callable returning a tensor; got {type(value).__name__}"
+        )
+    try:
+        ok = torch.broadcast_shapes(value.shape, shape) == shape
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"{name}: baseline of shape {tuple(value.shape)} does not broadcast to the "
+            f"inputs' shape {shape}"
+        )
+    return value.to(device=inputs.device, dtype=inputs.dtype).expand(shape).contiguous()
+
+
+# --------------------------------------------------------------------- removers
+class TokenRemover:
+    """True token removal on a timm ViT (TokenMask, ``"drop"`` mode)."""
+
+    sort_by_count = True
+
+    def __init__(self, model: Any, inputs: Tensor, args: Any) -> None:
+        from ..vit import TokenMask
+
+        self.mask = TokenMask(model, mode="drop")
+        self.model, self.inputs, self.args = model, inputs, args
+        self.prefix_free = self.mask.adapter.num_prefix_tokens == 0
+
+    def __call__(self, index: Tensor, keep: Tensor) -> Tensor:
+        images = self.inputs[index]
+        if self.args is None:
+            return self.mask(images, keep)
+        with self.mask.keep(keep):
+            return self.model(images, *select_args(self.args, index, len(self.inputs)))
+
+
+class PixelRemover:
+    """Replace the elements of removed features by a baseline, then run the model."""
+
+    sort_by_count = False
+    prefix_free = False
+
+    def __init__(
+        self,
+        forward_func: Callable,
+        inputs: Tensor,
+        args: Any,
+        features: Features,
+        baseline: Tensor,
+    ) -> None:
+        self.forward_func, self.inputs, self.args = forward_func, inputs, args
+        self.features, self.baseline = features, baseline
+
+    def __call__(self, index: Tensor, keep: Tensor) -> Tensor:
+        m = index.numel()
+        x = self.inputs[index].reshape(m, -1)
+        base = self.baseline[index].reshape(m, -1)
+        ids = self.features.rows(index)
+        mask = keep if ids is None else keep.gather(1, ids)
+        x = torch.where(mask, x, base).reshape(m, *self.inputs.shape[1:])
+        return self.forward_func(x, *select_args(self.args, index, len(self.inputs)))
+
+
+# ------------------------------------------------------------------------ setup
+@dataclass
+class Setup:
+    """Everything a metric needs after validation."""
+
+    inputs: Tensor
+    features: Features
+    attributions: Tensor  # (B, F)
+    target: Tensor  # (B,)
+    clean_outputs: Tensor  # (B, C)
+    remover: Any
+    score: str
+    batch_size: int
+    show_progress: bool
+
+    @property
+    def batch(self) -> int:
+        return self.inputs.shape[0]
+
+    @property
+    def num_features(self) -> int:
+        return self.features.num
+
+    def scores(self, outputs: Tensor, target: Tensor, kind: Optional[str] = None):
+        return row_scores(outputs, target, kind or self.score)
+
+    @property
+    def clean_scores(self) -> Tensor:
+        return self.scores(self.clean_outputs, self.target)
+
+
+def row_scores(outputs: Tensor, target: Tensor, kind: str) -> Tensor:
+    """The target's softmax probability, logit or top-1 correctness, (m,) float."""
+    if not isinstance(outputs, Tensor) or outputs.dim() != 2:
+        raise ValueError(
+            "forward_func: expected a (batch, num_classes) output, got "
+            + (
+                str(tuple(outputs.shape))
+                if isinstance(outputs, Tensor)
+                else "no tensor"
+            )
+        )
+    t = target.to(outputs.device)[:, None]
+    if kind == "probability":
+        return torch.softmax(outputs.float(), dim=-1).gather(1, t)[:, 0]
+    if kind == "logit":
+        return outputs.float().gather(1, t)[:, 0]
+    if kind == "accuracy":
+        return (outputs.argmax(dim=-1) == t[:, 0]).float()
+    raise ValueError(
+        f"score: expected one of {SCORES}, got {kind!r}"
+    )  # pragma: no cover
+
+
+def _forward_chunks(
+    forward_func: Callable, inputs: Tensor, args: Any, batch_size: int
+) -> Tensor:
+    outs = []
+    for start in range(0, inputs.shape[0], batch_size):
+        index = torch.arange(start, min(start + batch_size, inputs.shape[0]))
+        outs.append(
+            forward_func(
+                inputs[index.to(inputs.device)],
+                *select_args(args, index.to(inputs.device), inputs.shape[0]),
+            )
+        )
+    out = torch.cat(outs, dim=0) if len(outs) > 1 else outs[0]
+    if not isinstance(out, Tensor) or out.dim() != 2:
+        raise ValueError(
+            "forward_func: expected a (batch, num_classes) output, got "
+            + (str(tuple(out.shape)) if isinstance(out, Tensor) else type(out).__name__)
+        )
+    return out
+
+
+def is_vit(forward_func: Any) -> bool:
+    from ..vit import is_supported_vit
+
+    return bool(is_supported_vit(forward_func))
+
+
+def prepare(
+    forward_func: Callable,
+    inputs: Any,
+    attributions: Any,
+    target: TargetType,
+    additional_forward_args: Any,
+    *,
+    feature_mask: Any = None,
+    removal: BaselineType = None,
+    score: str = "probability",
+    attribution_reduction: str = "sum",
+    max_examples_per_batch: Optional[int] = None,
+    seed: int = 0,
+    show_progress: bool = False,
+    target_name: str = "target",
+    score_choices: Sequence[str] = SCORES,
+) -> Setup:
+    """Validate a metric call and run the clean forward pass (under no_grad)."""
+    if not callable(forward_func):
+        raise TypeError("forward_func: expected a callable (a model or a function)")
+    inputs = check_inputs(inputs)
+    check_choice(score, score_choices, "score")
+    check_choice(attribution_reduction, REDUCTIONS, "attribution_reduction")
+    batch_size = check_positive_int(max_examples_per_batch, "max_examples_per_batch")
+    batch_size = batch_size or DEFAULT_BATCH
+    seed = check_seed(seed)
+    vit = is_vit(forward_func)
+    if removal is None:
+        removal = "tokens" if vit and feature_mask is None else "black"
+    if isinstance(removal, str):
+        check_choice(removal, ("tokens",) + BASELINES, "removal")
+
+    # feature units
+    grid = None
+    if removal == "tokens":
+        if not vit:
+            raise ValueError(
+                "removal: 'tokens' needs forward_func to be a supported timm ViT "
+                "module; use a pixel baseline ('black', 'mean', 'blur', 'uniform', a "
+                "tensor or a callable) for other models"
+            )
+        if feature_mask is not None:
+            raise ValueError(
+                "feature_mask: token removal works on the patch grid; drop "
+                "feature_mask or use a pixel baseline"
+            )
+    if feature_mask is not None:
+        features = check_feature_mask(feature_mask, inputs)
+    elif vit:
+        from ..vit import ViTAdapter
+
+        adapter = ViTAdapter(forward_func)
+        grid = tuple(int(g) for g in adapter.grid_for(inputs))
+        ids = patch_feature_ids(inputs, grid, adapter.patch_size)
+        features = Features(num=grid[0] * grid[1], ids=ids, grid=grid)
+    else:
+        features = Features(num=int(inputs[0].numel()), ids=None)
+
+    attr = reduce_attributions(attributions, inputs, features, attribution_reduction)
+
+    with torch.no_grad():
+        clean = _forward_chunks(
+            forward_func, inputs, additional_forward_args, batch_size
+        )
+        if clean.shape[0] != inputs.shape[0]:
+            raise ValueError(
+                f"forward_func: returned {clean.shape[0]} rows for {inputs.shape[0]} "
+                "inputs"
+            )
+        t = format_target(
+            target, inputs.shape[0], clean.shape[1], clean.device, target_name
+        )
+        if t is None:
+            t = clean.argmax(dim=-1)
+        if removal == "tokens":
+            remover: Any = TokenRemover(forward_func, inputs, additional_forward_args)
+        else:
+            base = make_baseline(removal, inputs, seed)
+            remover = PixelRemover(
+                forward_func, inputs, additional_forward_args, features, base
+            )
+    return Setup(
+        inputs=inputs,
+        features=features,
+        attributions=attr,
+        target=t,
+        clean_outputs=clean,
+        remover=remover,
+        score=score,
+        batch_size=batch_size,
+        show_progress=bool(show_progress),
+    )
+
+
+# --------------------------------------------------------------------- evaluate
+def evaluate(
+    setup: Setup,
+    sample: Tensor,
+    counts: Tensor,
+    make_keep: Callable[[Tensor], Tensor],
+    desc: str = "metric",
+    kind: Optional[str] = None,
+) -> Tensor:
+    """Scores of M perturbed rows.
+
+    Args:
+        setup: The prepared call.
+        sample: (M,) sample index of every row.
+        counts: (M,) number of kept features of every row (only used to skip, share
+            and order rows; ``make_keep`` must agree with it).
+        make_keep: Maps (m,) row indices to their (m, F) boolean keep masks.
+        desc: Progress-bar label.
+        kind: Score kind, default ``setup.score``.
+
+    Returns:
+        (M,) float scores on the inputs' device.
+    """
+    num = setup.num_features
+    device = setup.inputs.device
+    sample = sample.to(device)
+    counts = counts.to(device)
+    m_rows = sample.numel()
+    target = setup.target
+    out = torch.empty(m_rows, dtype=torch.float32, device=device)
+
+    full = counts >= num
+    clean = setup.scores(setup.clean_outputs, target, kind).to(device)
+    out[full] = clean[sample[full]]
+
+    # rows keeping nothing are identical for a sample: evaluate one per sample
+    empty = counts <= 0
+    arange = torch.arange(m_rows, device=device)
+    first_empty = torch.full((setup.batch,), m_rows, dtype=torch.long, device=device)
+    first_empty.scatter_reduce_(0, sample[empty], arange[empty], reduce="amin")
+    leader = empty & (first_empty[sample] == arange)
+    todo = torch.nonzero(~full & (~empty | leader)).flatten()
+    remover = setup.remover
+    if remover.prefix_free and bool((counts[todo] <= 0).any()):
+        raise ValueError(
+            "removal: token removal cannot evaluate an empty token set on a ViT "
+            "without prefix tokens; use a pixel baseline for this model"
+        )
+    if remover.sort_by_count and todo.numel():
+        todo = todo[torch.argsort(counts[todo], descending=True, stable=True)]
+
+    bar = None
+    if setup.show_progress and tqdm is not None:
+        bar = tqdm(total=int(todo.numel()), desc=desc, unit="img")
+    try:
+        with torch.no_grad():
+            for start in range(0, todo.numel(), setup.batch_size):
+                rows = todo[start : start + setup.batch_size]
+                keep = make_keep(rows)
+                outputs = remover(sample[rows], keep)
+                out[rows] = setup.scores(outputs, target[sample[rows]], kind).to(device)
+                if bar is not None:
+                    bar.update(int(rows.numel()))
+    finally:
+        if bar is not None:
+            bar.close()
+
+    dup = empty & ~leader
+    if bool(dup.any()):
+        out[dup] = out[first_empty[sample[dup]]]
+    return out
+
+
+# ------------------------------------------------------------------- rankings
+def feature_ranks(
+    attributions: Tensor, seed: int, tie_break: str, descending: bool = True
+) -> Tensor:
+    """Position of every feature in the removal order, (B, F) long (0 = first).
+
+    Ties are broken by a seeded random permutation of the features (``"random"``, the
+    same permutation for every example) or by feature index (``"index"``).
+    """
+    check_choice(tie_break, TIE_BREAKS, "tie_break")
+    b, num = attributions.shape
+    device = attributions.device
+    if tie_break == "random":
+        perm = torch.randperm(num, generator=generator(seed, 11)).to(device)
+    else:
+        perm = torch.arange(num, device=device)
+    key = attributions[:, perm]
+    order = perm[torch.argsort(-key if descending else key, dim=1, stable=True)]
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(num, device=device).expand(b, num))
+    return ranks
+
+
+def steps_to_counts(
+    num: int, n_steps: Optional[int], fractions: Optional[Sequence[float]]
+) -> Tensor:
+    """Numbers of features moved at each curve point, (S,) long."""
+    if fractions is not None:
+        if n_steps is not None:
+            raise ValueError("n_steps: give either n_steps or fractions, not both")
+        f = torch.as_tensor(fractions, dtype=torch.float64).flatten()
+        if f.numel() < 2 or not bool(((f >= 0) & (f <= 1)).all()):
+            raise ValueError(
+                "fractions: expected at least two fractions in [0, 1], got "
+                f"{f.tolist()}"
+            )
+        if not bool((f[1:] > f[:-1]).all()):
+            raise ValueError("fractions: expected strictly increasing values")
+        ks = torch.round(f * num).long()
+        if not bool((ks[1:] > ks[:-1]).all()):
+            raise ValueError(
+                f"fractions: two fractions round to the same number of the {num} "
+                "features"
+            )
+        return ks
+    if n_steps is None:
+        n_steps = min(num, MAX_DEFAULT_STEPS)
+    n_steps = check_positive_int(n_steps, "n_steps", allow_none=False)
+    if n_steps > num:
+        raise ValueError(
+            f"n_steps: {n_steps} is larger than the number of features ({num})"
+        )
+    j = torch.arange(n_steps + 1, dtype=torch.float64)
+    return torch.floor(j * num / n_steps + 0.5).long()
+
+
+# ---------------------------------------------------------------- correlations
+def pearson(a: Tensor, b: Tensor) -> Tensor:
+    """Row-wise Pearson correlation (float64); 0.0 where either row is constant."""
+    a = a.double() - a.double().mean(dim=-1, keepdim=True)
+    b = b.double() - b.double().mean(dim=-1, keepdim=True)
+    den = torch.sqrt((a * a).sum(-1) * (b * b).sum(-1))
+    num = (a * b).sum(-1)
+    ok = den > 0
+    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), 0.0)
+
+
+def rankdata(x: Tensor) -> Tensor:
+    """Row-wise ranks with ties averaged (1-based), float64."""
+    x = x.double()
+    order = torch.argsort(x, dim=-1, stable=True)
+    xs = torch.gather(x, -1, order)
+    n = x.shape[-1]
+    pos = torch.arange(1, n + 1, dtype=torch.float64, device=x.device).expand_as(xs)
+    ranks_sorted = torch.empty_like(xs)
+    for r in range(xs.shape[0]):
+        _, inverse, counts = torch.unique_consecutive(
+            xs[r], return_inverse=True, return_counts=True
+        )
+        sums = torch.zeros(counts.numel(), dtype=torch.float64, device=x.device)
+        sums.index_add_(0, inverse, pos[r])
+        ranks_sorted[r] = (sums / counts)[inverse]
+    ranks = torch.empty_like(ranks_sorted)
+    ranks.scatter_(-1, order, ranks_sorted)
+    return ranks
+
+
+def spearman(a: Tensor, b: Tensor) -> Tensor:
+    """Row-wise Spearman correlation (Pearson of average ranks); 0.0 if constant."""
+    return pearson(rankdata(a), rankdata(b))
+
+
+def area(fractions: Tensor, curves: Tensor, mode: str) -> Tensor:
+    """Trapezoidal area over the fractions, or the plain mean of the curve points."""
+    check_choice(mode, ("trapezoid", "mean"), "area")
+    if mode == "mean":
+        return curves.mean(dim=-1)
+    x = fractions.to(curves.device, curves.dtype)
+    return torch.trapezoid(curves, x, dim=-1)
+
+
+def ceil_div(a: int, b: int) -> int:
+    return int(math.ceil(a / b))

@@ -1,0 +1,322 @@
+"""Correlation of attribution sums with output drops: faithfulness and sensitivity-n.
+
+For random feature subsets S the metrics correlate ``sum_{i in S} phi_i`` with the
+drop ``f(x) - f(x_{-S})`` of the target's score when S is removed, over the subsets
+of one example. Faithfulness correlation (Bhatt et al., IJCAI 2020) draws subsets of
+all sizes; sensitivity-n (Ancona et al., ICLR 2018) draws subsets of one size n.
+Both run on the shared engine of :mod:`._core`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from . import _core
+from ._core import BaselineType, TargetType
+from ._docs import fill_doc
+
+_CORRELATIONS = ("pearson", "spearman")
+
+
+class _RandomSubsets:
+    """L subset specs (size and seed each), the same subsets for every example."""
+
+    def __init__(self, num: int, sizes: Tensor, seed: int) -> None:
+        self.num = num
+        self.sizes = sizes.long().cpu()
+        self.seeds = torch.randint(
+            0, 2**62, (sizes.numel(),), generator=_core.generator(seed, 23)
+        )
+
+    def removed(self, sample: Tensor, spec: Tensor) -> Tensor:
+        """(m, F) boolean masks of the removed features of the given rows."""
+        out = torch.zeros(spec.numel(), self.num, dtype=torch.bool)
+        spec_cpu = spec.cpu()
+        for u in torch.unique(spec_cpu).tolist():
+            rows = torch.nonzero(spec_cpu == u).flatten()
+            n = int(self.sizes[u])
+            if n == 0:
+                continue
+            keys = torch.rand(self.num, generator=_core.generator(int(self.seeds[u])))
+            idx = torch.argsort(keys)[:n]
+            out[rows[:, None], idx[None, :]] = True
+        return out.to(sample.device)
+
+    def attribution_sums(self, attributions: Tensor, chunk: int = 256) -> Tensor:
+        """(B, L) sums of the attributions over every subset."""
+        sums = []
+        device = attributions.device
+        for start in range(0, self.sizes.numel(), chunk):
+            spec = torch.arange(start, min(start + chunk, self.sizes.numel()))
+            masks = self.removed(spec.to(device), spec).to(attributions.dtype)
+            sums.append(attributions @ masks.to(device).T)
+        return torch.cat(sums, dim=1)
+
+
+class _GivenSubsets:
+    """Explicit removal subsets, (L, F) shared or (B, L, F) per example."""
+
+    def __init__(self, subsets: Any, batch: int, num: int) -> None:
+        if not isinstance(subsets, Tensor) or subsets.dtype != torch.bool:
+            raise TypeError(
+                "subsets: expected a boolean tensor (L, F) or (B, L, F) of removed "
+                "features"
+            )
+        if subsets.dim() == 2 and subsets.shape[1] == num:
+            subsets = subsets.unsqueeze(0)
+        if subsets.dim() != 3 or subsets.shape[0] not in (1, batch):
+            raise ValueError(
+                f"subsets: expected shape (L, {num}) or ({batch}, L, {num}), got "
+                f"{tuple(subsets.shape)}"
+            )
+        if subsets.shape[2] != num or subsets.shape[1] < 2:
+            raise ValueError(
+                f"subsets: expected at least 2 subsets over {num} features, got shape "
+                f"{tuple(subsets.shape)}"
+            )
+        self.subsets = subsets
+        self.sizes = subsets.sum(dim=-1)  # (1 or B, L)
+
+    def removed(self, sample: Tensor, spec: Tensor) -> Tensor:
+        s = self.subsets.to(sample.device)
+        b_idx = sample if s.shape[0] > 1 else torch.zeros_like(sample)
+        return s[b_idx, spec.to(sample.device)]
+
+    def attribution_sums(self, attributions: Tensor) -> Tensor:
+        s = self.subsets.to(attributions.device, attributions.dtype)
+        return (attributions[:, None, :] * s).sum(-1)
+
+
+def _subset_correlations(
+    setup: _core.Setup,
+    subsets: Union[_RandomSubsets, _GivenSubsets],
+    groups: int,
+    correlation: str,
+) -> Tensor:
+    """Correlation per example and group of subsets, (B, groups)."""
+    b = setup.batch
+    device = setup.inputs.device
+    num_specs = subsets.sizes.shape[-1]
+    sample = torch.arange(b, device=device).repeat_interleave(num_specs)
+    spec = torch.arange(num_specs, device=device).repeat(b)
+    sizes = subsets.sizes.to(device)
+    sizes = sizes.expand(b, num_specs) if sizes.dim() == 2 else sizes.expand(b, -1)
+    kept = setup.num_features - sizes.reshape(-1)
+
+    def make_keep(rows: Tensor) -> Tensor:
+        return ~subsets.removed(sample[rows], spec[rows])
+
+    scores = _core.evaluate(setup, sample, kept, make_keep, desc="subsets")
+    drops = setup.clean_scores.to(device)[:, None] - scores.view(b, num_specs)
+    sums = subsets.attribution_sums(setup.attributions).to(device)
+    sums = sums.expand(b, num_specs)
+    per = num_specs // groups
+    fn = _core.pearson if correlation == "pearson" else _core.spearman
+    out = [
+        fn(sums[:, g * per : (g + 1) * per], drops[:, g * per : (g + 1) * per])
+        for g in range(groups)
+    ]
+    return torch.stack(out, dim=1).float()
+
+
+def _check_size(n: Any, num: int, name: str) -> int:
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"{name}: expected an int subset size, got {n!r}")
+    if not 1 <= n <= num:
+        raise ValueError(
+            f"{name}: subset size {n} must be between 1 and the number of features "
+            f"({num})"
+        )
+    return n
+
+
+@fill_doc
+def faithfulness_correlation(
+    forward_func: Callable,
+    inputs: Tensor,
+    attributions: Tensor,
+    target: TargetType = None,
+    additional_forward_args: Any = None,
+    *,
+    n_samples: int = 100,
+    subset_size: Optional[int] = None,
+    subsets: Optional[Tensor] = None,
+    correlation: str = "pearson",
+    feature_mask: Optional[Tensor] = None,
+    removal: BaselineType = None,
+    score: str = "probability",
+    attribution_reduction: str = "sum",
+    max_examples_per_batch: Optional[int] = None,
+    seed: int = 0,
+    show_progress: bool = False,
+) -> Tensor:
+    """Faithfulness correlation (Bhatt et al., IJCAI 2020).
+
+    ``Corr_S( sum_{i in S} phi_i , f(x) - f(x_{-S}) )`` over ``n_samples`` random
+    subsets S of one example. By default subset sizes are uniform over ``0 .. F``
+    and, given its size, a subset is uniform: the distribution of the ViT Shapley
+    paper's "Faith." column (Covert et al., ICLR 2023; use
+    ``correlation="spearman"`` for its rank version). Bhatt et al. and Quantus use
+    one fixed size: pass ``subset_size``. Higher is better, in [-1, 1].
+
+    Guard: when the attribution sums or the output drops are constant over the
+    subsets (e.g. constant attributions with a fixed subset size) the correlation is
+    undefined and 0.0 is returned (no NaN).
+
+    Args:
+        {forward_func}
+        {inputs}
+        {attributions}
+        {target}
+        {additional_forward_args}
+        n_samples: Number of random subsets per example (the ViT Shapley paper uses
+            1000; Quantus 100).
+        subset_size: Fixed subset size (1 .. F) instead of all sizes.
+        subsets: Explicit removal subsets instead of random ones: a boolean tensor
+            (L, F) shared by all examples or (B, L, F), True = removed. Overrides
+            ``n_samples`` and ``subset_size``; useful to reproduce another tool's
+            draws.
+        correlation: ``"pearson"`` (default, Bhatt et al.) or ``"spearman"``.
+        {feature_mask}
+        {removal}
+        {score}
+        {attribution_reduction}
+        {max_examples_per_batch}
+        {seed}
+        {show_progress}
+
+    Returns:
+        (B,) correlations.
+
+    Examples::
+
+        >>> from captum_vit.metrics import faithfulness_correlation
+        >>> faithfulness_correlation(model, images, attr, n_samples=1000,
+        ...                          correlation="spearman")   # ViT Shapley "Faith."
+    """
+    _core.check_choice(correlation, _CORRELATIONS, "correlation")
+    n_samples = _core.check_positive_int(n_samples, "n_samples", allow_none=False)
+    if subsets is None and n_samples < 2:
+        raise ValueError("n_samples: a correlation needs at least 2 subsets")
+    setup = _core.prepare(
+        forward_func,
+        inputs,
+        attributions,
+        target,
+        additional_forward_args,
+        feature_mask=feature_mask,
+        removal=removal,
+        score=score,
+        attribution_reduction=attribution_reduction,
+        max_examples_per_batch=max_examples_per_batch,
+        seed=seed,
+        show_progress=show_progress,
+    )
+    num = setup.num_features
+    if subsets is not None:
+        provider: Any = _GivenSubsets(subsets, setup.batch, num)
+    else:
+        if subset_size is None:
+            sizes = torch.randint(
+                0, num + 1, (n_samples,), generator=_core.generator(seed, 29)
+            )
+        else:
+            sizes = torch.full(
+                (n_samples,), _check_size(subset_size, num, "subset_size")
+            )
+        provider = _RandomSubsets(num, sizes, seed)
+    return _subset_correlations(setup, provider, 1, correlation)[:, 0]
+
+
+@fill_doc
+def sensitivity_n(
+    forward_func: Callable,
+    inputs: Tensor,
+    attributions: Tensor,
+    target: TargetType = None,
+    additional_forward_args: Any = None,
+    *,
+    n: Union[int, Sequence[int]] = 1,
+    n_samples: int = 100,
+    correlation: str = "pearson",
+    feature_mask: Optional[Tensor] = None,
+    removal: BaselineType = None,
+    score: str = "probability",
+    attribution_reduction: str = "sum",
+    max_examples_per_batch: Optional[int] = None,
+    seed: int = 0,
+    show_progress: bool = False,
+) -> Tensor:
+    """Sensitivity-n (Ancona et al., ICLR 2018).
+
+    For each subset size n, the Pearson correlation over ``n_samples`` random
+    subsets S with ``|S| = n`` between ``sum_{i in S} phi_i`` and the drop
+    ``f(x) - f(x_{-S})`` (ViT Shapley, Covert et al. 2023, appendix G, evaluates
+    n = 14, 28, ..., 182 patches with 1000 subsets). Exact attributions of an
+    additive model score 1 for every n. Several sizes are evaluated in one batched
+    pass. Constant sums or drops give 0.0 (see :func:`faithfulness_correlation`).
+
+    Args:
+        {forward_func}
+        {inputs}
+        {attributions}
+        {target}
+        {additional_forward_args}
+        n: Subset size, or a sequence of sizes (each 1 .. F).
+        n_samples: Random subsets per example and size.
+        correlation: ``"pearson"`` (default) or ``"spearman"``.
+        {feature_mask}
+        {removal}
+        {score}
+        {attribution_reduction}
+        {max_examples_per_batch}
+        {seed}
+        {show_progress}
+
+    Returns:
+        (B,) correlations for an int ``n``; (B, len(n)) for a sequence.
+
+    Examples::
+
+        >>> from captum_vit.metrics import sensitivity_n
+        >>> sensitivity_n(model, images, attr, n=list(range(14, 183, 14)))
+    """
+    _core.check_choice(correlation, _CORRELATIONS, "correlation")
+    n_samples = _core.check_positive_int(n_samples, "n_samples", allow_none=False)
+    if n_samples < 2:
+        raise ValueError("n_samples: a correlation needs at least 2 subsets")
+    single = isinstance(n, int) and not isinstance(n, bool)
+    if single:
+        ns = [n]
+    elif isinstance(n, Tensor):
+        ns = n.flatten().tolist()
+    elif isinstance(n, (list, tuple, range)):
+        ns = list(n)
+    else:
+        raise TypeError(f"n: expected an int or a sequence of ints, got {n!r}")
+    if not ns:
+        raise ValueError("n: expected at least one subset size")
+    setup = _core.prepare(
+        forward_func,
+        inputs,
+        attributions,
+        target,
+        additional_forward_args,
+        feature_mask=feature_mask,
+        removal=removal,
+        score=score,
+        attribution_reduction=attribution_reduction,
+        max_examples_per_batch=max_examples_per_batch,
+        seed=seed,
+        show_progress=show_progress,
+    )
+    num = setup.num_features
+    sizes = torch.tensor(
+        [_check_size(v, num, "n") for v in ns], dtype=torch.long
+    ).repeat_interleave(n_samples)
+    provider = _RandomSubsets(num, sizes, seed)
+    out = _subset_correlations(setup, provider, len(ns), correlation)
+    return out[:, 0] if single else out

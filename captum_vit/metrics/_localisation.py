@@ -1,0 +1,498 @@
+"""Localisation against ground truth: pointing game, segmentation AP, mIoU, pixel
+accuracy and the IoU of the box around the thresholded map.
+
+These metrics need no model: they compare an attribution map with ground-truth boxes
+or masks. Maps are brought to the ground truth's resolution first (channels summed;
+lower-resolution maps such as a (B, gh, gw) patch grid are upsampled, nearest by
+default, as SkipPLUS does for token maps).
+
+Box convention: ``[x1, y1, x2, y2]`` in pixels, x along the width; a pixel (row r,
+column c) is inside when its centre ``(c + 0.5, r + 0.5)`` lies in the box, i.e.
+``x1 <= c < x2`` and ``y1 <= r < y2`` for integer coordinates.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import _core
+
+BoxesType = Union[Tensor, Sequence[Any]]
+_TIES = ("any", "all", "random")
+
+
+# ------------------------------------------------------------------- inputs
+def _size_of(attributions: Tensor) -> Tuple[int, int]:
+    return int(attributions.shape[-2]), int(attributions.shape[-1])
+
+
+def _maps(attributions: Any, size: Tuple[int, int], interpolate_mode: str) -> Tensor:
+    """(B, H, W) float maps at ``size``; channels summed."""
+    attr = _core.unwrap(attributions, "attributions").detach()
+    if attr.dim() == 4:
+        attr = attr.sum(dim=1)
+    elif attr.dim() != 3:
+        raise ValueError(
+            "attributions: expected (B, C, H, W), (B, H, W) or a (B, gh, gw) grid, got "
+            f"shape {tuple(attr.shape)}"
+        )
+    attr = attr.float()
+    if not bool(torch.isfinite(attr).all()):
+        raise ValueError("attributions: contains NaN or infinite values")
+    if _size_of(attr) != tuple(size):
+        _core.check_choice(
+            interpolate_mode, ("nearest", "bilinear"), "interpolate_mode"
+        )
+        kw = {} if interpolate_mode == "nearest" else {"align_corners": False}
+        attr = F.interpolate(attr[:, None], size=size, mode=interpolate_mode, **kw)[
+            :, 0
+        ]
+    return attr
+
+
+def _format_boxes(boxes: BoxesType, batch: int, size: Tuple[int, int]) -> List[Tensor]:
+    """Per-sample (K, 4) float boxes, validated against the image size."""
+    if isinstance(boxes, Tensor):
+        if boxes.dim() == 2 and boxes.shape[-1] == 4:
+            per = [boxes[i : i + 1] for i in range(boxes.shape[0])]
+        elif boxes.dim() == 3 and boxes.shape[-1] == 4:
+            per = [boxes[i] for i in range(boxes.shape[0])]
+        else:
+            raise ValueError(
+                "boxes: expected a (B, 4) or (B, K, 4) tensor of [x1, y1, x2, y2], got "
+                f"shape {tuple(boxes.shape)}"
+            )
+    elif isinstance(boxes, (list, tuple)):
+        per = []
+        for item in boxes:
+            t = torch.as_tensor(item, dtype=torch.float64)
+            if t.dim() == 1:
+                t = t[None]
+            if t.dim() != 2 or t.shape[-1] != 4:
+                raise ValueError(
+                    "boxes: every sample needs a (4,) box or a (K, 4) array of "
+                    f"[x1, y1, x2, y2], got shape {tuple(t.shape)}"
+                )
+            per.append(t)
+    else:
+        raise TypeError(
+            "boxes: expected a tensor (B, 4) / (B, K, 4) or a list of per-sample boxes"
+        )
+    if len(per) != batch:
+        raise ValueError(f"boxes: expected boxes for {batch} samples, got {len(per)}")
+    h, w = size
+    out = []
+    for i, t in enumerate(per):
+        t = t.double()
+        if t.shape[0] == 0:
+            raise ValueError(f"boxes: sample {i} has no box")
+        x1, y1, x2, y2 = t.unbind(-1)
+        bad = (x1 < 0) | (y1 < 0) | (x2 > w) | (y2 > h)
+        if bool(bad.any()):
+            raise ValueError(
+                f"boxes: sample {i} has a box outside the {h}x{w} image: "
+                f"{t[bad][0].tolist()}"
+            )
+        if bool(((x2 <= x1) | (y2 <= y1)).any()):
+            raise ValueError(
+                f"boxes: sample {i} has an empty box (expected x2 > x1 and y2 > y1)"
+            )
+        out.append(t)
+    return out
+
+
+def _box_masks(boxes: List[Tensor], size: Tuple[int, int], device) -> Tensor:
+    """Union of each sample's boxes as a (B, H, W) bool mask (pixel-centre rule)."""
+    h, w = size
+    rc = torch.arange(h, dtype=torch.float64) + 0.5
+    cc = torch.arange(w, dtype=torch.float64) + 0.5
+    masks = torch.zeros(len(boxes), h, w, dtype=torch.bool)
+    for i, t in enumerate(boxes):
+        for x1, y1, x2, y2 in t.tolist():
+            rows = (rc >= y1) & (rc <= y2)
+            cols = (cc >= x1) & (cc <= x2)
+            masks[i] |= rows[:, None] & cols[None, :]
+    return masks.to(device)
+
+
+def _ground_truth(
+    attributions: Any,
+    boxes: Optional[BoxesType],
+    masks: Optional[Tensor],
+    image_size: Optional[Sequence[int]],
+    need_boxes: bool = False,
+) -> Tuple[Tensor, Optional[List[Tensor]], Tuple[int, int]]:
+    """Ground-truth mask (B, H, W) bool, the boxes (if given), and (H, W)."""
+    attr = _core.unwrap(attributions, "attributions")
+    batch = attr.shape[0] if attr.dim() > 0 else 0
+    if (boxes is None) == (masks is None) and not need_boxes:
+        raise ValueError("boxes/masks: give exactly one of boxes and masks")
+    if need_boxes and boxes is None:
+        raise ValueError("boxes: this metric needs ground-truth boxes")
+    if masks is not None:
+        m = _core.unwrap(masks, "masks")
+        if m.dim() == 4 and m.shape[1] == 1:
+            m = m[:, 0]
+        if m.dim() != 3 or m.shape[0] != batch:
+            raise ValueError(
+                f"masks: expected a (B, H, W) mask for B = {batch}, got shape "
+                f"{tuple(m.shape)}"
+            )
+        if m.dtype != torch.bool:
+            if not bool(((m == 0) | (m == 1)).all()):
+                raise ValueError("masks: expected a boolean or 0/1 mask")
+            m = m != 0
+        size = (int(m.shape[1]), int(m.shape[2]))
+        if image_size is not None and tuple(int(s) for s in image_size) != size:
+            raise ValueError(
+                f"image_size: {tuple(image_size)} differs from masks {size}"
+            )
+        gt = m.to(attr.device)
+        box_list = None
+        if boxes is not None:
+            box_list = _format_boxes(boxes, batch, size)
+    else:
+        size = (
+            tuple(int(s) for s in image_size)
+            if image_size is not None
+            else _size_of(attr)
+        )
+        if len(size) != 2 or min(size) < 1:
+            raise ValueError(f"image_size: expected (H, W), got {image_size!r}")
+        box_list = _format_boxes(boxes, batch, size)
+        gt = _box_masks(box_list, size, attr.device)
+    if not bool(gt.flatten(1).any(dim=1).all()):
+        raise ValueError(
+            "masks: every sample needs at least one ground-truth pixel (empty mask)"
+        )
+    return gt, box_list, size
+
+
+def _normalise(maps: Tensor) -> Tensor:
+    """Per-sample min-max normalisation to [0, 1]; a constant map becomes zeros."""
+    flat = maps.flatten(1)
+    lo = flat.min(dim=1).values[:, None, None]
+    hi = flat.max(dim=1).values[:, None, None]
+    span = hi - lo
+    return torch.where(span > 0, (maps - lo) / torch.where(span > 0, span, 1.0), 0.0)
+
+
+def _binarise(maps: Tensor, threshold: Union[str, float]) -> Tensor:
+    norm = _normalise(maps)
+    if isinstance(threshold, str):
+        _core.check_choice(threshold, ("mean",), "threshold")
+        t = norm.flatten(1).mean(dim=1)[:, None, None]
+    elif isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"threshold: expected a value in [0, 1], got {threshold}")
+        t = float(threshold)
+    else:
+        raise TypeError(f"threshold: expected 'mean' or a float, got {threshold!r}")
+    return norm > t
+
+
+# ------------------------------------------------------------------ metrics
+def pointing_game(
+    attributions: Tensor,
+    boxes: Optional[BoxesType] = None,
+    masks: Optional[Tensor] = None,
+    *,
+    tolerance: float = 0.0,
+    max_box_fraction: Optional[float] = None,
+    ties: str = "any",
+    image_size: Optional[Sequence[int]] = None,
+    interpolate_mode: str = "nearest",
+    seed: int = 0,
+) -> Tensor:
+    """Pointing game (Zhang et al., ECCV 2016 / IJCV 2018).
+
+    A hit when the maximum of the attribution map lies inside the ground truth (any
+    of a sample's boxes, or the mask), or within ``tolerance`` pixels of it (Zhang et
+    al. use 15 pixels). ViT-CX (Xie et al. 2023) and TIS (Englebert et al. 2023) skip
+    images whose ground truth covers more than half of the image:
+    ``max_box_fraction=0.5``. Accuracy over a dataset is ``torch.nanmean(result)``.
+
+    Args:
+        attributions: (B, C, H, W) (channels summed), (B, H, W), or a lower-resolution
+            (B, h, w) map such as a patch grid (upsampled to the ground truth).
+        boxes: Ground-truth boxes ``[x1, y1, x2, y2]`` in pixels: a (B, 4) or
+            (B, K, 4) tensor or a per-sample list of (4,) / (K, 4) arrays.
+        masks: Alternatively, (B, H, W) boolean ground-truth masks.
+        tolerance: Hit radius in pixels around the ground truth (Euclidean).
+        max_box_fraction: Skip (NaN) samples whose ground-truth area (union of the
+            boxes, or the mask) exceeds this fraction of the image.
+        ties: When several pixels share the maximum (e.g. patch-constant maps):
+            ``"any"`` (default; hit if any of them hits, as Quantus), ``"all"``, or
+            ``"random"`` (one of them drawn with ``seed``).
+        image_size: (H, W) of the images when only boxes are given and the map is
+            not at image resolution.
+        interpolate_mode: ``"nearest"`` (default) or ``"bilinear"`` upsampling.
+        seed: Seed for ``ties="random"``.
+
+    Returns:
+        (B,) float: 1.0 hit, 0.0 miss, NaN for skipped samples (only with
+        ``max_box_fraction``).
+
+    Examples::
+
+        >>> from captum_vit.metrics import pointing_game
+        >>> hits = pointing_game(attr, boxes=[[10, 20, 120, 200]] * len(attr),
+        ...                      max_box_fraction=0.5)
+        >>> torch.nanmean(hits)
+    """
+    _core.check_choice(ties, _TIES, "ties")
+    seed = _core.check_seed(seed)
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)):
+        raise TypeError(f"tolerance: expected a number of pixels, got {tolerance!r}")
+    if tolerance < 0:
+        raise ValueError(f"tolerance: expected >= 0, got {tolerance}")
+    gt, _, size = _ground_truth(attributions, boxes, masks, image_size)
+    maps = _maps(attributions, size, interpolate_mode)
+    b = maps.shape[0]
+    reach = gt
+    r = int(tolerance)
+    if r > 0:
+        k = torch.arange(-r, r + 1, dtype=torch.float32)
+        disk = ((k[:, None] ** 2 + k[None, :] ** 2) <= float(tolerance) ** 2).float()
+        reach = (
+            F.conv2d(gt[:, None].float(), disk[None, None].to(gt.device), padding=r)[
+                :, 0
+            ]
+            > 0
+        )
+    is_max = maps == maps.flatten(1).max(dim=1).values[:, None, None]
+    hits_at_max = (is_max & reach).flatten(1).sum(dim=1)
+    n_max = is_max.flatten(1).sum(dim=1)
+    if ties == "any":
+        hit = hits_at_max > 0
+    elif ties == "all":
+        hit = hits_at_max == n_max
+    else:
+        hit = torch.zeros(b, dtype=torch.bool, device=maps.device)
+        for i in range(b):
+            where = torch.nonzero(is_max[i].flatten()).flatten()
+            j = torch.randint(where.numel(), (1,), generator=_core.generator(seed, 31))
+            hit[i] = reach[i].flatten()[where[int(j)]]
+    out = hit.float()
+    if max_box_fraction is not None:
+        if not 0.0 < float(max_box_fraction) <= 1.0:
+            raise ValueError(
+                f"max_box_fraction: expected a fraction in (0, 1], got "
+                f"{max_box_fraction}"
+            )
+        frac = gt.flatten(1).float().mean(dim=1)
+        out = torch.where(frac > float(max_box_fraction), float("nan"), out)
+    return out
+
+
+def _average_precision(scores: Tensor, labels: Tensor) -> Tensor:
+    """AP of one ranking (scikit-learn's step-wise definition, ties grouped)."""
+    order = torch.argsort(scores, descending=True, stable=True)
+    s = scores[order].double()
+    y = labels[order].double()
+    tp = torch.cumsum(y, 0)
+    last = torch.ones_like(s, dtype=torch.bool)
+    last[:-1] = s[1:] != s[:-1]  # end of each group of tied scores
+    idx = torch.nonzero(last).flatten()
+    tp = tp[idx]
+    precision = tp / (idx + 1).double()
+    recall = tp / tp[-1]
+    recall_prev = torch.cat([recall.new_zeros(1), recall[:-1]])
+    return ((recall - recall_prev) * precision).sum()
+
+
+def segmentation_ap(
+    attributions: Tensor,
+    masks: Optional[Tensor] = None,
+    boxes: Optional[BoxesType] = None,
+    *,
+    include_background: bool = True,
+    image_size: Optional[Sequence[int]] = None,
+    interpolate_mode: str = "nearest",
+) -> Tensor:
+    """Average precision of the map as a soft segmentation (Chefer et al., CVPR 2021;
+    SkipPLUS, Mehri et al. 2024).
+
+    The map is min-max normalised to ``r`` in [0, 1]. With ``include_background``
+    (default, the protocol of Chefer et al.'s ImageNet-segmentation evaluation, which
+    SkipPLUS follows) the two-class prediction ``(1 - r, r)`` is scored against the
+    one-hot (background, foreground) ground truth as one ranking; otherwise ``r``
+    alone is ranked against the foreground mask. AP is scikit-learn's
+    ``average_precision_score`` (step-wise, tied scores grouped).
+
+    Args:
+        attributions: (B, C, H, W), (B, H, W) or a lower-resolution (B, h, w) map.
+        masks: (B, H, W) boolean ground-truth segmentation of the target class.
+        boxes: Alternatively, boxes rasterised to masks.
+        include_background: Score the background channel too (Chefer protocol).
+        image_size: (H, W) when only boxes are given and the map is low-res.
+        interpolate_mode: ``"nearest"`` (default, as SkipPLUS) or ``"bilinear"``.
+
+    Returns:
+        (B,) AP values in [0, 1].
+
+    Examples::
+
+        >>> from captum_vit.metrics import segmentation_ap
+        >>> segmentation_ap(attr, masks=seg_masks).mean()
+    """
+    gt, _, size = _ground_truth(attributions, boxes, masks, image_size)
+    maps = _normalise(_maps(attributions, size, interpolate_mode))
+    out = []
+    for i in range(maps.shape[0]):
+        r, y = maps[i].flatten(), gt[i].flatten()
+        if include_background:
+            r, y = torch.cat([1.0 - r, r]), torch.cat([~y, y])
+        out.append(_average_precision(r, y))
+    return torch.stack(out).float()
+
+
+def pixel_accuracy(
+    attributions: Tensor,
+    masks: Optional[Tensor] = None,
+    boxes: Optional[BoxesType] = None,
+    *,
+    threshold: Union[str, float] = "mean",
+    image_size: Optional[Sequence[int]] = None,
+    interpolate_mode: str = "nearest",
+) -> Tensor:
+    """Pixel accuracy of the thresholded map (Chefer et al., CVPR 2021; review by
+    Kashefi et al.).
+
+    The map is min-max normalised per sample (a constant map becomes all zeros) and
+    binarised at its mean (``threshold="mean"``, the protocol) or at a fixed value in
+    [0, 1]; accuracy is the fraction of pixels whose binary label matches the mask.
+
+    Args:
+        attributions: (B, C, H, W), (B, H, W) or a lower-resolution (B, h, w) map.
+        masks: (B, H, W) boolean ground-truth masks.
+        boxes: Alternatively, boxes rasterised to masks.
+        threshold: ``"mean"`` or a float in [0, 1] on the normalised map.
+        image_size: (H, W) when only boxes are given and the map is low-res.
+        interpolate_mode: ``"nearest"`` (default) or ``"bilinear"``.
+
+    Returns:
+        (B,) accuracies in [0, 1].
+
+    Examples::
+
+        >>> from captum_vit.metrics import pixel_accuracy
+        >>> pixel_accuracy(attr, masks=seg_masks)
+    """
+    gt, _, size = _ground_truth(attributions, boxes, masks, image_size)
+    pred = _binarise(_maps(attributions, size, interpolate_mode), threshold)
+    return (pred == gt).flatten(1).float().mean(dim=1)
+
+
+def mean_iou(
+    attributions: Tensor,
+    masks: Optional[Tensor] = None,
+    boxes: Optional[BoxesType] = None,
+    *,
+    threshold: Union[str, float] = "mean",
+    image_size: Optional[Sequence[int]] = None,
+    interpolate_mode: str = "nearest",
+) -> Tensor:
+    """Mean IoU of the thresholded map over foreground and background (Chefer et al.,
+    CVPR 2021; review by Kashefi et al.).
+
+    Binarisation as :func:`pixel_accuracy`. IoU is computed for the foreground
+    (map vs mask) and the background (complements) and averaged; a class absent from
+    both prediction and ground truth (zero union) is left out of the mean (the
+    foreground never is: empty masks are rejected).
+
+    Args:
+        attributions: (B, C, H, W), (B, H, W) or a lower-resolution (B, h, w) map.
+        masks: (B, H, W) boolean ground-truth masks.
+        boxes: Alternatively, boxes rasterised to masks.
+        threshold: ``"mean"`` or a float in [0, 1] on the normalised map.
+        image_size: (H, W) when only boxes are given and the map is low-res.
+        interpolate_mode: ``"nearest"`` (default) or ``"bilinear"``.
+
+    Returns:
+        (B,) mIoU values in [0, 1].
+
+    Examples::
+
+        >>> from captum_vit.metrics import mean_iou
+        >>> mean_iou(attr, masks=seg_masks).mean()
+    """
+    gt, _, size = _ground_truth(attributions, boxes, masks, image_size)
+    pred = _binarise(_maps(attributions, size, interpolate_mode), threshold)
+    ious = []
+    for p, g in ((pred, gt), (~pred, ~gt)):
+        inter = (p & g).flatten(1).sum(1).double()
+        union = (p | g).flatten(1).sum(1).double()
+        ious.append((inter, union))
+    num = torch.zeros(pred.shape[0], dtype=torch.float64, device=pred.device)
+    cnt = torch.zeros_like(num)
+    for inter, union in ious:
+        ok = union > 0
+        num += torch.where(ok, inter / union.clamp_min(1.0), 0.0)
+        cnt += ok.double()
+    return (num / cnt.clamp_min(1.0)).float()
+
+
+def box_iou(
+    attributions: Tensor,
+    boxes: BoxesType,
+    *,
+    threshold: float = 0.2,
+    image_size: Optional[Sequence[int]] = None,
+    interpolate_mode: str = "nearest",
+) -> Tensor:
+    """IoU of the box around the thresholded map with the ground-truth box (review by
+    Kashefi et al.; Niu et al.).
+
+    The map is upsampled to the image, min-max normalised, pixels above
+    ``threshold`` (0.2) are kept, and their tight bounding box is compared with the
+    ground-truth box (the best-matching one when a sample has several). A map with
+    no pixel above the threshold (e.g. constant) predicts no box: IoU 0.
+
+    Args:
+        attributions: (B, C, H, W), (B, H, W) or a lower-resolution (B, h, w) map.
+        boxes: Ground-truth boxes, (B, 4) / (B, K, 4) tensor or per-sample list.
+        threshold: Threshold in [0, 1] on the normalised map.
+        image_size: (H, W) when the map is not at image resolution.
+        interpolate_mode: ``"nearest"`` (default) or ``"bilinear"``.
+
+    Returns:
+        (B,) IoU values in [0, 1].
+
+    Examples::
+
+        >>> from captum_vit.metrics import box_iou
+        >>> box_iou(attr, boxes=gt_boxes, threshold=0.2)
+    """
+    _, box_list, size = _ground_truth(attributions, boxes, None, image_size, True)
+    on = _binarise(_maps(attributions, size, interpolate_mode), float(threshold))
+    out = []
+    for i in range(on.shape[0]):
+        rows = torch.nonzero(on[i].any(dim=1)).flatten()
+        cols = torch.nonzero(on[i].any(dim=0)).flatten()
+        if rows.numel() == 0:
+            out.append(torch.tensor(0.0, dtype=torch.float64))
+            continue
+        px1, px2 = float(cols[0]), float(cols[-1]) + 1.0
+        py1, py2 = float(rows[0]), float(rows[-1]) + 1.0
+        g = box_list[i]
+        ix = (
+            torch.minimum(g[:, 2], torch.tensor(px2))
+            - torch.maximum(g[:, 0], torch.tensor(px1))
+        ).clamp_min(0)
+        iy = (
+            torch.minimum(g[:, 3], torch.tensor(py2))
+            - torch.maximum(g[:, 1], torch.tensor(py1))
+        ).clamp_min(0)
+        inter = ix * iy
+        union = (
+            (px2 - px1) * (py2 - py1)
+            + (g[:, 2] - g[:, 0]) * (g[:, 3] - g[:, 1])
+            - inter
+        )
+        out.append((inter / union).max())  # union >= predicted area >= 1
+    return torch.stack(out).float().to(on.device)
