@@ -1,0 +1,217 @@
+"""Embedded default data and model: Fashion-MNIST scenes and a small trained timm ViT.
+
+The zoo gives every tutorial, test and benchmark the same ready-made setting without
+downloads: :func:`make_scenes` draws reproducible scenes with ground-truth boxes and
+masks, and :func:`load_default_model` returns a stock
+``timm.models.vision_transformer.VisionTransformer`` trained on them (see
+``MODEL_CARD.md`` next to this file).
+
+Examples::
+
+    >>> from captum_vit.zoo import load_default_model, load_default_scenes
+    >>> default = load_default_model()
+    >>> inputs, scenes = load_default_scenes(n=4)
+    >>> logits = default.model(inputs)
+    >>> logits.shape
+    torch.Size([4, 10])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from .scenes import (
+    CLASS_NAMES,
+    SAMPLE_PATH,
+    Scenes,
+    generate_scenes,
+    load_fashion_mnist,
+    make_scenes,
+)
+
+__all__ = [
+    "CLASS_NAMES",
+    "DEFAULT_WEIGHTS",
+    "DefaultModel",
+    "MEAN",
+    "SAMPLE_PATH",
+    "STD",
+    "Scenes",
+    "build_model",
+    "generate_scenes",
+    "load_default_model",
+    "load_default_scenes",
+    "load_fashion_mnist",
+    "make_scenes",
+    "preprocess",
+]
+
+#: Path of the shipped weights of the default model.
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default_vit.pt"
+
+#: Per-channel input normalisation of the default model: ``(x - MEAN) / STD``.
+MEAN: Tuple[float, float, float] = (0.5, 0.5, 0.5)
+STD: Tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+_ARCH_KEYS = (
+    "image_size",
+    "patch_size",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "num_classes",
+)
+
+
+class DefaultModel(NamedTuple):
+    """The embedded model and what is needed to use it.
+
+    Attributes:
+        model: the timm ``VisionTransformer``, in eval mode.
+        preprocess: maps images in [0, 1] (B, 3, S, S) to normalised model inputs.
+        class_names: class name per output index.
+        config: the architecture and training record stored with the weights.
+    """
+
+    model: torch.nn.Module
+    preprocess: Callable[[Union[torch.Tensor, np.ndarray]], torch.Tensor]
+    class_names: Tuple[str, ...]
+    config: Dict[str, Any]
+
+
+def preprocess(images: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:
+    """Normalise images in [0, 1] for the default model (mean = std = 0.5).
+
+    Args:
+        images: (B, 3, H, W) or (3, H, W) float images with values in [0, 1], as a
+            tensor or numpy array (e.g. ``Scenes.images``).
+
+    Returns:
+        A float32 tensor of the same shape, ``(images - 0.5) / 0.5``, in [-1, 1].
+
+    Raises:
+        ValueError: ``images`` does not have 3 channels in dimension -3.
+
+    Examples::
+
+        >>> x = preprocess(torch.full((1, 3, 64, 64), 0.5))
+        >>> float(x.abs().max())
+        0.0
+    """
+    x = torch.as_tensor(images)
+    if x.dim() not in (3, 4) or x.shape[-3] != 3:
+        raise ValueError(
+            f"images must be (B, 3, H, W) or (3, H, W) in [0, 1], got {tuple(x.shape)}"
+        )
+    x = x.to(torch.float32)
+    mean = torch.tensor(MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    std = torch.tensor(STD, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def build_model(config: Dict[str, Any]) -> torch.nn.Module:
+    """Build the (untrained) stock timm ViT described by ``config``.
+
+    Args:
+        config: a dict with ``image_size``, ``patch_size``, ``embed_dim``, ``depth``,
+            ``num_heads``, ``mlp_ratio`` and ``num_classes`` (extra keys are ignored).
+
+    Returns:
+        A ``timm.models.vision_transformer.VisionTransformer`` with a CLS token and
+        CLS pooling, in train mode.
+
+    Raises:
+        KeyError: a required key is missing.
+
+    Examples::
+
+        >>> cfg = dict(image_size=32, patch_size=8, embed_dim=32, depth=1,
+        ...            num_heads=2, mlp_ratio=2.0, num_classes=10)
+        >>> build_model(cfg).patch_embed.grid_size
+        (4, 4)
+    """
+    from timm.models.vision_transformer import VisionTransformer
+
+    missing = [k for k in _ARCH_KEYS if k not in config]
+    if missing:
+        raise KeyError(f"model config lacks {missing}")
+    return VisionTransformer(
+        img_size=int(config["image_size"]),
+        patch_size=int(config["patch_size"]),
+        in_chans=3,
+        num_classes=int(config["num_classes"]),
+        embed_dim=int(config["embed_dim"]),
+        depth=int(config["depth"]),
+        num_heads=int(config["num_heads"]),
+        mlp_ratio=float(config["mlp_ratio"]),
+        class_token=True,
+        global_pool="token",
+    )
+
+
+def load_default_model(
+    device: Union[str, torch.device] = "cpu",
+    weights: Optional[Union[str, Path]] = None,
+) -> DefaultModel:
+    """Load the embedded Fashion-MNIST-scenes ViT.
+
+    Args:
+        device: where to put the model.
+        weights: a weights file in the shipped format (a dict with ``config`` and
+            ``state_dict``); defaults to :data:`DEFAULT_WEIGHTS`.
+
+    Returns:
+        A :class:`DefaultModel` whose ``model`` is in eval mode on ``device``.
+
+    Raises:
+        FileNotFoundError: the weights file does not exist.
+
+    Examples::
+
+        >>> default = load_default_model()
+        >>> default.class_names[0]
+        'T-shirt/top'
+    """
+    path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(f"no model weights at {path}")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    config = dict(payload["config"])
+    model = build_model(config)
+    model.load_state_dict(payload["state_dict"])
+    model.to(device).eval()
+    names = tuple(config.get("class_names", CLASS_NAMES))
+    return DefaultModel(model, preprocess, names, config)
+
+
+def load_default_scenes(
+    n: int = 8,
+    seed: int = 0,
+    image_size: int = 64,
+    root: Optional[Union[str, Path]] = None,
+) -> Tuple[torch.Tensor, Scenes]:
+    """Held-out test-split scenes, ready for the default model (demos, tutorials).
+
+    Args:
+        n: number of scenes.
+        seed: generator seed; the same seed gives the same scenes.
+        image_size: image side (the default model expects 64).
+        root: where Fashion-MNIST lives; see :func:`load_fashion_mnist`.
+
+    Returns:
+        ``(inputs, scenes)``: the preprocessed (n, 3, S, S) float32 tensor and the raw
+        :class:`Scenes` (images in [0, 1], labels, boxes, masks).
+
+    Examples::
+
+        >>> inputs, scenes = load_default_scenes(n=2, seed=1)
+        >>> inputs.shape, scenes.labels.shape
+        (torch.Size([2, 3, 64, 64]), (2,))
+    """
+    scenes = make_scenes(n, split="test", seed=seed, image_size=image_size, root=root)
+    return preprocess(scenes.images), scenes
