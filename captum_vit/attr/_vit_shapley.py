@@ -1,0 +1,152 @@
+"""ViT Shapley (Covert, Kim, Lee & Lee, ICLR 2023): amortised Shapley values."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+from captum.attr import Attribution
+from captum.log import log_usage
+from torch import Tensor
+
+from ..shapley._utils import eval_mode
+from ..shapley.explainer import ShapleyExplainer, efficient_normalization
+from ..shapley.games import SurrogateGame
+from ..vit import tokens_to_pixels
+from ._utils import TargetType, format_target, pack_output, unpack_inputs
+
+
+class ViTShapley(Attribution):
+    r"""Shapley values of image patches from a trained ViT Shapley explainer.
+
+    A :class:`~captum_vit.shapley.ShapleyExplainer` trained with
+    :func:`~captum_vit.shapley.train_explainer` predicts, in one forward pass, the
+    Shapley values of the game ``v(s) = softmax(g(x_s))`` where ``g`` is the surrogate
+    (the classifier fine-tuned to accept held-out patches, attention masking). The
+    values are in **probability** units and efficient:
+    ``Σ_i φ_i(x, y) = v_y(1) − v_y(0)`` for every class, where ``v(1)`` is the
+    surrogate's probability on the full image (computed here, one forward) and
+    ``v(0)`` its probability with every patch held out (image-independent, cached).
+
+    Cost per batch: one explainer forward and one surrogate forward.
+
+    Args:
+        explainer: A trained :class:`~captum_vit.shapley.ShapleyExplainer`.
+        surrogate: The surrogate it was trained with; defaults to
+            ``explainer.surrogate`` (attached by ``from_surrogate``, ``train_explainer``
+            and ``load_explainer``).
+
+    Raises:
+        TypeError: ``explainer`` is not a ``ShapleyExplainer``.
+        ValueError: no surrogate, or its patch grid / class count differs from the
+            explainer's.
+
+    Examples::
+
+        >>> from captum_vit.shapley import load_default_explainer
+        >>> explainer, surrogate = load_default_explainer()
+        >>> vs = ViTShapley(explainer, surrogate)
+        >>> attr = vs.attribute(images, target=labels)     # (B, 3, H, W)
+        >>> grid = captum_vit.patch_scores(attr, surrogate)  # (B, gh, gw)
+        >>> maps = vs.attribute_all_classes(images)          # (B, C, gh, gw)
+    """
+
+    def __init__(
+        self, explainer: ShapleyExplainer, surrogate: Optional[nn.Module] = None
+    ) -> None:
+        if not isinstance(explainer, ShapleyExplainer):
+            raise TypeError(
+                f"explainer: expected a captum_vit.shapley.ShapleyExplainer, got "
+                f"{type(explainer).__name__}"
+            )
+        surrogate = explainer.surrogate if surrogate is None else surrogate
+        if surrogate is None:
+            raise ValueError(
+                "surrogate: required (the explainer has no surrogate attached); pass "
+                "the surrogate the explainer was trained with"
+            )
+        explainer.check_surrogate(surrogate)
+        self.explainer = explainer
+        self.game = SurrogateGame(surrogate)
+        self.surrogate = self.game.model
+        super().__init__(self.surrogate)
+
+    def shapley_values(self, inputs: Union[Tensor, Tuple[Tensor]]) -> Tensor:
+        """Efficient Shapley values of every patch for every class.
+
+        Args:
+            inputs: (B, C, H, W) images (or a 1-tuple), preprocessed for the
+                surrogate.
+
+        Returns:
+            (B, N, num_classes) values (probability units), with
+            ``values.sum(1) == v(1) − v(0)``.
+        """
+        images, _ = unpack_inputs(inputs)
+        return self._values(images)[0]
+
+    def _values(self, images: Tensor) -> Tuple[Tensor, Tensor]:
+        """(phi (B, N, C), v1 (B, C)) with one surrogate and one explainer forward."""
+        grid = self.game.adapter.check_images(images)
+        if tuple(grid) != tuple(self.explainer.config["grid_size"]):
+            raise ValueError(
+                f"inputs: give a {tuple(self.explainer.config['grid_size'])} patch "
+                f"grid, as the explainer was trained for; got {tuple(grid)}"
+            )
+        v1 = self.game.full_value(images)
+        v0 = self.game.empty_value(images)
+        with torch.no_grad(), eval_mode(self.explainer):
+            raw = self.explainer(images)
+        v1 = v1.to(raw.device)
+        return efficient_normalization(raw, v1, v0.to(raw.device)), v1
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: Union[Tensor, Tuple[Tensor]],
+        target: TargetType = None,
+        interpolate_mode: str = "nearest",
+    ) -> Union[Tensor, Tuple[Tensor]]:
+        r"""Shapley value of every patch for the target class, spread over its pixels.
+
+        Args:
+            inputs: (B, C, H, W) images (or a 1-tuple of them).
+            target: Class index (int), per-sample list or 1-D tensor; None uses the
+                surrogate's predicted class on the full image.
+            interpolate_mode: ``"nearest"`` (patch-constant, exact for
+                :func:`captum_vit.patch_scores`) or ``"bilinear"`` for display.
+
+        Returns:
+            Attributions of the inputs' shape (and tuple-ness), in probability units;
+            per image the patch values sum to ``v_y(1) − v_y(0)``.
+
+        Raises:
+            ValueError: target out of range, bad image size.
+        """
+        images, was_tuple = unpack_inputs(inputs)
+        phi, v1 = self._values(images)  # (B, N, C), (B, C)
+        b, n, c = phi.shape
+        if target is None:
+            t = v1.argmax(dim=-1).cpu()
+        else:
+            t = format_target(target, b, c)
+        scores = phi.gather(2, t.to(phi.device).view(b, 1, 1).expand(b, n, 1))[..., 0]
+        grid = tuple(self.explainer.config["grid_size"])
+        return pack_output(
+            tokens_to_pixels(scores, grid, images, interpolate_mode), was_tuple
+        )
+
+    def attribute_all_classes(self, inputs: Union[Tensor, Tuple[Tensor]]) -> Tensor:
+        """Shapley values of every patch for every class as (B, C, gh, gw) maps.
+
+        Args:
+            inputs: (B, C, H, W) images (or a 1-tuple of them).
+
+        Returns:
+            (B, num_classes, gh, gw) values in probability units.
+        """
+        phi = self.shapley_values(inputs)
+        gh, gw = self.explainer.config["grid_size"]
+        b, _, c = phi.shape
+        return phi.transpose(1, 2).reshape(b, c, int(gh), int(gw))

@@ -1,0 +1,477 @@
+"""The ViT Shapley explainer: a ViT predicting Shapley values for every patch and class.
+
+Architecture (Covert et al., ICLR 2023, appendix C): a timm ViT backbone (by default a
+copy of the surrogate, whose classifier head is removed), all of its tokens after the
+final norm, one extra transformer block whose first norm is the identity, a LayerNorm,
+an MLP ``D → 4D → 4D → C`` with GELU, the prefix-token outputs dropped, ``tanh``, and
+finally the *additive efficient normalisation*
+
+    ``φ ← φ + (v(1) − v(0) − Σ_i φ_i) / N``    (per image and class)
+
+which makes ``Σ_i φ_i = v(1) − v(0)`` exact, with ``v`` the surrogate's probabilities.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ..vit import ViTAdapter
+
+__all__ = [
+    "ShapleyExplainer",
+    "efficient_normalization",
+    "load_explainer",
+    "load_surrogate",
+    "save_explainer",
+    "save_surrogate",
+]
+
+_EXPLAINER_FORMAT = "captum_vit.shapley.explainer"
+_SURROGATE_FORMAT = "captum_vit.shapley.surrogate"
+PathLike = Union[str, Path]
+
+
+def efficient_normalization(phi: Tensor, v1: Tensor, v0: Tensor) -> Tensor:
+    """Additive efficient normalisation: shift every patch by the same amount so that
+    ``phi.sum(1) == v1 − v0`` for every image and class.
+
+    The correction is computed in float64 and cast back, so efficiency holds to float32
+    rounding of the result.
+
+    Args:
+        phi: (B, N, C) unnormalised values.
+        v1: (B, C) values of the full coalition.
+        v0: (C,) or (B, C) values of the empty coalition.
+
+    Returns:
+        (B, N, C) normalised values.
+
+    Examples::
+
+        >>> phi = efficient_normalization(torch.zeros(1, 4, 2), torch.ones(1, 2),
+        ...                               torch.zeros(2))
+        >>> phi.sum(1)
+        tensor([[1., 1.]])
+    """
+    n = phi.shape[1]
+    gap = (v1.double() - v0.double()) - phi.double().sum(dim=1)
+    return (phi.double() + gap.unsqueeze(1) / n).to(phi.dtype)
+
+
+class _SharedRef:
+    """Holds an object that ``copy.deepcopy`` must not duplicate (the surrogate)."""
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __deepcopy__(self, memo: Dict) -> "_SharedRef":
+        return self
+
+
+def _default_heads(embed_dim: int) -> int:
+    for h in (embed_dim // 64, 4, 2, 1):
+        if h >= 1 and embed_dim % h == 0:
+            return h
+    return 1
+
+
+class ShapleyExplainer(nn.Module):
+    """Predicts Shapley values ``φ(x) ∈ R^{N×C}`` of every patch for every class.
+
+    :meth:`forward` returns the *unnormalised* ``tanh`` outputs; the efficient
+    normalisation needs the surrogate's ``v(1)`` and ``v(0)`` and is applied by
+    :meth:`shapley_values`, :func:`~captum_vit.shapley.train_explainer` and
+    :class:`~captum_vit.attr.ViTShapley`.
+
+    Args:
+        backbone: A supported timm ViT (see :class:`~captum_vit.vit.ViTAdapter`) with
+            at least one prefix token; it becomes a submodule and is trained. Its
+            classifier head is not used (:meth:`from_surrogate` removes it).
+        num_classes: Number of classes C (the surrogate's).
+        num_heads: Heads of the extra attention block (default ``D // 64``, or a
+            divisor of D for small widths).
+        mlp_ratio: Hidden width of the output MLP and of the extra block's MLP, as a
+            multiple of D (paper: 4).
+
+    Examples::
+
+        >>> explainer = ShapleyExplainer.from_surrogate(surrogate)
+        >>> raw = explainer(images)                       # (B, N, C)
+        >>> phi = explainer.shapley_values(images)        # efficient, (B, N, C)
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        num_heads: Optional[int] = None,
+        mlp_ratio: float = 4.0,
+    ) -> None:
+        super().__init__()
+        from timm.models.vision_transformer import Block
+
+        adapter = ViTAdapter(backbone)
+        if adapter.num_prefix_tokens < 1:
+            raise ValueError(
+                "backbone: the explainer needs a ViT with at least one prefix token"
+            )
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+            raise TypeError(f"num_classes: expected an int, got {type(num_classes)}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes: expected >= 1, got {num_classes}")
+        dim = adapter.embed_dim
+        heads = _default_heads(dim) if num_heads is None else int(num_heads)
+        if heads < 1 or dim % heads:
+            raise ValueError(
+                f"num_heads: must divide the embedding width {dim}, got {num_heads}"
+            )
+        if not float(mlp_ratio) > 0:
+            raise ValueError(f"mlp_ratio: expected > 0, got {mlp_ratio}")
+        hidden = int(round(float(mlp_ratio) * dim))
+        self.backbone = backbone
+        self.attn_block = Block(dim, heads, mlp_ratio=float(mlp_ratio), qkv_bias=True)
+        self.attn_block.norm1 = nn.Identity()
+        self.norm = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, num_classes),
+        )
+        self.config: Dict[str, Any] = {
+            "num_classes": int(num_classes),
+            "num_patches": adapter.num_patches,
+            "grid_size": list(adapter.grid_size),
+            "num_prefix_tokens": adapter.num_prefix_tokens,
+            "embed_dim": dim,
+            "num_layers": adapter.num_layers,
+            "num_heads": heads,
+            "mlp_ratio": float(mlp_ratio),
+        }
+        self._surrogate = _SharedRef(None)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # ``surrogate`` is a property backed by a non-module reference: bypass
+        # nn.Module's registration of module-valued attributes as submodules.
+        if name == "surrogate":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    # ----------------------------------------------------------------- building
+    @classmethod
+    def from_surrogate(
+        cls,
+        surrogate: nn.Module,
+        num_heads: Optional[int] = None,
+        mlp_ratio: float = 4.0,
+    ) -> "ShapleyExplainer":
+        """An explainer whose backbone is a copy of ``surrogate`` (paper default).
+
+        The surrogate itself is not modified; it is remembered (not as a submodule, so
+        it is neither saved nor trained) as the explainer's default :attr:`surrogate`.
+
+        Args:
+            surrogate: The fine-tuned surrogate (or the classifier).
+            num_heads: See :class:`ShapleyExplainer`.
+            mlp_ratio: See :class:`ShapleyExplainer`.
+
+        Returns:
+            A new explainer in train mode with all parameters trainable.
+        """
+        adapter = ViTAdapter(surrogate)
+        backbone = copy.deepcopy(adapter.model)
+        backbone.reset_classifier(0)
+        for p in backbone.parameters():
+            p.requires_grad_(True)
+        explainer = cls(backbone, adapter.num_classes, num_heads, mlp_ratio)
+        explainer.surrogate = surrogate
+        return explainer.train()
+
+    @property
+    def surrogate(self) -> Optional[nn.Module]:
+        """The surrogate this explainer was built for (not a submodule), or None."""
+        return self._surrogate.obj
+
+    @surrogate.setter
+    def surrogate(self, model: Optional[nn.Module]) -> None:
+        if model is not None:
+            self.check_surrogate(model)
+        self._surrogate = _SharedRef(model)
+
+    @property
+    def num_patches(self) -> int:
+        """Number of patches N the explainer was built for."""
+        return int(self.config["num_patches"])
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes C."""
+        return int(self.config["num_classes"])
+
+    def check_surrogate(self, surrogate: nn.Module, name: str = "surrogate") -> None:
+        """Raise a ``ValueError`` unless patch grid and class count match ``surrogate``.
+
+        Args:
+            surrogate: A timm ViT.
+            name: Argument name for the message.
+        """
+        try:
+            adapter = ViTAdapter.of(surrogate)
+        except TypeError as err:
+            raise TypeError(f"{name}: {err}") from None
+        if tuple(adapter.grid_size) != tuple(self.config["grid_size"]):
+            raise ValueError(
+                f"{name}: the explainer was built for {self.num_patches} patches "
+                f"(grid {tuple(self.config['grid_size'])}) but the surrogate has "
+                f"{adapter.num_patches} (grid {adapter.grid_size})"
+            )
+        if adapter.num_classes != self.num_classes:
+            raise ValueError(
+                f"{name}: the explainer predicts {self.num_classes} classes but the "
+                f"surrogate has {adapter.num_classes}"
+            )
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, images: Tensor) -> Tensor:
+        """Unnormalised values ``tanh(MLP(LN(Block(tokens))))`` for the patch tokens.
+
+        Args:
+            images: (B, C, H, W) model inputs.
+
+        Returns:
+            (B, N, num_classes) values in (−1, 1), before efficient normalisation.
+        """
+        adapter = ViTAdapter(self.backbone)
+        adapter.check_images(images)
+        tokens = self.backbone.forward_features(images)  # (B, P + N, D), final norm
+        h = self.norm(self.attn_block(tokens))
+        out = self.mlp(h[:, adapter.num_prefix_tokens :])
+        return torch.tanh(out)
+
+    def shapley_values(
+        self,
+        images: Tensor,
+        v1: Optional[Tensor] = None,
+        v0: Optional[Tensor] = None,
+    ) -> Tensor:
+        """Efficient Shapley values (B, N, C): :meth:`forward` + normalisation.
+
+        Args:
+            images: (B, C, H, W) model inputs.
+            v1: (B, C) full-coalition probabilities; computed with :attr:`surrogate`
+                when omitted.
+            v0: (C,) empty-coalition probabilities; likewise.
+
+        Returns:
+            (B, N, C) values with ``Σ_i φ_i = v1 − v0``.
+        """
+        if v1 is None or v0 is None:
+            from .games import SurrogateGame
+
+            if self.surrogate is None:
+                raise ValueError(
+                    "surrogate: this explainer has no surrogate attached; pass v1 and "
+                    "v0 or set explainer.surrogate"
+                )
+            game = SurrogateGame(self.surrogate)
+            v1 = game.full_value(images) if v1 is None else v1
+            v0 = game.empty_value(images) if v0 is None else v0
+        return efficient_normalization(self(images), v1.to(images.device), v0)
+
+
+# ---------------------------------------------------------------- checkpoints
+def _state(module: nn.Module, half: bool) -> Dict[str, Tensor]:
+    sd = {}
+    for k, v in module.state_dict().items():
+        v = v.detach().cpu()
+        sd[k] = v.half() if half and v.is_floating_point() else v.clone()
+    return sd
+
+
+def _load_state(module: nn.Module, state: Dict[str, Tensor], path: PathLike) -> None:
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [
+        f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"checkpoint: {path} does not fit this architecture (missing "
+            f"{missing[:4]}, unexpected {unexpected[:4]}, shape mismatches {wrong[:4]})"
+        )
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def _read(path: PathLike, fmt: str) -> Dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint: no file at {path}")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise ValueError(
+            f"checkpoint: {path} is not a {fmt} checkpoint (format "
+            f"{payload.get('format') if isinstance(payload, dict) else type(payload)})"
+        )
+    return payload
+
+
+def save_explainer(
+    explainer: ShapleyExplainer,
+    path: PathLike,
+    half: bool = False,
+    metadata: Optional[Dict[str, Any]] = None,
+) -> Path:
+    """Save an explainer's weights and configuration (loadable with
+    ``weights_only=True``).
+
+    Args:
+        explainer: The explainer.
+        path: Output file (parent folders are created).
+        half: Store floating-point weights as float16 (half the size; loading casts
+            back to the module's dtype).
+        metadata: Extra JSON-like information (training record, figures).
+
+    Returns:
+        The path written.
+
+    Examples::
+
+        >>> save_explainer(explainer, "explainer.pt")
+        >>> explainer2 = load_explainer("explainer.pt", surrogate)
+    """
+    if not isinstance(explainer, ShapleyExplainer):
+        raise TypeError(
+            f"explainer: expected a ShapleyExplainer, got {type(explainer)}"
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "format": _EXPLAINER_FORMAT,
+            "version": 1,
+            "config": dict(explainer.config),
+            "state_dict": _state(explainer, half),
+            "metadata": dict(metadata or {}),
+        },
+        path,
+    )
+    return path
+
+
+def load_explainer(
+    path: PathLike, surrogate: nn.Module, device: Union[str, torch.device] = "cpu"
+) -> ShapleyExplainer:
+    """Load an explainer saved by :func:`save_explainer` for ``surrogate``.
+
+    The backbone's structure is taken from ``surrogate`` (the explainer is rebuilt
+    with :meth:`ShapleyExplainer.from_surrogate`), then every weight is loaded.
+
+    Args:
+        path: Checkpoint file.
+        surrogate: The surrogate the explainer was trained with (same architecture);
+            attached as the explainer's default surrogate.
+        device: Where to put the explainer.
+
+    Returns:
+        The explainer, in eval mode.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not an explainer checkpoint, or one for another architecture
+            (patch grid, classes, width, depth or head shape).
+    """
+    payload = _read(path, _EXPLAINER_FORMAT)
+    cfg = payload["config"]
+    adapter = ViTAdapter.of(surrogate)
+    mine = {
+        "num_patches": adapter.num_patches,
+        "num_classes": adapter.num_classes,
+        "embed_dim": adapter.embed_dim,
+        "num_layers": adapter.num_layers,
+    }
+    bad = {k: (cfg.get(k), v) for k, v in mine.items() if cfg.get(k) != v}
+    if bad:
+        raise ValueError(
+            f"checkpoint: {path} was saved for another architecture "
+            f"(checkpoint vs surrogate: {bad})"
+        )
+    explainer = ShapleyExplainer.from_surrogate(
+        adapter.model, num_heads=int(cfg["num_heads"]), mlp_ratio=cfg["mlp_ratio"]
+    )
+    _load_state(explainer, payload["state_dict"], path)
+    explainer.metadata = dict(payload.get("metadata", {}))
+    return explainer.to(device).eval()
+
+
+def save_surrogate(
+    surrogate: nn.Module,
+    path: PathLike,
+    half: bool = False,
+    metadata: Optional[Dict[str, Any]] = None,
+) -> Path:
+    """Save a surrogate's weights (loadable with ``weights_only=True``).
+
+    Args:
+        surrogate: The fine-tuned surrogate (a timm ViT).
+        path: Output file.
+        half: Store floating-point weights as float16.
+        metadata: Extra JSON-like information (e.g. the classifier's config).
+
+    Returns:
+        The path written.
+    """
+    adapter = ViTAdapter(surrogate)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "format": _SURROGATE_FORMAT,
+            "version": 1,
+            "config": {
+                "num_patches": adapter.num_patches,
+                "num_classes": adapter.num_classes,
+                "embed_dim": adapter.embed_dim,
+                "num_layers": adapter.num_layers,
+            },
+            "state_dict": _state(adapter.model, half),
+            "metadata": dict(metadata or {}),
+        },
+        path,
+    )
+    return path
+
+
+def load_surrogate(
+    path: PathLike, classifier: nn.Module, device: Union[str, torch.device] = "cpu"
+) -> nn.Module:
+    """Load a surrogate saved by :func:`save_surrogate` into a copy of ``classifier``.
+
+    Args:
+        path: Checkpoint file.
+        classifier: A model of the same architecture (the original classifier); it is
+            copied, never modified.
+        device: Where to put the surrogate.
+
+    Returns:
+        The surrogate, in eval mode.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a surrogate checkpoint, or one for another architecture.
+    """
+    payload = _read(path, _SURROGATE_FORMAT)
+    adapter = ViTAdapter(classifier)
+    model = copy.deepcopy(adapter.model)
+    _load_state(model, payload["state_dict"], path)
+    return model.to(device).eval()

@@ -1,0 +1,110 @@
+"""ViTShapley: the Captum attributor built on a ShapleyExplainer."""
+
+import pytest
+import torch
+from captum.attr import Attribution
+from conftest import make_model, model_state
+
+from captum_vit import patch_scores
+from captum_vit.attr._vit_shapley import ViTShapley
+from captum_vit.shapley import ShapleyExplainer, SurrogateGame
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread (no OpenMP barriers on busy CPUs)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _setup(family="cls"):
+    surrogate = make_model(family)
+    torch.manual_seed(1)
+    explainer = ShapleyExplainer.from_surrogate(surrogate).eval()
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    return surrogate, explainer, x
+
+
+@pytest.mark.parametrize("family", ["cls", "distilled", "reg_gap"])
+def test_attribute_shapes_targets_and_efficiency(family):
+    surrogate, explainer, x = _setup(family)
+    vs = ViTShapley(explainer)
+    assert isinstance(vs, Attribution) and vs.forward_func is surrogate
+    phi = vs.shapley_values(x)
+    assert phi.shape == (3, 16, 5)
+    game = SurrogateGame(surrogate)
+    gap = phi.sum(1) - (game.full_value(x) - game.empty_value(x))
+    assert gap.abs().max() < 1e-5  # efficiency, every class
+    attr = vs.attribute(x, target=[0, 3, 4])
+    assert attr.shape == x.shape
+    grid = patch_scores(attr, surrogate).reshape(3, 16)
+    assert torch.allclose(grid, phi[torch.arange(3), :, torch.tensor([0, 3, 4])])
+    pred = surrogate(x).argmax(1)
+    default = vs.attribute(x)
+    assert torch.allclose(default, vs.attribute(x, target=pred))
+    maps = vs.attribute_all_classes(x)
+    assert maps.shape == (3, 5, 4, 4)
+    assert torch.allclose(maps.reshape(3, 5, 16), phi.transpose(1, 2))
+    tup = vs.attribute((x,), target=1)
+    assert isinstance(tup, tuple) and torch.allclose(tup[0], vs.attribute(x, target=1))
+
+
+def test_batch_equals_per_sample():
+    surrogate, explainer, x = _setup()
+    vs = ViTShapley(explainer, surrogate)
+    batch = vs.attribute(x, target=2)
+    single = torch.cat([vs.attribute(x[i : i + 1], target=2) for i in range(3)])
+    assert torch.allclose(batch, single, atol=1e-6)
+
+
+def test_models_unchanged_also_after_errors():
+    surrogate, explainer, x = _setup()
+    explainer.train()
+    surrogate.blocks[1].train()
+    s_before, e_before = model_state(surrogate), model_state(explainer)
+    vs = ViTShapley(explainer, surrogate)
+    vs.attribute(x, target=1)
+    vs.attribute_all_classes(x)
+    assert model_state(surrogate) == s_before and model_state(explainer) == e_before
+    with pytest.raises(ValueError, match="target"):
+        vs.attribute(x, target=5)
+    with pytest.raises(ValueError, match="target"):
+        vs.attribute(x, target=[0, 1])
+    with pytest.raises(ValueError, match="inputs"):
+        vs.attribute(torch.randn(2, 3, 40, 40))
+    assert model_state(surrogate) == s_before and model_state(explainer) == e_before
+
+
+def test_mismatched_explainer_and_surrogate():
+    surrogate, explainer, _ = _setup()
+    with pytest.raises(ValueError, match="patches"):
+        ViTShapley(explainer, make_model("cls", img_size=24))
+    with pytest.raises(ValueError, match="classes"):
+        ViTShapley(explainer, make_model("cls", num_classes=3))
+    with pytest.raises(TypeError, match="explainer"):
+        ViTShapley(surrogate)
+    bare = ShapleyExplainer.from_surrogate(surrogate)
+    bare.surrogate = None
+    with pytest.raises(ValueError, match="surrogate"):
+        ViTShapley(bare)
+    with pytest.raises(ValueError, match="patches"):
+        bare.surrogate = make_model("cls", img_size=24)
+
+
+def test_explainer_architecture():
+    surrogate, explainer, x = _setup()
+    # backbone copied from the surrogate (same weights, head removed), not shared
+    sd = surrogate.state_dict()
+    for k, v in explainer.backbone.state_dict().items():
+        assert torch.equal(v, sd[k])
+    assert not any(
+        p is q for p in explainer.parameters() for q in surrogate.parameters()
+    )
+    assert isinstance(explainer.attn_block.norm1, torch.nn.Identity)
+    dims = [m.out_features for m in explainer.mlp if isinstance(m, torch.nn.Linear)]
+    assert dims == [128, 128, 5]  # D -> 4D -> 4D -> C with D = 32
+    raw = explainer(x)
+    assert raw.shape == (3, 16, 5) and raw.abs().max() < 1
+    assert "surrogate" not in dict(explainer.named_modules())
