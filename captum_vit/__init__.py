@@ -1,6 +1,14 @@
 """captum-vit: Vision Transformer explanations and metrics for Captum and timm."""
 
-from .attr import AttentionRollout, GenAtt
+from .attr import (
+    AttentionRollout,
+    GenAtt,
+    PLUSWrapper,
+    SkipPLUSWrapper,
+    TransformerInputSampling,
+    ViTCX,
+    ViTShapley,
+)
 from .vit import TokenMask, ViTAdapter, patch_scores
 
 __version__ = "0.1.0"
@@ -8,7 +16,12 @@ __version__ = "0.1.0"
 __all__ = [
     "AttentionRollout",
     "GenAtt",
+    "PLUSWrapper",
+    "SkipPLUSWrapper",
     "TokenMask",
+    "TransformerInputSampling",
     "ViTAdapter",
+    "ViTCX",
+    "ViTShapley",
     "patch_scores",
 ]
