@@ -148,6 +148,7 @@ def test_plus_equals_direct_ig_sum_every_family(family: str) -> None:
 
 METHODS = {
     "saliency": (Saliency, {}, None),
+    "saliency_signed": (Saliency, dict(abs=False), None),
     "ixg": (InputXGradient, {}, None),
     "ig": (IntegratedGradients, dict(n_steps=5, method="riemann_trapezoid"), None),
     "gradient_shap": (GradientShap, dict(n_samples=3, stdevs=0.05), 0),

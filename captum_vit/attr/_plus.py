@@ -27,9 +27,11 @@ import torch.nn as nn
 from captum.attr import (
     Attribution,
     GradientAttribution,
+    InputXGradient,
     LayerAttribution,
     NeuronAttribution,
     NoiseTunnel,
+    Saliency,
 )
 from captum.log import log_usage
 from torch import Tensor
@@ -344,7 +346,10 @@ class PLUSWrapper(Attribution):
 
     Cost: sum over chosen ``l`` of ``L - l`` blocks per evaluation of the wrapped
     method (PLUS on 12 blocks: 78 block passes, SkipPLUS: 21, the plain method: 12),
-    plus one no-grad forward for the hidden states.
+    plus one no-grad forward for the hidden states. Plain ``Saliency`` and
+    ``InputXGradient`` (exact classes) and GenAtt/rollout need one pass only: the
+    gradient of ``f_l`` at ``x_l`` is the full pass's gradient at block ``l``'s input,
+    so all layers come from one forward/backward (same numbers as per-layer calls).
 
     Args:
         attributor: A Captum attribution instance whose forward function is a
@@ -624,7 +629,9 @@ class PLUSWrapper(Attribution):
         if target is not None:
             t = format_target(target, images.shape[0], self.adapter.num_classes)
             t = t.to(images.device)
-        if self._kind == "captum":
+        if self._kind == "captum" and self._one_pass_gradient(kwargs):
+            scores = self._gradient_scores(images, grid, t, kwargs)
+        elif self._kind == "captum":
             scores = self._captum_scores(images, grid, t, kwargs)
         else:
             if kwargs:
@@ -691,6 +698,51 @@ class PLUSWrapper(Attribution):
             if isinstance(attr, tuple):
                 attr = attr[0]
             scores = scores + self._reduce(attr.detach())[:, p:].to(scores.dtype)
+        return scores
+
+    def _one_pass_gradient(self, kwargs: Dict[str, Any]) -> bool:
+        """Plain Saliency / InputXGradient: every f_l's gradient at x_l is the
+        gradient of the full forward pass at block l's input, so one backward serves
+        all layers (exactly what the per-layer Captum calls compute)."""
+        kind = type(self.attributor)
+        if kind is Saliency:
+            return set(kwargs) <= {"abs", "additional_forward_args"}
+        return kind is InputXGradient and set(kwargs) <= {"additional_forward_args"}
+
+    def _gradient_scores(
+        self,
+        images: Tensor,
+        grid: Tuple[int, int],
+        t: Optional[Tensor],
+        kwargs: Dict[str, Any],
+    ) -> Tensor:
+        if kwargs.get("additional_forward_args") is not None:
+            raise ValueError(
+                "additional_forward_args: not supported; the sub-networks f_l take the "
+                "hidden states only"
+            )
+        first, n_layers = self.layers[0], self.adapter.num_layers
+        hidden = self._hidden_states(images, grid, first)[first]
+        with torch.enable_grad():
+            h = hidden.detach().requires_grad_(True)
+            block_inputs = {first: h}
+            for k in range(first, n_layers):
+                h = self.adapter.run_blocks(h, start=k, stop=k + 1, grid=grid)
+                block_inputs[k + 1] = h
+            logits = self.adapter.head(h)
+            if t is None:
+                t = logits.argmax(dim=1)
+            objective = logits.gather(1, t[:, None]).sum()
+            wanted = [block_inputs[k] for k in self.layers]
+            grads = torch.autograd.grad(objective, wanted)
+        p = self.adapter.num_prefix_tokens
+        scores = images.new_zeros(images.shape[0], grid[0] * grid[1])
+        for x_l, g in zip(wanted, grads):
+            if type(self.attributor) is InputXGradient:
+                attr = x_l.detach() * g
+            else:
+                attr = g.abs() if kwargs.get("abs", True) else g
+            scores = scores + self._reduce(attr)[:, p:].to(scores.dtype)
         return scores
 
     def _attention_scores(
