@@ -17,7 +17,15 @@ from captum_vit.attr._tis import (
     token_saliency,
 )
 
-torch.set_num_threads(2)
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, which stall on a busy CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 _TINY = dict(pretrained=False, depth=2, embed_dim=32, num_heads=2, num_classes=5)
 FAMILIES = {

@@ -16,6 +16,8 @@ from scipy.spatial.distance import pdist
 
 from captum_vit.attr._vitcx import (
     ViTCX,
+    _channel_range,
+    _linear_upsampling,
     cluster_labels,
     cluster_masks,
     coverage_corrected_saliency,
@@ -23,7 +25,15 @@ from captum_vit.attr._vitcx import (
     merge_clusters,
 )
 
-torch.set_num_threads(2)
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, which stall on a busy CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 _TINY = dict(pretrained=False, depth=2, embed_dim=32, num_heads=2, num_classes=5)
 FAMILIES = {
@@ -194,6 +204,18 @@ def test_fast_clustering_equals_explicit_masks():
         assert got_labels[7] == -1 and got_labels[9] == -1
         assert torch.equal(got_labels[got_labels >= 0], labels)
         assert torch.allclose(got, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "shape", [(14, 14, 224, 224), (4, 5, 20, 25), (3, 7, 37, 50), (4, 4, 4, 4)]
+)
+def test_channel_range_from_extreme_rows_is_exact(shape):
+    gh, gw, h, w = shape
+    f = torch.randn(20, gh, gw, dtype=torch.float64)
+    up = F.interpolate(f[None], size=(h, w), mode="bilinear")[0].flatten(1)
+    lo, hi = _channel_range(f, _linear_upsampling(gh, h), _linear_upsampling(gw, w))
+    assert torch.allclose(lo, up.amin(1), atol=1e-12)
+    assert torch.allclose(hi, up.amax(1), atol=1e-12)
 
 
 def test_larger_threshold_never_gives_more_masks():

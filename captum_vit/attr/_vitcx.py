@@ -76,17 +76,38 @@ def _upsample(features: Tensor, size: Sequence[int]) -> Tensor:
     )[0]
 
 
-def _channel_range(features: Tensor, size: Sequence[int]) -> Tuple[Tensor, Tensor]:
-    """Minimum and maximum of every upsampled channel, in chunks of channels."""
-    lo, hi = [], []
-    for a, b in _chunks(features.shape[0], 64):
-        up = _upsample(features[a:b], size).flatten(1)
-        lo.append(up.amin(dim=1))
-        hi.append(up.amax(dim=1))
-    if not lo:
-        empty = features.new_zeros(0, dtype=torch.float32)
-        return empty, empty
-    return torch.cat(lo), torch.cat(hi)
+def _extreme_rows(u: Tensor) -> Tensor:
+    """Rows of a 1-D linear upsampling matrix (n, g) where extremes can occur.
+
+    Each row mixes two adjacent source entries, ``(1 − t) g_i + t g_{i+1}``, which is
+    linear in ``t``; over the rows sharing ``i`` a minimum or maximum is reached at the
+    smallest or largest ``t``. Returns those rows (sorted), about ``2g`` of ``n``.
+    """
+    n, g = u.shape
+    nz = u > 0
+    if bool((nz.sum(dim=1) > 2).any()):  # not a 2-tap interpolation: keep all rows
+        return torch.arange(n)
+    first = nz.to(torch.int8).argmax(dim=1)
+    nxt = (first + 1).clamp(max=g - 1)
+    t = torch.where(nxt > first, u[torch.arange(n), nxt], torch.zeros(n, dtype=u.dtype))
+    rows = set()
+    for i in torch.unique(first).tolist():
+        idx = (first == i).nonzero()[:, 0]
+        rows.add(int(idx[t[idx].argmin()]))
+        rows.add(int(idx[t[idx].argmax()]))
+    return torch.tensor(sorted(rows), dtype=torch.long)
+
+
+def _channel_range(features: Tensor, uh: Tensor, uw: Tensor) -> Tuple[Tensor, Tensor]:
+    """Exact minimum and maximum of every bilinearly upsampled channel (float64).
+
+    The upsampled map ``U_h f U_wᵀ`` is linear in the row weights for a fixed column
+    and vice versa, so its extremes lie on the extreme rows × extreme columns of
+    :func:`_extreme_rows`: a (D, ~2gh, ~2gw) evaluation instead of (D, H, W).
+    """
+    rows, cols = _extreme_rows(uh), _extreme_rows(uw)
+    sub = torch.einsum("hi,dij,wj->dhw", uh[rows], features, uw[cols]).flatten(1)
+    return sub.amin(dim=1), sub.amax(dim=1)
 
 
 def _varying(lo: Tensor, hi: Tensor) -> Tensor:
@@ -229,8 +250,8 @@ def cluster_masks(
     ``m_c = (U f_c − lo_c)/r_c`` with ``U`` the (separable) bilinear upsampling, so the
     Gram matrix of the masks is ``A (UᵀU) Aᵀ`` plus rank-one terms (float64, (D, D)),
     and a cluster mean is the upsampled mean of its members' ``f_c / r_c`` minus the
-    mean of ``lo_c / r_c``. Only the per-channel minimum and maximum need the
-    upsampled maps (in chunks).
+    mean of ``lo_c / r_c``. The per-channel minimum and maximum are exact, from the
+    few rows and columns where bilinear extremes can lie (:func:`_channel_range`).
 
     Args:
         features: (D, gh, gw) feature maps.
@@ -244,16 +265,17 @@ def cluster_masks(
     _check_features(features)
     h, w = int(size[0]), int(size[1])
     d, gh, gw = features.shape
-    lo, hi = _channel_range(features, (h, w))
+    uh, uw = _linear_upsampling(gh, h), _linear_upsampling(gw, w)
+    f64 = features.detach().double().cpu()
+    lo, hi = _channel_range(f64, uh, uw)
     keep = _varying(lo, hi)
     labels = torch.full((d,), -1, dtype=torch.long)
     if not bool(keep.any()):
         return features.new_zeros(0, h, w, dtype=torch.float32), labels
-    f = features[keep].double().flatten(1).cpu()  # (D', N)
-    r = (hi - lo)[keep].double().cpu()
+    f = f64[keep].flatten(1)  # (D', N)
+    r = (hi - lo)[keep]
     a = f / r[:, None]
-    b = lo[keep].double().cpu() / r
-    uh, uw = _linear_upsampling(gh, h), _linear_upsampling(gw, w)
+    b = lo[keep] / r
     g0 = torch.kron(uh.T @ uh, uw.T @ uw)  # (N, N) = UᵀU
     u1 = torch.kron(uh.sum(0), uw.sum(0))  # (N,) = Uᵀ1
     au = a @ u1
