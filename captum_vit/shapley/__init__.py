@@ -13,6 +13,12 @@
 Use :class:`captum_vit.attr.ViTShapley` to explain images with a trained explainer.
 """
 
+from .default import (
+    DEFAULT_EXPLAINER,
+    DEFAULT_SURROGATE,
+    SHAPLEY_WEIGHTS,
+    load_default_explainer,
+)
 from .exact import all_coalitions, exact_shapley
 from .explainer import (
     ShapleyExplainer,
@@ -39,6 +45,9 @@ from .training import (
 )
 
 __all__ = [
+    "DEFAULT_EXPLAINER",
+    "DEFAULT_SURROGATE",
+    "SHAPLEY_WEIGHTS",
     "Game",
     "KernelShapResult",
     "ShapleyExplainer",
@@ -51,6 +60,7 @@ __all__ = [
     "exact_shapley",
     "explainer_loss",
     "kernel_shap",
+    "load_default_explainer",
     "load_explainer",
     "load_surrogate",
     "masked_logits",

@@ -10,7 +10,7 @@ and the value is the surrogate's softmax probability vector.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple, Union
+from typing import Callable, Dict, List, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -55,9 +55,13 @@ def masked_logits(
     counts = keep.sum(dim=1)
     order = torch.argsort(counts, stable=True)
     x = images.expand(n, *images.shape[1:]) if images.shape[0] == 1 else images
+    if mask.mode == "drop":
+        bounds = _drop_chunks(counts[order].tolist(), batch_size)
+    else:
+        bounds = [(lo, min(n, lo + batch_size)) for lo in range(0, n, batch_size)]
     outs = []
-    for lo in range(0, n, batch_size):
-        idx = order[lo : lo + batch_size]
+    for lo, hi in bounds:
+        idx = order[lo:hi]
         chunk_mask = mask
         if mask.mode == "drop" and int(counts[idx].max()) == 0:
             # drop mode would pool over an empty sequence on pooled heads: use the
@@ -68,6 +72,29 @@ def masked_logits(
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(n, device=order.device)
     return out[inverse.to(out.device)]
+
+
+def _drop_chunks(
+    sorted_counts: List[int], batch_size: int, max_waste: float = 0.1
+) -> List[Tuple[int, int]]:
+    """Split rows sorted by kept-patch count into chunks for drop-mode forwards.
+
+    A chunk closes when it holds ``batch_size`` rows or when padding every row to the
+    chunk's largest count would waste more than ``max_waste`` of its token slots.
+    """
+    bounds: List[Tuple[int, int]] = []
+    lo, total = 0, 0
+    for i, c in enumerate(sorted_counts):
+        rows = i - lo + 1
+        if rows > batch_size or (
+            rows > 1 and rows * (c + 1) > (total + c + rows) * (1 + max_waste)
+        ):
+            bounds.append((lo, i))
+            lo, total, rows = i, 0, 1
+        total += c
+    if sorted_counts:
+        bounds.append((lo, len(sorted_counts)))
+    return bounds
 
 
 class SurrogateGame:

@@ -17,7 +17,7 @@ deviation falls below ``threshold`` times the range of the estimated values
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -85,6 +85,7 @@ def kernel_shap(
     record_history: bool = False,
     seed: int = 0,
     show_progress: bool = False,
+    callback: Optional[Callable[[int, Tensor], bool]] = None,
 ) -> KernelShapResult:
     """Estimate Shapley values with KernelSHAP until convergence.
 
@@ -105,6 +106,9 @@ def kernel_shap(
         record_history: Keep ``(num_evals, values)`` after every batch.
         seed: Seed of the coalition sampler.
         show_progress: Show a tqdm bar of the convergence ratio.
+        callback: Called after every batch as ``callback(num_evals, values)``
+            (values (d, C) float64); returning True stops sampling (the result then
+            has ``converged=False`` unless the criterion was met too).
 
     Returns:
         A :class:`KernelShapResult`.
@@ -183,6 +187,7 @@ def kernel_shap(
         values = solve_constrained(A, b, total)
         if record_history:
             history.append((evals, values.clone()))
+        stop = bool(callback(evals, values)) if callback is not None else False
         if len(estimates) >= min_batches:
             stacked = torch.stack(estimates)
             std = (stacked.var(dim=0) / len(estimates)).sqrt()
@@ -191,6 +196,8 @@ def kernel_shap(
             if threshold > 0 and ratio < threshold:
                 converged = True
                 break
+        if stop:
+            break
     bar.close()
     if scalar[0]:
         history = [(k, h[:, 0]) for k, h in history]
