@@ -485,6 +485,27 @@ def test_class_plus_model_and_constructor_options() -> None:
     ig = IntegratedGradients(model)
     PLUSWrapper(ig).attribute(x, target=0, n_steps=2)
     assert ig.forward_func is model  # the wrapped attributor is not rebound
+    out = PLUSWrapper(ig).attribute((x,), target=0, n_steps=2)
+    assert isinstance(out, tuple) and out[0].shape == x.shape
+
+
+def test_token_reductions() -> None:
+    model = make_model("distilled", depth=2)
+    x = images("distilled")
+    for red, fn in [
+        ("mean", lambda a: a.mean(-1)),
+        ("abs_sum", lambda a: a.abs().sum(-1)),
+        ("l2", lambda a: a.norm(dim=-1)),
+        (lambda a: a.amax(-1), lambda a: a.amax(-1)),
+    ]:
+        for make, kw in [(InputXGradient, {}), (IntegratedGradients, {"n_steps": 2})]:
+            got = PLUSWrapper(make(model), token_reduction=red)
+            got = grid_of(got.attribute(x, target=1, **kw), model)
+            want = direct_plus(model, x, make, [0, 1], reduce=fn, target=1, **kw)
+            assert_close(got, want, tol=1e-4)
+    bad = PLUSWrapper(InputXGradient(model), token_reduction=lambda a: a.sum())
+    with pytest.raises(ValueError, match="token_reduction"):
+        bad.attribute(x, target=1)
 
 
 # ------------------------------------------------------------ model untouched
