@@ -226,3 +226,17 @@ def test_max_sensitivity_tensor_only_explainer_and_feature_mask():
 
     out = max_sensitivity(explain, x, target=0, feature_mask=mask)
     assert out.shape == (2,) and torch.isfinite(out).all()
+
+
+def test_max_sensitivity_with_a_captum_vit_attributor():
+    from conftest import make_model
+
+    from captum_vit import GenAtt
+
+    model = make_model("cls")
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    before = [p.detach().clone() for p in model.parameters()]
+    a = max_sensitivity(GenAtt(model), images, target=[1, 2], n_perturb_samples=3)
+    b = max_sensitivity(GenAtt(model), images, target=[1, 2], n_perturb_samples=3)
+    assert a.shape == (2,) and torch.isfinite(a).all() and torch.equal(a, b)
+    assert all(torch.equal(p, q) for p, q in zip(before, model.parameters()))

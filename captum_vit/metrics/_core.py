@@ -13,8 +13,8 @@ Every curve- or subset-type metric in :mod:`captum_vit.metrics` is the same four
 
 Rows that keep every feature are the clean inputs and are not re-evaluated; rows that
 keep none are evaluated once per sample. Under token removal the rows are sorted by the
-number of kept tokens so that each batch holds sequences of (nearly) equal length and
-needs little padding.
+number of kept tokens and cut into batches of (nearly) equal length, so that padding
+wastes at most 10% of the tokens of a batch (see :func:`length_chunks`).
 
 Everything here is private; the public functions live in the sibling modules.
 """
@@ -45,6 +45,8 @@ SCORES = ("probability", "logit")
 REDUCTIONS = ("sum", "mean")
 #: How ties in the attribution ranking are broken.
 TIE_BREAKS = ("random", "index")
+#: Largest padding overhead accepted when batching token sequences of unequal length.
+PAD_TOLERANCE = 0.1
 #: Rows per forward pass when ``max_examples_per_batch`` is None.
 DEFAULT_BATCH = 64
 #: Default number of curve steps cap (TIS uses 224 steps).
@@ -546,7 +548,6 @@ def prepare(
         check_choice(removal, ("tokens",) + BASELINES, "removal")
 
     # feature units
-    grid = None
     if removal == "tokens":
         if not vit:
             raise ValueError(
@@ -572,6 +573,8 @@ def prepare(
         features = Features(num=int(inputs[0].numel()), ids=None)
 
     attr = reduce_attributions(attributions, inputs, features, attribution_reduction)
+    with torch.no_grad():
+        base = None if removal == "tokens" else make_baseline(removal, inputs, seed)
 
     with torch.no_grad():
         clean = _forward_chunks(
@@ -590,7 +593,6 @@ def prepare(
         if removal == "tokens":
             remover: Any = TokenRemover(forward_func, inputs, additional_forward_args)
         else:
-            base = make_baseline(removal, inputs, seed)
             remover = PixelRemover(
                 forward_func, inputs, additional_forward_args, features, base
             )
@@ -657,14 +659,20 @@ def evaluate(
         )
     if remover.sort_by_count and todo.numel():
         todo = todo[torch.argsort(counts[todo], descending=True, stable=True)]
+        chunks = length_chunks(counts[todo].tolist(), setup.batch_size)
+    else:
+        chunks = [
+            (start, min(start + setup.batch_size, todo.numel()))
+            for start in range(0, todo.numel(), setup.batch_size)
+        ]
 
     bar = None
     if setup.show_progress and tqdm is not None:
         bar = tqdm(total=int(todo.numel()), desc=desc, unit="img")
     try:
         with torch.no_grad():
-            for start in range(0, todo.numel(), setup.batch_size):
-                rows = todo[start : start + setup.batch_size]
+            for start, stop in chunks:
+                rows = todo[start:stop]
                 keep = make_keep(rows)
                 outputs = remover(sample[rows], keep)
                 out[rows] = setup.scores(outputs, target[sample[rows]], kind).to(device)
@@ -678,6 +686,32 @@ def evaluate(
     if bool(dup.any()):
         out[dup] = out[first_empty[sample[dup]]]
     return out
+
+
+def length_chunks(
+    counts: Sequence[int], batch_size: int, tolerance: float = PAD_TOLERANCE
+) -> list:
+    """Split rows sorted by decreasing token count into batches for token removal.
+
+    A batch is padded to its longest sequence, so a new batch starts when it is full
+    or when adding the next row would make the padded token count exceed the real
+    one by more than ``tolerance`` (equal counts need no padding at all).
+
+    Returns:
+        ``[(start, stop), ...]`` slices of the sorted rows.
+    """
+    chunks, start, total = [], 0, 0
+    for i, c in enumerate(counts):
+        n = i - start
+        if n and (
+            n >= batch_size or counts[start] * (n + 1) > (1.0 + tolerance) * (total + c)
+        ):
+            chunks.append((start, i))
+            start, total = i, 0
+        total += c
+    if start < len(counts):
+        chunks.append((start, len(counts)))
+    return chunks
 
 
 # ------------------------------------------------------------------- rankings

@@ -37,7 +37,8 @@ COMMON = {
             zero pooled features on average-pooled models); ViTs without any prefix
             token cannot evaluate it and raise.""",
     "score": """score: ``"probability"`` (softmax of the outputs, default, as the
-            papers) or ``"logit"`` (the raw output of ``forward_func``).""",
+            papers) or ``"logit"`` (the raw output of ``forward_func``; also the
+            choice for a model that already outputs probabilities).""",
     "attribution_reduction": """attribution_reduction: ``"sum"`` (default) or ``"mean"``
             of a pixel-shaped attribution over each feature's elements. Equal-size
             features (patches) rank identically either way; ``"mean"`` equals
