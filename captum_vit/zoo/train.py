@@ -8,8 +8,8 @@ AdamW with linear warm-up and cosine decay and light label smoothing.
 
 Usage::
 
-    python -m captum_vit.zoo.train --out runs/zoo --epochs 8 --threads 2
-    python -m captum_vit.zoo.train --out runs/zoo --epochs 8 --resume
+    python -m captum_vit.zoo.train --out runs/zoo --threads 1   # the shipped run
+    python -m captum_vit.zoo.train --out runs/zoo --threads 1 --resume
     python -m captum_vit.zoo.train --evaluate-only            # shipped weights
 
 Each epoch writes ``<out>/checkpoint.pt`` (full training state, for ``--resume``) and
@@ -61,13 +61,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         description="Train or evaluate the default ViT on Fashion-MNIST scenes.",
     )
     p.add_argument("--out", type=Path, default=Path("runs/zoo"), help="run folder")
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--train-size", type=int, default=40000, help="scenes per epoch")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=9)
+    p.add_argument("--train-size", type=int, default=16000, help="scenes per epoch")
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     p.add_argument("--min-lr", type=float, default=1e-5)
     p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--warmup-epochs", type=float, default=0.5)
+    p.add_argument("--warmup-epochs", type=float, default=0.3)
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
@@ -75,7 +75,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--patch-size", type=int, default=8)
     p.add_argument("--embed-dim", type=int, default=128)
-    p.add_argument("--depth", type=int, default=6)
+    p.add_argument("--depth", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--mlp-ratio", type=float, default=4.0)
     p.add_argument(
