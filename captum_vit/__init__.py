@@ -9,6 +9,7 @@ from .attr import (
     ViTCX,
     ViTShapley,
 )
+from . import metrics
 from .vit import TokenMask, ViTAdapter, patch_scores
 
 __version__ = "0.1.0"
@@ -23,5 +24,6 @@ __all__ = [
     "ViTAdapter",
     "ViTCX",
     "ViTShapley",
+    "metrics",
     "patch_scores",
 ]
