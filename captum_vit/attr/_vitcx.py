@@ -20,6 +20,7 @@ Pipeline, one image at a time (mask generation) and batched across images (scori
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import fastcluster
@@ -98,14 +99,21 @@ def _extreme_rows(u: Tensor) -> Tensor:
     return torch.tensor(sorted(rows), dtype=torch.long)
 
 
-def _channel_range(features: Tensor, uh: Tensor, uw: Tensor) -> Tuple[Tensor, Tensor]:
+def _channel_range(
+    features: Tensor,
+    uh: Tensor,
+    uw: Tensor,
+    rows: Optional[Tensor] = None,
+    cols: Optional[Tensor] = None,
+) -> Tuple[Tensor, Tensor]:
     """Exact minimum and maximum of every bilinearly upsampled channel (float64).
 
     The upsampled map ``U_h f U_wᵀ`` is linear in the row weights for a fixed column
     and vice versa, so its extremes lie on the extreme rows × extreme columns of
     :func:`_extreme_rows`: a (D, ~2gh, ~2gw) evaluation instead of (D, H, W).
     """
-    rows, cols = _extreme_rows(uh), _extreme_rows(uw)
+    rows = _extreme_rows(uh) if rows is None else rows
+    cols = _extreme_rows(uw) if cols is None else cols
     sub = torch.einsum("hi,dij,wj->dhw", uh[rows], features, uw[cols]).flatten(1)
     return sub.amin(dim=1), sub.amax(dim=1)
 
@@ -162,6 +170,20 @@ def _linear_upsampling(g: int, n: int) -> Tensor:
     """
     eye = torch.eye(g, dtype=torch.float64)[:, None, :]
     return F.interpolate(eye, size=n, mode="linear", align_corners=False)[:, 0].T
+
+
+@lru_cache(maxsize=16)
+def _upsampling_operators(
+    gh: int, gw: int, h: int, w: int
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Cached (U_h, U_w, extreme rows, extreme columns, UᵀU, Uᵀ1) for one geometry.
+
+    The tensors are shared between calls and must not be modified.
+    """
+    uh, uw = _linear_upsampling(gh, h), _linear_upsampling(gw, w)
+    g0 = torch.kron(uh.T @ uh, uw.T @ uw)  # (N, N) = UᵀU
+    u1 = torch.kron(uh.sum(0), uw.sum(0))  # (N,) = Uᵀ1
+    return uh, uw, _extreme_rows(uh), _extreme_rows(uw), g0, u1
 
 
 def _labels_from_distances(dist: np.ndarray, distance_threshold: float) -> Tensor:
@@ -265,9 +287,9 @@ def cluster_masks(
     _check_features(features)
     h, w = int(size[0]), int(size[1])
     d, gh, gw = features.shape
-    uh, uw = _linear_upsampling(gh, h), _linear_upsampling(gw, w)
+    uh, uw, rows, cols, g0, u1 = _upsampling_operators(gh, gw, h, w)
     f64 = features.detach().double().cpu()
-    lo, hi = _channel_range(f64, uh, uw)
+    lo, hi = _channel_range(f64, uh, uw, rows, cols)
     keep = _varying(lo, hi)
     labels = torch.full((d,), -1, dtype=torch.long)
     if not bool(keep.any()):
@@ -276,8 +298,6 @@ def cluster_masks(
     r = (hi - lo)[keep]
     a = f / r[:, None]
     b = lo[keep] / r
-    g0 = torch.kron(uh.T @ uh, uw.T @ uw)  # (N, N) = UᵀU
-    u1 = torch.kron(uh.sum(0), uw.sum(0))  # (N,) = Uᵀ1
     au = a @ u1
     gram = (a @ g0) @ a.T - au[:, None] * b[None] - b[:, None] * au[None]
     gram = gram + float(h * w) * (b[:, None] * b[None])
@@ -519,18 +539,10 @@ class ViTCX(PerturbationAttribution):
         seed = _resolve_seed(seed)
         with torch.no_grad():
             if probs is None:
-                probs = (
-                    torch.cat(
-                        [
-                            torch.softmax(
-                                self.forward_func(images[lo:hi]).float(), dim=-1
-                            )
-                            for lo, hi in _chunks(b, ppe)
-                        ]
-                    )
-                    if b
-                    else images.new_zeros(0, self.adapter.num_classes)
-                )
+                probs = images.new_zeros(b, self.adapter.num_classes, dtype=torch.float)
+                for lo, hi in _chunks(b, ppe):
+                    logits = self.forward_func(images[lo:hi]).float()
+                    probs[lo:hi] = torch.softmax(logits, dim=-1)
             p_x = probs.gather(1, tgt[:, None].to(probs.device))[:, 0]
             with_noise = self.noise_std > 0
             # jobs: (image, mask index, masked?) in image, mask order; the masked and
