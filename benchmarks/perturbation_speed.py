@@ -66,7 +66,9 @@ def paired(
     return min(times), min(floors)
 
 
-def forward_floor(model: nn.Module, x: torch.Tensor, batch: int, count: int):
+def forward_floor(
+    model: nn.Module, x: torch.Tensor, batch: int, count: int
+) -> Callable[[], float]:
     """A floor function: ``count`` x the per-image forward time at ``batch``."""
     xb = x.expand(batch, -1, -1, -1).contiguous()
 
@@ -80,7 +82,7 @@ def forward_floor(model: nn.Module, x: torch.Tensor, batch: int, count: int):
 
 def dropped_floor(
     model: nn.Module, x: torch.Tensor, batch: int, n_keep: int, count: int
-):
+) -> Callable[[], float]:
     """A floor function: ``count`` x the per-image time of a forward on ``n_keep``
     patch tokens (TokenMask drop) at ``batch``."""
     n = ViTAdapter(model).num_patches

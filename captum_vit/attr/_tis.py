@@ -144,6 +144,11 @@ def binarise(centroids: Tensor, n_keep: int) -> Tensor:
     Returns:
         (M, N) boolean masks with exactly ``n_keep`` True per row (ties broken toward
         the lower token index).
+
+    Examples::
+
+        >>> binarise(torch.tensor([[0.1, 0.9, 0.5, 0.7]]), 2)
+        tensor([[False,  True, False,  True]])
     """
     m, n = centroids.shape
     if not 1 <= n_keep <= n:
@@ -162,6 +167,12 @@ def token_saliency(masks: Tensor, scores: Tensor) -> Tensor:
 
     Returns:
         (N,) saliency.
+
+    Examples::
+
+        >>> masks = torch.tensor([[True, False], [True, True]])
+        >>> token_saliency(masks, torch.tensor([0.2, 0.6]))
+        tensor([0.4000, 0.6000])
     """
     m = masks.to(torch.float32)
     num = scores.to(torch.float32) @ m
@@ -240,7 +251,19 @@ class TransformerInputSampling(PerturbationAttribution):
         self.kmeans_iters = kmeans_iters
 
     def n_keep(self, num_patches: int) -> int:
-        """Tokens each mask keeps: ``max(1, int(tokens_ratio · N))``."""
+        """Tokens each mask keeps: ``max(1, int(tokens_ratio · N))``.
+
+        Args:
+            num_patches: Number of patch tokens N.
+
+        Returns:
+            The number of kept tokens per mask, in ``1 .. N``.
+
+        Examples::
+
+            >>> TransformerInputSampling(model).n_keep(196)
+            98
+        """
         return max(1, min(num_patches, int(self.tokens_ratio * num_patches)))
 
     # ------------------------------------------------------------ mask generation
@@ -270,6 +293,11 @@ class TransformerInputSampling(PerturbationAttribution):
 
         Returns:
             (B, N, L·D) activations (block-major along the last dimension).
+
+        Examples::
+
+            >>> TransformerInputSampling(model).activations(images).shape  # ViT-B/16
+            torch.Size([2, 196, 9216])
         """
         images, _ = unpack_inputs(images)
         return self._activations_and_logits(images)[0]
@@ -283,6 +311,11 @@ class TransformerInputSampling(PerturbationAttribution):
 
         Returns:
             (M, N) boolean masks, ``M = min(n_masks, non-constant channels)``.
+
+        Examples::
+
+            >>> tis = TransformerInputSampling(model)
+            >>> masks = tis.masks_from_activations(tis.activations(images)[0], seed=0)
         """
         points = acts.T.float()  # (L·D, N): one point per channel
         varying = points.amax(dim=1) > points.amin(dim=1)
@@ -320,6 +353,12 @@ class TransformerInputSampling(PerturbationAttribution):
 
         Returns:
             A list of B boolean tensors (M_b, N).
+
+        Examples::
+
+            >>> masks = TransformerInputSampling(model).masks(images, seed=0)
+            >>> masks[0].shape, int(masks[0][0].sum())           # ViT-B/16
+            (torch.Size([1024, 196]), 98)
         """
         images, _ = unpack_inputs(images)
         return self._masks_and_probs(images, _resolve_seed(seed))[0]
@@ -348,6 +387,13 @@ class TransformerInputSampling(PerturbationAttribution):
 
         Returns:
             A list of B tensors (M_b,) of probabilities.
+
+        Examples::
+
+            >>> tis = TransformerInputSampling(model, n_masks=256)
+            >>> masks = tis.masks(images, seed=0)
+            >>> w = tis.scores(images, masks, target=[3, 7])      # list of (256,)
+            >>> sal = token_saliency(masks[0], w[0])             # (196,)
         """
         images, _ = unpack_inputs(images)
         gh, gw = self.adapter.check_images(images)
@@ -431,6 +477,12 @@ class TransformerInputSampling(PerturbationAttribution):
         Raises:
             ValueError: bad image size, target out of range,
                 ``perturbations_per_eval < 1``, unknown ``interpolate_mode``.
+
+        Examples::
+
+            >>> attr = TransformerInputSampling(model).attribute(images, seed=0)
+            >>> captum_vit.patch_scores(attr, model).shape      # ViT-B/16
+            torch.Size([2, 14, 14])
         """
         images, was_tuple = unpack_inputs(inputs)
         grid = self.adapter.check_images(images)

@@ -216,6 +216,11 @@ def cluster_labels(masks: Tensor, distance_threshold: float) -> Tensor:
     Returns:
         (D,) long cluster index per mask in ``0 .. K-1``, clusters numbered in the
         order of their first member.
+
+    Examples::
+
+        >>> masks = feature_masks(features, (224, 224))     # (D', 224, 224)
+        >>> labels = cluster_labels(masks, 0.1)             # (D',) in 0 .. K-1
     """
     flat = masks.reshape(masks.shape[0], -1).double()
     unit = flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-300)
@@ -240,6 +245,11 @@ def merge_clusters(masks: Tensor, labels: Tensor) -> Tensor:
 
     Returns:
         (K, H, W) cluster masks.
+
+    Examples::
+
+        >>> masks = feature_masks(features, (224, 224))
+        >>> merged = merge_clusters(masks, cluster_labels(masks, 0.1))  # (K, 224, 224)
     """
     d, h, w = masks.shape
     if d == 0:
@@ -283,6 +293,11 @@ def cluster_masks(
     Returns:
         ``(masks, labels)``: (K, H, W) masks in [0, 1] (float32) and the (D,) cluster
         index of every channel (-1 for dropped constant channels).
+
+    Examples::
+
+        >>> feats = ViTCX(model).features(image[None])[0]     # (D, 14, 14)
+        >>> masks, labels = cluster_masks(feats, (224, 224), 0.1)
     """
     _check_features(features)
     h, w = int(size[0]), int(size[1])
@@ -333,6 +348,10 @@ def coverage_corrected_saliency(masks: Tensor, scores: Tensor) -> Tensor:
 
     Returns:
         (H, W) saliency map.
+
+    Examples::
+
+        >>> sal = coverage_corrected_saliency(masks, scores)  # (H, W)
     """
     num = torch.einsum("k,khw->hw", scores.to(masks.dtype), masks)
     den = masks.sum(dim=0)
@@ -457,6 +476,11 @@ class ViTCX(PerturbationAttribution):
 
         Returns:
             (B, D, gh, gw) feature maps.
+
+        Examples::
+
+            >>> ViTCX(model).features(images).shape             # ViT-B/16 at 224
+            torch.Size([2, 768, 14, 14])
         """
         images, _ = unpack_inputs(images)
         return self._features_and_logits(images)[0]
@@ -472,6 +496,12 @@ class ViTCX(PerturbationAttribution):
 
         Returns:
             A list of B tensors (K_b, H, W) with values in [0, 1].
+
+        Examples::
+
+            >>> masks = ViTCX(model).masks(images)
+            >>> [m.shape[0] for m in masks]                     # K per image
+            [63, 71]
         """
         images, _ = unpack_inputs(images)
         return self._masks_and_probs(images)[0]
@@ -518,6 +548,12 @@ class ViTCX(PerturbationAttribution):
 
         Returns:
             A list of B tensors (K_b,) of scores.
+
+        Examples::
+
+            >>> explainer = ViTCX(model)
+            >>> masks = explainer.masks(images)
+            >>> scores = explainer.scores(images, masks, target=[3, 7], seed=0)
         """
         images, _ = unpack_inputs(images)
         self.adapter.check_images(images)
@@ -622,6 +658,12 @@ class ViTCX(PerturbationAttribution):
         Raises:
             ValueError: bad image size, target out of range, a ``layer`` whose output
                 is not token-shaped, ``perturbations_per_eval < 1``.
+
+        Examples::
+
+            >>> attr = ViTCX(model).attribute(images, target=labels, seed=0)
+            >>> attr.shape == images.shape
+            True
         """
         images, was_tuple = unpack_inputs(inputs)
         self.adapter.check_images(images)
