@@ -209,6 +209,41 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------- evaluate
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import EvalConfig, run_evaluation
+    from .methods import resolve_methods
+
+    if args.n <= 0:
+        raise CLIError(f"--n: expected a positive number of scenes, got {args.n}")
+    try:
+        resolve_methods(args.methods)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+    cfg = EvalConfig(
+        n=args.n,
+        removal=args.removal,
+        chunk=args.chunk,
+        tis_masks=args.tis_masks,
+        curve_steps=args.curve_steps,
+        faith_samples=args.faith_samples,
+        sensitivity_samples=args.faith_samples,
+        n_steps=args.ig_steps,
+    )
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise CLIError(f"--out: cannot write to {out}: {exc}") from exc
+    run_evaluation(str(out), args.methods, cfg)
+    print((out / "results.md").read_text(), end="")
+    print(f"wrote {out / 'results.md'}, {out / 'results.csv'}, {out / 'curves.png'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="captum-vit", description="Explain Vision Transformers with Captum."
@@ -231,6 +266,26 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--tis-masks", type=int, default=1024, help="TIS n_masks")
     ex.add_argument("--out", default="out", help="output directory for PNGs")
     ex.set_defaults(func=cmd_explain)
+    ev = sub.add_parser(
+        "evaluate", help="score every method on held-out embedded scenes"
+    )
+    ev.add_argument("--methods", nargs="+", default=["all"], help="names or 'all'")
+    ev.add_argument("--n", type=int, default=200, help="number of held-out scenes")
+    ev.add_argument(
+        "--removal",
+        default="tokens",
+        choices=["tokens", "black", "mean", "blur", "uniform"],
+        help="how metrics remove patches",
+    )
+    ev.add_argument("--chunk", type=int, default=10, help="scenes per resumable chunk")
+    ev.add_argument("--tis-masks", type=int, default=1024, help="TIS n_masks")
+    ev.add_argument("--ig-steps", type=int, default=20, help="IG n_steps")
+    ev.add_argument("--curve-steps", type=int, default=16, help="points per curve - 1")
+    ev.add_argument(
+        "--faith-samples", type=int, default=64, help="subsets for correlations"
+    )
+    ev.add_argument("--out", default="out/evaluate", help="output directory")
+    ev.set_defaults(func=cmd_evaluate)
     return ap
 
 
