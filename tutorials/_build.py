@@ -342,9 +342,9 @@ register) token works.
 """),
     code(_SMALL + """
 IMAGE_SIZE = 24 if SMALL else 32  # patch 8: a 3 x 3 or 4 x 4 grid
-N_TRAIN = 128 if SMALL else 4000  # training images
-N_VAL = 32 if SMALL else 400  # held-out images
-CLASSIFIER_EPOCHS = 2 if SMALL else 20
+N_TRAIN = 128 if SMALL else 2000  # training images
+N_VAL = 32 if SMALL else 200  # held-out images
+CLASSIFIER_EPOCHS = 2 if SMALL else 15
 SURROGATE_EPOCHS = 1 if SMALL else 5
 EXPLAINER_EPOCHS = 1 if SMALL else 10
 NUM_SUBSETS = 8 if SMALL else 32  # coalitions per image and step (paper: 32)
@@ -761,8 +761,8 @@ PRETRAINED: List[Cell] = [
     md("""
 # A pretrained timm model
 
-The methods work on stock timm ViTs: nothing is patched or re-implemented, the model
-is inspected through forward hooks that are removed after every call. This notebook
+The methods work on stock timm ViTs: nothing is patched or re-implemented, and every
+call leaves the model as it found it (hooks and attention settings are temporary). This notebook
 loads an ImageNet ViT-B/16 from the Hugging Face Hub, preprocesses a photo with the
 model's own data configuration, and explains its prediction with GenAtt, attention
 rollout and TIS.
@@ -850,10 +850,11 @@ target = int(top.indices[0])
     md("""
 ## Explain
 
-GenAtt and TIS explain a class (here the top prediction); rollout is class-agnostic
-and ignores `target`. Rollout options follow Abnar & Zuidema (`head_fusion`,
-`discard_ratio`); `start_layer=1` is Chefer et al.'s variant. To show how
-class-specific GenAtt is, it also explains the second-ranked class.
+GenAtt and TIS explain a class (here the top prediction). Attention rollout (Abnar &
+Zuidema 2020) is class-agnostic and ignores `target`; `discard_ratio` drops the weakest
+attention links in every block, which sharpens its map, and `start_layer=1` skips the
+first block as Chefer et al. do. To show how class-specific GenAtt is, it also
+explains the second-ranked class.
 """),
     code("""
 second = int(top.indices[1])
