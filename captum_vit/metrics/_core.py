@@ -29,6 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+
+from .._utils import format_target as _shared_format_target
+
 try:  # tqdm is a dependency of the package; keep the import soft all the same
     from tqdm.auto import tqdm
 except ImportError:  # pragma: no cover
@@ -116,51 +119,11 @@ def generator(seed: int, offset: int = 0) -> torch.Generator:
 def format_target(
     target: TargetType, batch: int, num_classes: int, device: torch.device, name: str
 ) -> Optional[Tensor]:
-    """Captum-style target (int, per-sample list or 1-D tensor) as a (B,) long."""
+    """Captum-style target (int, per-sample list or 1-D tensor) as a (B,) long on
+    ``device``; None stays None (the caller uses the predicted class)."""
     if target is None:
         return None
-    if isinstance(target, bool):
-        raise TypeError(f"{name}: expected an int, a list of ints or a 1-D tensor")
-    if isinstance(target, int):
-        t = torch.full((batch,), int(target), dtype=torch.long)
-    elif isinstance(target, Tensor):
-        if (
-            target.is_floating_point()
-            or target.is_complex()
-            or target.dtype == torch.bool
-        ):
-            raise TypeError(f"{name}: expected an integer tensor, got {target.dtype}")
-        if target.dim() == 0:
-            t = target.reshape(1).expand(batch).long()
-        elif target.dim() == 1 and target.numel() == batch:
-            t = target.long()
-        else:
-            raise ValueError(
-                f"{name}: expected a scalar or a (B,) = ({batch},) tensor, got shape "
-                f"{tuple(target.shape)}"
-            )
-    elif isinstance(target, (list, tuple)):
-        if len(target) != batch:
-            raise ValueError(
-                f"{name}: expected {batch} per-sample classes, got {len(target)}"
-            )
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in target):
-            raise TypeError(
-                f"{name}: expected a list of ints (tuple targets for multi-dimensional "
-                "outputs are not supported)"
-            )
-        t = torch.tensor(list(target), dtype=torch.long)
-    else:
-        raise TypeError(
-            f"{name}: expected None, an int, a list of ints or a 1-D tensor, got "
-            f"{type(target).__name__}"
-        )
-    t = t.to(device)
-    if bool(((t < 0) | (t >= num_classes)).any()):
-        raise ValueError(
-            f"{name}: class index out of range for a model with {num_classes} outputs"
-        )
-    return t
+    return _shared_format_target(target, batch, num_classes, name=name).to(device)
 
 
 def select_args(args: Any, index: Tensor, batch: int) -> Tuple[Any, ...]:
