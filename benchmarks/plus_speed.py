@@ -10,7 +10,8 @@ forward/backward from block ceil(L/2) for all layers (estimate: a no-grad forwar
 the skipped blocks plus forward + backward of the rest, backward = 2 forwards), and
 PLUS(IG) with ``--plus``.
 Calls of the compared methods are interleaved so that background load affects both
-alike.
+alike; wall and process CPU time are both reported (on a shared machine the CPU
+ratio is the steadier one).
 
 Models: vit_base_patch16_224 (random weights, 224x224) and the embedded model
 (``captum_vit.zoo.load_default_model()``) when its weights are present.
@@ -37,15 +38,25 @@ from captum_vit.attr._plus import PLUSWrapper, SkipPLUSWrapper, skipplus_layers
 
 def interleaved_medians(
     fns: Dict[str, Callable[[], object]], repeats: int
-) -> Dict[str, float]:
-    """Median seconds of each function, calls interleaved round-robin."""
-    times: Dict[str, List[float]] = {k: [] for k in fns}
+) -> Dict[str, Tuple[float, float]]:
+    """Median (wall, CPU) seconds of each function, calls interleaved round-robin.
+
+    CPU time is the process time of all threads; it is less sensitive than wall time
+    to other jobs on a shared machine, so both are reported.
+    """
+    times: Dict[str, List[Tuple[float, float]]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            w0, c0 = time.perf_counter(), time.process_time()
             fn()
-            times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+            times[name].append((time.perf_counter() - w0, time.process_time() - c0))
+    return {
+        k: (
+            statistics.median(w for w, _ in v),
+            statistics.median(c for _, c in v),
+        )
+        for k, v in times.items()
+    }
 
 
 def block_ratio(num_layers: int, layers: List[int]) -> float:
@@ -121,15 +132,16 @@ def bench_model(
         f"internal_batch_size {internal_batch_size}, SkipPLUS layers "
         f"{skip[0]}..{skip[-1]}, median of {repeats}"
     )
-    print("| method | seconds | ratio to plain | expected from block counts |")
-    print("|---|---|---|---|")
-    for key, sec in med.items():
+    print("| method | wall s | CPU s | wall ratio | CPU ratio | expected |")
+    print("|---|---|---|---|---|---|")
+    for key, (wall, cpu) in med.items():
         if key in base:
-            ratio = f"{sec / med[base[key]]:.2f}x vs {base[key]}"
+            ref_wall, ref_cpu = med[base[key]]
+            ratios = f"{wall / ref_wall:.2f}x | {cpu / ref_cpu:.2f}x vs {base[key]}"
             exp = f"{expected[key]:.2f}x"
         else:
-            ratio, exp = "1.00x", "1.00x"
-        print(f"| {key} | {sec:.3f} | {ratio} | {exp} |")
+            ratios, exp = "1.00x | 1.00x", "1.00x"
+        print(f"| {key} | {wall:.3f} | {cpu:.3f} | {ratios} | {exp} |")
 
 
 def main() -> None:
