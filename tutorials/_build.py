@@ -770,10 +770,10 @@ PRETRAINED: List[Cell] = [
 # A pretrained timm model
 
 The methods work on stock timm ViTs: nothing is patched or re-implemented, and every
-call leaves the model as it found it (hooks and attention settings are temporary). This notebook
-loads an ImageNet ViT-B/16 from the Hugging Face Hub, preprocesses a photo with the
-model's own data configuration, and explains its prediction with GenAtt, attention
-rollout and TIS.
+call leaves the model as it found it (hooks and attention settings are temporary).
+This notebook loads an ImageNet ViT-B/16 from the Hugging Face Hub, preprocesses a
+photo with the model's own data configuration, and explains its prediction with
+GenAtt, attention rollout and TIS.
 
 **Offline?** Then the download fails and the notebook falls back to the same
 architecture with random weights, printing a note: the code runs identically, but the
