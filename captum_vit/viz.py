@@ -9,14 +9,10 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Sequence, Union
 
-import matplotlib
-
-matplotlib.use("Agg")  # noqa: E402 - headless by default; callers may switch back
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from torch import Tensor
 
 ArrayLike = Union[Tensor, np.ndarray]
 
