@@ -21,13 +21,14 @@ import torch
 from captum_vit import AttentionRollout, GenAtt
 
 
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
+def median_time(fn: Callable[[], object], repeats: int, clock: Callable[[], float]):
+    """Median of ``repeats`` timings of ``fn`` (after one warm-up call)."""
+    fn()
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return statistics.median(times)
 
 
@@ -37,14 +38,24 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time with process CPU time (steadier than wall time on a shared CPU)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = timm.create_model(args.model, pretrained=False).eval()
     size = model.patch_embed.img_size
     rollout, genatt = AttentionRollout(model), GenAtt(model)
-    print(f"model={args.model} (random weights) threads={args.threads}")
-    print("| batch | forward s | rollout s | ratio | fwd+bwd s | GenAtt s | ratio |")
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    unit = "CPU s" if args.cpu_time else "s"
+    print(f"model={args.model} (random weights) threads={args.threads} clock={unit}")
+    print(
+        f"| batch | forward {unit} | rollout {unit} | ratio | fwd+bwd {unit} | "
+        f"GenAtt {unit} | ratio |"
+    )
     print("|---|---|---|---|---|---|---|")
     for b in args.batches:
         x = torch.randn(b, 3, *size)
@@ -59,10 +70,12 @@ def main() -> None:
             logits.gather(1, target[:, None]).sum().backward()
             model.zero_grad(set_to_none=True)
 
-        t_f = median_time(forward, args.repeats)
-        t_r = median_time(lambda: rollout.attribute(x), args.repeats)
-        t_fb = median_time(forward_backward, args.repeats)
-        t_g = median_time(lambda: genatt.attribute(x, target=target), args.repeats)
+        t_f = median_time(forward, args.repeats, clock)
+        t_r = median_time(lambda: rollout.attribute(x), args.repeats, clock)
+        t_fb = median_time(forward_backward, args.repeats, clock)
+        t_g = median_time(
+            lambda: genatt.attribute(x, target=target), args.repeats, clock
+        )
         print(
             f"| {b} | {t_f:.3f} | {t_r:.3f} | {t_r / t_f:.2f}x | {t_fb:.3f} | "
             f"{t_g:.3f} | {t_g / t_fb:.2f}x |"
