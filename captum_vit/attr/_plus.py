@@ -313,14 +313,16 @@ class PLUSWrapper(Attribution):
 
     What can be wrapped:
 
-    - Captum input-attribution methods built on the ViT: ``Saliency``,
-      ``InputXGradient`` (PLUS = CAT), ``IntegratedGradients``, ``GradientShap``,
-      ``DeepLift``-style methods, ``NoiseTunnel(...)`` of these (noise is added to the
-      hidden states, so ``stdevs`` is in hidden-state units), and perturbation methods
-      ``FeatureAblation``, ``ShapleyValueSampling``, ``ShapleyValues``, ``Lime``,
-      ``KernelShap``, ``FeaturePermutation`` (with token-level feature masks, below),
-      ``Occlusion`` (``sliding_window_shapes`` in hidden-state coordinates, e.g.
-      ``(1, D)`` for one token). Gradient methods differentiate the target **logit**;
+    - Captum input-attribution methods built on the ViT, tested against per-layer
+      Captum calls: ``Saliency``, ``InputXGradient`` (PLUS = CAT),
+      ``IntegratedGradients``, ``GradientShap``, ``NoiseTunnel(...)`` of these (noise
+      is added to the hidden states, so ``stdevs`` is in hidden-state units),
+      ``FeatureAblation``, ``ShapleyValueSampling`` and ``ShapleyValues`` (with
+      token-level feature masks, below). Any other Captum method that takes a forward
+      function is applied the same way (``Occlusion`` with ``sliding_window_shapes``
+      in hidden-state coordinates, e.g. ``(1, D)`` for one token;
+      ``FeaturePermutation``; ``DeepLift``; ``Lime``/``KernelShap``, which need
+      scikit-learn). Gradient methods differentiate the target **logit**;
       perturbation methods score whatever the model outputs (logits for timm models).
     - :class:`~captum_vit.GenAtt`: ``GenAtt(f_l)`` is Chefer's relevance
       ``prod_{k=l}^{L-1} (I + Ā_k)`` over the attention of the sub-network's blocks
