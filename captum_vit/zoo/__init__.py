@@ -43,6 +43,7 @@ __all__ = [
     "Scenes",
     "build_model",
     "generate_scenes",
+    "load_default_explainer",
     "load_default_model",
     "load_default_scenes",
     "load_fashion_mnist",
@@ -215,3 +216,29 @@ def load_default_scenes(
     """
     scenes = make_scenes(n, split="test", seed=seed, image_size=image_size, root=root)
     return preprocess(scenes.images), scenes
+
+
+def load_default_explainer(device: Union[str, torch.device] = "cpu"):
+    """The trained ViT Shapley explainer and surrogate of the default model.
+
+    A re-export of :func:`captum_vit.shapley.load_default_explainer` (imported
+    lazily, since the shapley package builds on this one).
+
+    Args:
+        device: Where to put both models.
+
+    Returns:
+        ``(explainer, surrogate)`` in eval mode.
+
+    Raises:
+        FileNotFoundError: the trained weights are not shipped with this install.
+
+    Examples::
+
+        >>> from captum_vit import ViTShapley
+        >>> explainer, surrogate = load_default_explainer()
+        >>> attr = ViTShapley(explainer).attribute(load_default_scenes(2)[0])
+    """
+    from ..shapley.default import load_default_explainer as _load
+
+    return _load(device)
