@@ -149,3 +149,22 @@ def test_kernel_shap_scalar_game_and_validation():
     with pytest.raises(ValueError, match="num_players"):
         kernel_shap(lambda s: s.sum(1).double(), 1)
     assert math.isfinite(float(res.std.max()))
+
+
+def test_kernel_shap_callback_can_stop():
+    seen = []
+
+    def callback(n, values):
+        seen.append((n, values.shape))
+        return n >= 42
+
+    res = kernel_shap(
+        lambda s: s.double().sum(1) ** 2,
+        5,
+        batch_size=10,
+        threshold=0,
+        max_evals=10_000,
+        callback=callback,
+    )
+    assert res.num_evals == 42 and not res.converged
+    assert [n for n, _ in seen] == [12, 22, 32, 42] and seen[0][1] == (5, 1)

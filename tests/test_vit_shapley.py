@@ -7,7 +7,13 @@ from conftest import make_model, model_state
 
 from captum_vit import patch_scores
 from captum_vit.attr._vit_shapley import ViTShapley
-from captum_vit.shapley import ShapleyExplainer, SurrogateGame
+from captum_vit.shapley import (
+    DEFAULT_EXPLAINER,
+    DEFAULT_SURROGATE,
+    ShapleyExplainer,
+    SurrogateGame,
+    load_default_explainer,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -108,3 +114,25 @@ def test_explainer_architecture():
     raw = explainer(x)
     assert raw.shape == (3, 16, 5) and raw.abs().max() < 1
     assert "surrogate" not in dict(explainer.named_modules())
+
+
+@pytest.mark.skipif(
+    not (DEFAULT_EXPLAINER.is_file() and DEFAULT_SURROGATE.is_file()),
+    reason="shipped ViT Shapley weights not present",
+)
+def test_default_explainer_loads_and_is_efficient():
+    from captum_vit.zoo import load_default_scenes
+
+    explainer, surrogate = load_default_explainer()
+    assert not explainer.training and not surrogate.training
+    inputs, _ = load_default_scenes(n=2)
+    vs = ViTShapley(explainer)
+    assert vs.surrogate is surrogate
+    phi = vs.shapley_values(inputs)
+    game = SurrogateGame(surrogate)
+    gap = phi.sum(1) - (game.full_value(inputs) - game.empty_value(inputs))
+    assert gap.abs().max() < 1e-5
+    maps = vs.attribute_all_classes(inputs)
+    assert maps.shape == (2, explainer.num_classes) + tuple(
+        explainer.config["grid_size"]
+    )

@@ -18,18 +18,22 @@ def eval_mode(*modules: nn.Module) -> Iterator[None]:
     """Put modules (and all their submodules) in eval mode; restore every flag after.
 
     Each submodule's own ``training`` flag is restored, so mixed train/eval models come
-    back exactly as they were, also when the body raises.
+    back exactly as they were, also when the body raises. Models already in eval mode
+    are not touched at all (no overhead on the inference path).
     """
-    saved: List[Tuple[nn.Module, bool]] = []
-    for module in modules:
-        saved.extend((m, m.training) for m in module.modules())
+    saved: List[Tuple[nn.Module, bool]] = [
+        (m, m.training) for module in modules for m in module.modules()
+    ]
+    if not any(flag for _, flag in saved):
+        yield
+        return
     try:
-        for module in modules:
-            module.eval()
+        for m, _ in saved:
+            object.__setattr__(m, "training", False)
         yield
     finally:
         for m, flag in saved:
-            m.training = flag
+            object.__setattr__(m, "training", flag)
 
 
 def model_device(model: nn.Module, device: Device = None) -> torch.device:

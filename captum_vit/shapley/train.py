@@ -164,7 +164,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "config": {k: v for k, v in config.items() if k != "training"},
         "digest": classifier_digest(classifier),
     }
-    record["args"] = {k: str(v) for k, v in vars(args).items()}
+    settings = {k: str(v) for k, v in vars(args).items()}
     t0 = time.perf_counter()
     train = ScenesImages(args.n_train, "train", args.data_seed, size)
     val = ScenesImages(args.n_val, "train", args.data_seed + 1, size).tensor()
@@ -191,6 +191,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             show_progress=True,
         )
         record["surrogate"] = {
+            "settings": settings,
             "history": res.history,
             "wall_s": time.perf_counter() - t0,
             "train_s": res.history["seconds"][-1],
@@ -226,6 +227,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             show_progress=True,
         )
         record["explainer"] = {
+            "settings": settings,
             "history": res.history,
             "wall_s": time.perf_counter() - t0,
             "train_s": res.history["seconds"][-1],
