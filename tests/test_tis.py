@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from conftest import FAMILIES, image_size, make_model, model_state
+
 from captum_vit.attr._tis import (
     TransformerInputSampling,
     binarise,
@@ -18,68 +20,13 @@ from captum_vit.attr._tis import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, which stall on a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-_TINY = dict(pretrained=False, depth=2, embed_dim=32, num_heads=2, num_classes=5)
-FAMILIES = {
-    "cls": ("vit_tiny_patch16_224", dict(img_size=32, patch_size=8), 32),
-    "distilled": (
-        "deit_tiny_distilled_patch16_224",
-        dict(img_size=32, patch_size=8),
-        32,
-    ),
-    "reg_gap": ("vit_base_patch16_reg4_gap_256", dict(img_size=32, patch_size=8), 32),
-    "eva": ("eva02_tiny_patch14_224", dict(img_size=56), 56),
-}
-
-
-def make_model(family: str, seed: int = 0) -> nn.Module:
-    name, kwargs, _ = FAMILIES[family]
-    torch.manual_seed(seed)
-    return timm.create_model(name, **{**_TINY, **kwargs}).eval()
-
-
 def images(family: str, b: int = 2, seed: int = 1) -> torch.Tensor:
-    s = FAMILIES[family][2]
+    s = image_size(family)
     return torch.randn(b, 3, s, s, generator=torch.Generator().manual_seed(seed))
 
 
-def model_state(model: nn.Module) -> List[tuple]:
-    state = []
-    for name, mod in model.named_modules():
-        state.append(
-            (
-                name,
-                mod.training,
-                mod.__dict__.get("fused_attn", None),
-                tuple(mod._forward_hooks),
-                tuple(mod._forward_pre_hooks),
-                tuple(mod._backward_hooks),
-            )
-        )
-    for name, p in model.named_parameters():
-        state.append((name, p.requires_grad, p.grad is None, p.detach().clone()))
-    return state
-
-
 def same_state(a: List[tuple], b: List[tuple]) -> bool:
-    if len(a) != len(b):
-        return False
-    for x, y in zip(a, b):
-        for u, v in zip(x, y):
-            if isinstance(u, torch.Tensor):
-                if not torch.equal(u, v):
-                    return False
-            elif u != v:
-                return False
-    return True
+    return a == b
 
 
 def physically_reduced_prob(model: nn.Module, image, kept, t: int) -> float:
