@@ -2,8 +2,8 @@
 
 ``ViTShapley.attribute`` runs the explainer (backbone + one extra block + MLP head)
 and the surrogate's full-image forward (for ``v(1)``; ``v(0)`` is cached). The ratio to
-a plain classifier forward on the same batch is reported per batch size, median of
-``--repeats`` timed runs after a warm-up, under ``torch.no_grad()``. Usage::
+a plain classifier forward on the same batch is reported per batch size, minimum of
+``--repeats`` interleaved timed runs after a warm-up, under ``torch.no_grad()``. Usage::
 
     python benchmarks/shapley_speed.py --threads 2             # shipped default
     python benchmarks/shapley_speed.py --run runs/shapley_d16
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
@@ -23,14 +22,21 @@ import torch
 from captum_vit.attr._vit_shapley import ViTShapley
 
 
-def timeit(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def timeit(fns: Dict[str, Callable[[], object]], repeats: int) -> Dict[str, float]:
+    """Minimum wall time of each function over ``repeats`` interleaved runs.
+
+    Interleaving (a, b, c, a, b, c, ...) exposes every function to the same load, and
+    the minimum is the least disturbed run on a shared machine.
+    """
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    times: Dict[str, list] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: min(v) for k, v in times.items()}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
@@ -53,9 +59,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         x = preprocess(make_scenes(b, split="test", seed=5, image_size=size).images)
         target = torch.zeros(b, dtype=torch.long)
         with torch.no_grad():
-            t_cls = timeit(lambda: classifier(x), args.repeats)
-            t_exp = timeit(lambda: explainer(x), args.repeats)
-        t_attr = timeit(lambda: vs.attribute(x, target=target), args.repeats)
+            t = timeit(
+                {
+                    "classifier": lambda: classifier(x),
+                    "explainer": lambda: explainer(x),
+                    "attribute": lambda: vs.attribute(x, target=target),
+                },
+                args.repeats,
+            )
+        t_cls, t_exp, t_attr = t["classifier"], t["explainer"], t["attribute"]
         row = {
             "batch": b,
             "classifier_s": t_cls,
