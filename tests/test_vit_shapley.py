@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from captum.attr import Attribution
+from captum.attr import Attribution, NoiseTunnel
 from conftest import make_model, model_state
 
 from captum_vit import patch_scores
@@ -55,6 +55,13 @@ def test_attribute_shapes_targets_and_efficiency(family):
     assert torch.allclose(maps.reshape(3, 5, 16), phi.transpose(1, 2))
     tup = vs.attribute((x,), target=1)
     assert isinstance(tup, tuple) and torch.allclose(tup[0], vs.attribute(x, target=1))
+
+
+def test_works_inside_noise_tunnel():
+    surrogate, explainer, x = _setup()
+    nt = NoiseTunnel(ViTShapley(explainer))
+    attr = nt.attribute(x, nt_type="smoothgrad", nt_samples=2, target=1)
+    assert attr.shape == x.shape and bool(torch.isfinite(attr).all())
 
 
 def test_batch_equals_per_sample():
