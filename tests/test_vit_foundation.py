@@ -242,3 +242,14 @@ def test_patch_scores_round_trip():
     assert torch.equal(patch_scores((pix,), model), scores.reshape(2, 4, 4))
     # pixel (r, c) carries the score of patch (r // 8, c // 8)
     assert pix[1, 2, 13, 30] == scores[1, 1 * 4 + 3]
+
+
+def test_drop_mode_with_no_patch_kept_matches_attention_mode(family):
+    model = make_model(family)
+    x = _images(family, b=2)
+    keep = torch.zeros(2, ViTAdapter(model).num_patches, dtype=torch.bool)
+    with torch.no_grad():
+        dropped = TokenMask(model, "drop")(x, keep)
+        masked = TokenMask(model, "attention")(x, keep)
+    assert torch.isfinite(dropped).all()
+    assert torch.allclose(dropped, masked, atol=1e-5)

@@ -54,10 +54,12 @@ def drop_index(keep: Tensor) -> Tuple[Tensor, Tensor]:
     Returns:
         ``(index, valid)``: (B, K) long indices into the N patches (padding points at a
         held-out patch and must be masked) and the (B, K) boolean validity mask, with
-        K the largest number of kept patches in the batch.
+        K the largest number of kept patches in the batch, at least 1: a batch that
+        keeps no patch at all still carries one masked slot, so pooled heads see an
+        empty (zero) pool as in attention mode instead of a mean over nothing.
     """
     counts = keep.sum(dim=1)
-    k = int(counts.max()) if keep.numel() else 0
+    k = max(int(counts.max()), 1) if keep.numel() else 0
     order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :k]
     valid = torch.arange(k, device=keep.device)[None, :] < counts[:, None]
     return order, valid
