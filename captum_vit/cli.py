@@ -56,13 +56,10 @@ def load_model(
     if name == "default":
         from . import zoo
 
+        from .methods import default_model_extras
+
         default = zoo.load_default_model(weights=checkpoint)
-        extras: Dict[str, Any] = {}
-        try:
-            explainer, surrogate = zoo.load_default_explainer()
-            extras = {"shapley_explainer": explainer, "shapley_surrogate": surrogate}
-        except (AttributeError, FileNotFoundError):
-            pass
+        extras = default_model_extras()
         return LoadedModel(
             default.model, "default", default.class_names, zoo.MEAN, zoo.STD, extras
         )
@@ -98,8 +95,8 @@ def load_model(
         if subset is not None:
             info = ImageNetInfo(subset)
             names = [info.index_to_description(i) for i in range(model.num_classes)]
-    except Exception:  # class names are a nicety
-        pass
+    except Exception:  # class names are a nicety: keep "class i" on any failure
+        names = [f"class {i}" for i in range(model.num_classes)]
     return LoadedModel(model, name, names, cfg["mean"], cfg["std"])
 
 

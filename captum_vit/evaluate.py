@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from . import metrics
-from .methods import Method, MethodUnavailable, resolve_methods
+from .methods import Method, MethodUnavailable, default_model_extras, resolve_methods
 
 #: Columns of the table: (key, header, better).
 METRICS: List[Tuple[str, str, str]] = [
@@ -183,13 +183,7 @@ def run_evaluation(
     default = zoo.load_default_model()
     model = default.model
     extras: Dict[str, object] = {"tis_masks": cfg.tis_masks, "n_steps": cfg.n_steps}
-    loader = getattr(zoo, "load_default_explainer", None)
-    if loader is not None:
-        try:
-            explainer, surrogate = loader()
-            extras.update(shapley_explainer=explainer, shapley_surrogate=surrogate)
-        except FileNotFoundError:
-            pass
+    extras.update(default_model_extras())
     scenes = zoo.make_scenes(cfg.n, split="test", seed=cfg.seed)
     inputs = default.preprocess(scenes.images)
     labels = torch.as_tensor(scenes.labels).long()

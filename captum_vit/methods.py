@@ -161,6 +161,18 @@ METHODS: Dict[str, Method] = {
 }
 
 
+def default_model_extras() -> Dict[str, Any]:
+    """Trained parts shipped for the embedded default model (its ViT Shapley
+    explainer and surrogate), or ``{}`` on an install without them."""
+    from . import zoo
+
+    try:
+        explainer, surrogate = zoo.load_default_explainer()
+    except FileNotFoundError:
+        return {}
+    return {"shapley_explainer": explainer, "shapley_surrogate": surrogate}
+
+
 def method_names() -> List[str]:
     """All registered method names, in table order."""
     return list(METHODS)
