@@ -250,3 +250,32 @@ def test_trained_tiny_explainer_tracks_exact_values():
     err = (phi - truth).pow(2).sum((1, 2)).mean()
     base = (truth - truth.mean(1, keepdim=True)).pow(2).sum((1, 2)).mean()
     assert err < 0.5 * base
+
+
+def test_shared_trunk_stays_frozen_through_training_and_checkpoints(tmp_path):
+    from captum_vit.attr import ViTShapley
+    from captum_vit.shapley import shared_state_names
+
+    model = make_model("cls")
+    x = _images(12, seed=8)
+    explainer = ShapleyExplainer.from_surrogate(model, shared_blocks=1)
+    trained = train_explainer(
+        explainer, model, x[:8], x[8:], epochs=2, batch_size=4, num_subsets=4, lr=1e-3
+    ).model
+    own, sur = trained.backbone.state_dict(), model.state_dict()
+    frozen = shared_state_names(trained.backbone, 1)
+    assert frozen and all(torch.equal(own[n], sur[n]) for n in frozen)
+    assert not torch.equal(
+        own["blocks.1.attn.qkv.weight"], sur["blocks.1.attn.qkv.weight"]
+    )
+    path = save_explainer(trained, tmp_path / "e.pt")
+    loaded = load_explainer(path, model)
+    assert loaded.shared_blocks == 1 and ViTShapley(loaded).shares_trunk()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), trained(x))
+    # a different shared_blocks is a different run: its checkpoint is not reused
+    ckpt = tmp_path / "run.pt"
+    kw = dict(epochs=1, batch_size=4, num_subsets=4, checkpoint=ckpt)
+    train_explainer(explainer, model, x[:8], **kw)
+    with pytest.raises(ValueError, match="checkpoint"):
+        train_explainer(ShapleyExplainer.from_surrogate(model), model, x[:8], **kw)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from captum.attr import Attribution, NoiseTunnel
-from conftest import make_model, model_state
+from conftest import image_size, make_model, model_state
 
 from captum_vit import patch_scores
 from captum_vit.attr._vit_shapley import ViTShapley
@@ -14,6 +14,7 @@ from captum_vit.shapley import (
     SurrogateGame,
     load_default_explainer,
 )
+from captum_vit.shapley import efficient_normalization, shared_state_names
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -143,3 +144,52 @@ def test_default_explainer_loads_and_is_efficient():
     assert maps.shape == (2, explainer.num_classes) + tuple(
         explainer.config["grid_size"]
     )
+
+
+def _oracle(explainer, surrogate, x):
+    """Efficient values from the explainer's own full forward (no sharing)."""
+    game = SurrogateGame(surrogate)
+    with torch.no_grad():
+        raw = explainer(x)
+    return efficient_normalization(raw, game.full_value(x), game.empty_value(x))
+
+
+@pytest.mark.parametrize("family", ["cls", "distilled", "reg_gap", "eva"])
+@pytest.mark.parametrize("k", [1, 2])
+def test_shared_trunk_equals_separate_forwards(family, k):
+    surrogate = make_model(family)
+    torch.manual_seed(1)
+    explainer = ShapleyExplainer.from_surrogate(surrogate, shared_blocks=k).eval()
+    size = image_size(family)
+    x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(2))
+    frozen = set(shared_state_names(explainer.backbone, k))
+    assert any(n.startswith(f"blocks.{k - 1}.") for n in frozen)
+    assert not any(n.startswith(f"blocks.{k}.") for n in frozen)
+    for name, p in explainer.backbone.named_parameters():
+        assert p.requires_grad == (name not in frozen)
+    vs = ViTShapley(explainer)
+    assert vs.shares_trunk()
+    phi = vs.shapley_values(x)
+    assert torch.allclose(phi, _oracle(explainer, surrogate, x), atol=1e-6)
+    # an in-place change of a trunk weight is noticed: each model runs its own trunk
+    with torch.no_grad():
+        explainer.backbone.blocks[0].mlp.fc2.weight.mul_(20.0)
+    assert not vs.shares_trunk()
+    changed = vs.shapley_values(x)
+    assert torch.allclose(changed, _oracle(explainer, surrogate, x), atol=1e-6)
+    assert (changed - phi).abs().max() > 1e-3
+    game = SurrogateGame(surrogate)
+    gap = changed.sum(1) - (game.full_value(x) - game.empty_value(x))
+    assert gap.abs().max() < 1e-5
+
+
+def test_shared_blocks_validated_and_unshared_by_default():
+    surrogate, explainer, _ = _setup()
+    assert explainer.shared_blocks == 0 and not ViTShapley(explainer).shares_trunk()
+    assert all(p.requires_grad for p in explainer.parameters())
+    for bad in (-1, 3, 1.5, True):  # the tiny model has 2 blocks
+        with pytest.raises(ValueError, match="shared_blocks"):
+            ShapleyExplainer.from_surrogate(surrogate, shared_blocks=bad)
+    # all blocks shared is allowed: only the final norm and the head part train
+    full = ShapleyExplainer.from_surrogate(surrogate, shared_blocks=2)
+    assert ViTShapley(full).shares_trunk()

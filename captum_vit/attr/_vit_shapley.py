@@ -11,7 +11,11 @@ from captum.log import log_usage
 from torch import Tensor
 
 from ..shapley._utils import eval_mode
-from ..shapley.explainer import ShapleyExplainer, efficient_normalization
+from ..shapley.explainer import (
+    ShapleyExplainer,
+    efficient_normalization,
+    shared_state_names,
+)
 from ..shapley.games import SurrogateGame
 from ..vit import tokens_to_pixels
 from ._utils import TargetType, format_target, pack_output, unpack_inputs
@@ -29,7 +33,10 @@ class ViTShapley(Attribution):
     surrogate's probability on the full image (computed here, one forward) and
     ``v(0)`` its probability with every patch held out (image-independent, cached).
 
-    Cost per batch: one explainer forward and one surrogate forward.
+    Cost per batch: one explainer forward and one surrogate forward. An explainer
+    built with ``shared_blocks=k`` whose frozen trunk equals the surrogate's (checked,
+    and re-checked whenever either model's weights change) runs the embedding and the
+    first ``k`` blocks once for both; otherwise each model runs its own.
 
     Args:
         explainer: A trained :class:`~captum_vit.shapley.ShapleyExplainer`.
@@ -70,7 +77,37 @@ class ViTShapley(Attribution):
         self.explainer = explainer
         self.game = SurrogateGame(surrogate)
         self.surrogate = self.game.model
+        self._trunk_key: Optional[tuple] = None
+        self._trunk_equal = False
         super().__init__(self.surrogate)
+
+    def _trunk_pairs(self):
+        k = self.explainer.shared_blocks
+        mine = self.explainer.backbone.state_dict(keep_vars=True)
+        theirs = self.surrogate.state_dict(keep_vars=True)
+        names = shared_state_names(self.explainer.backbone, k)
+        if not names or any(n not in theirs for n in names):
+            return None
+        return [(mine[n], theirs[n]) for n in names]
+
+    def shares_trunk(self) -> bool:
+        """Whether the explainer's frozen trunk equals the surrogate's, so that one
+        pass through it serves both (see :class:`ShapleyExplainer`'s
+        ``shared_blocks``). The comparison is cached until a weight of either trunk is
+        replaced or modified in place."""
+        pairs = self._trunk_pairs()
+        if pairs is None:
+            return False
+        key = tuple(
+            (id(t), t.data_ptr(), t._version, t.device) for pair in pairs for t in pair
+        )
+        if key != self._trunk_key:
+            self._trunk_equal = all(
+                a.shape == b.shape and bool(torch.equal(a.detach(), b.detach()))
+                for a, b in pairs
+            )
+            self._trunk_key = key
+        return self._trunk_equal
 
     def shapley_values(self, inputs: Union[Tensor, Tuple[Tensor]]) -> Tensor:
         """Efficient Shapley values of every patch for every class.
@@ -94,10 +131,18 @@ class ViTShapley(Attribution):
                 f"inputs: give a {tuple(self.explainer.config['grid_size'])} patch "
                 f"grid, as the explainer was trained for; got {tuple(grid)}"
             )
-        v1 = self.game.full_value(images)
         v0 = self.game.empty_value(images)
-        with torch.no_grad(), eval_mode(self.explainer):
-            raw = self.explainer(images)
+        if self.shares_trunk():
+            k, adapter = self.explainer.shared_blocks, self.game.adapter
+            with torch.no_grad(), eval_mode(self.surrogate), eval_mode(self.explainer):
+                trunk = adapter.run_blocks(adapter.embed(images), 0, k, grid=grid)
+                logits = adapter.head(adapter.run_blocks(trunk, k, grid=grid))
+                v1 = logits.float().softmax(dim=-1)
+                raw = self.explainer.forward_from_trunk(trunk, grid)
+        else:
+            v1 = self.game.full_value(images)
+            with torch.no_grad(), eval_mode(self.explainer):
+                raw = self.explainer(images)
         v1 = v1.to(raw.device)
         return efficient_normalization(raw, v1, v0.to(raw.device)), v1
 

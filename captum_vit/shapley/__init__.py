@@ -27,6 +27,7 @@ from .explainer import (
     load_surrogate,
     save_explainer,
     save_surrogate,
+    shared_state_names,
 )
 from .games import Game, SurrogateGame, masked_logits
 from .kernel_shap import KernelShapResult, kernel_shap, solve_constrained
@@ -67,6 +68,7 @@ __all__ = [
     "save_explainer",
     "save_surrogate",
     "shapley_kernel_size_probs",
+    "shared_state_names",
     "solve_constrained",
     "subsets_of_sizes",
     "surrogate_loss",

@@ -130,6 +130,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--exp-lr", type=float, default=2e-4)
     p.add_argument("--exp-warmup", type=float, default=0.05)
     p.add_argument("--exp-max-steps", type=int, default=None)
+    p.add_argument(
+        "--exp-shared-blocks",
+        type=int,
+        default=0,
+        help="leading backbone blocks kept frozen and shared with the surrogate",
+    )
     p.add_argument("--ship", action="store_true", help="copy weights into the package")
     return p.parse_args(argv)
 
@@ -210,7 +216,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if args.stage in ("explainer", "all"):
         surrogate = load_surrogate(sur_path, classifier)
         t0 = time.perf_counter()
-        explainer = ShapleyExplainer.from_surrogate(surrogate)
+        explainer = ShapleyExplainer.from_surrogate(
+            surrogate, shared_blocks=args.exp_shared_blocks
+        )
         res = train_explainer(
             explainer,
             surrogate,

@@ -624,6 +624,7 @@ def train_explainer(
         max_steps=max_steps,
         num_patches=d,
         num_classes=explainer.num_classes,
+        shared_blocks=explainer.shared_blocks,
     )
     result = _train(
         "explainer",
