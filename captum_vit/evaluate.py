@@ -270,7 +270,7 @@ def write_tables(
         cells = []
         for key, _, _ in METRICS:
             m, h = row[key]
-            fmt = "{:.2f}" if key == "seconds" else "{:.3f}"
+            fmt = "{:.2g}" if key == "seconds" else "{:.3f}"
             cells.append(
                 fmt.format(m) + ("" if math.isnan(h) else " ± " + fmt.format(h))
             )
@@ -282,10 +282,9 @@ def write_tables(
 
 
 def _plot_curves(out: Path, curves: Dict[str, Dict[str, np.ndarray]], settings: dict):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # a bare Figure draws without pyplot: the caller's matplotlib backend is untouched
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
     steps = int(settings["curve_steps"])
     x = np.linspace(0, 1, steps + 1)
@@ -294,10 +293,16 @@ def _plot_curves(out: Path, curves: Dict[str, Dict[str, np.ndarray]], settings: 
         fractions=x,
         **{f"{m}_{d}": c[d] for m, c in curves.items() for d in c},
     )
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    palette = colormaps["tab20"].colors
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
     for ax, d in zip(axes, ("insertion", "deletion")):
-        for name, c in curves.items():
-            ax.plot(x, c[d], label=name)
+        for i, (name, c) in enumerate(curves.items()):
+            if name == "random":  # the reference every method should beat
+                style = dict(color="black", linestyle="--")
+            else:
+                style = dict(color=palette[(2 * i + i // 10) % 20])  # dark shades first
+            ax.plot(x, c[d], label=name, **style)
         ax.set_title(f"{d} ({settings['removal']} removal)")
         ax.set_xlabel(
             "fraction of patches " + ("inserted" if d == "insertion" else "deleted")
@@ -307,4 +312,3 @@ def _plot_curves(out: Path, curves: Dict[str, Dict[str, np.ndarray]], settings: 
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=110)
-    plt.close(fig)

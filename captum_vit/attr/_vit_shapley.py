@@ -83,6 +83,8 @@ class ViTShapley(Attribution):
 
     def _trunk_pairs(self):
         k = self.explainer.shared_blocks
+        if k == 0:
+            return None
         mine = self.explainer.backbone.state_dict(keep_vars=True)
         theirs = self.surrogate.state_dict(keep_vars=True)
         names = shared_state_names(self.explainer.backbone, k)

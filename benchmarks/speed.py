@@ -1,0 +1,402 @@
+"""Seconds per image of every method, against the forward passes it cannot avoid.
+
+For every method of ``captum_vit.methods`` this measures the time of one
+``attribute`` call on a batch and divides it by two references measured on the same
+machine, batch and model:
+
+- ``x fwd``: one plain forward pass of the batch (``model(x)`` under no_grad);
+- ``x floor``: the method's *forward-pass floor*, the model evaluations it needs,
+  run bare, with the shapes the method uses (so only the method's own bookkeeping
+  is above 1.0x):
+
+  ==============  ==========================================================
+  rollout         1 forward
+  genatt, ixg     1 forward + backward
+  ig              ``n_steps`` forwards + backwards (Captum batches them by 64)
+  skipplus-*      the floor of the wrapped method (the ratio is the wrapper's
+                  price over plain IG / IxG)
+  vitcx           1 forward + ``2 K`` forwards, ``K`` = the image's mask count
+  tis             1 forward + ``n_masks`` forwards on the kept half of the tokens
+  vit-shapley     1 forward (the classifier's; Covert et al.'s measure)
+  leave-one-out   ``N + 1`` forwards (N patches)
+  random          none
+  ==============  ==========================================================
+
+Models: ``vit_base_patch16_224`` with random weights (ViT Shapley with an untrained
+explainer of the paper's architecture: its cost does not depend on the weights) and
+the embedded default with its shipped explainer. Tables: every method at one batch
+size; how s/image grows with the batch size; how it grows with the image size
+(ViT-B built at each size). Times are the minimum over ``--repeats`` runs for calls
+shorter than a second, one run otherwise (after one warm-up forward); on the CPU the
+process CPU time is reported too (robust to other load when ``--threads 1``). With a
+GPU (``--device auto`` finds it) the same tables are made on the GPU.
+
+Usage (the run behind benchmarks/RESULTS.md)::
+
+    python benchmarks/speed.py --threads 1 --out benchmarks/results/speed
+    python benchmarks/speed.py --quick          # small settings, a few minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import timm
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from captum_vit import TokenMask
+from captum_vit.attr import ViTCX
+from captum_vit.methods import METHODS, default_model_extras
+from captum_vit.shapley import ShapleyExplainer
+from captum_vit.vit import ViTAdapter
+
+GROWTH_METHODS = ["rollout", "genatt", "ixg", "skipplus-ixg", "vit-shapley", "ig"]
+
+
+# ------------------------------------------------------------------ timing
+class Clock:
+    """Wall and process-CPU time of a call, synchronising CUDA when used."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def __call__(self, fn: Callable[[], Any]) -> Tuple[float, float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+        w0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - w0, time.process_time() - c0
+
+
+def measure(clock: Clock, fn: Callable[[], Any], repeats: int) -> Dict[str, float]:
+    """Minimum wall (and its CPU) time; repeated only when a call is under 1 s."""
+    best = clock(fn)
+    if best[0] < 1.0:
+        for _ in range(repeats - 1):
+            t = clock(fn)
+            if t[0] < best[0]:
+                best = t
+    return {"wall": best[0], "cpu": best[1]}
+
+
+# ------------------------------------------------------------------- floors
+def _chunks(n: int, size: int):
+    for lo in range(0, n, size):
+        yield min(size, n - lo)
+
+
+def forwards(model: nn.Module, like: Tensor, n: int, chunk: int) -> Callable[[], None]:
+    """``n`` plain forwards of inputs shaped like ``like[0]``, ``chunk`` at a time."""
+    x = torch.randn((chunk,) + tuple(like.shape[1:]), device=like.device)
+
+    def run() -> None:
+        with torch.no_grad():
+            for m in _chunks(n, chunk):
+                model(x[:m])
+
+    return run
+
+
+def forward_backward(
+    model: nn.Module, like: Tensor, n: int, chunk: int
+) -> Callable[[], None]:
+    """``n`` forwards + backwards of one logit per input to the inputs."""
+    x = torch.randn((chunk,) + tuple(like.shape[1:]), device=like.device)
+
+    def run() -> None:
+        for m in _chunks(n, chunk):
+            xi = x[:m].clone().requires_grad_(True)
+            torch.autograd.grad(model(xi)[:, 0].sum(), xi)
+
+    return run
+
+
+def kept_token_forwards(
+    model: nn.Module, like: Tensor, n: int, kept: int, chunk: int
+) -> Callable[[], None]:
+    """``n`` forwards that keep ``kept`` patch tokens (TokenMask drop mode)."""
+    adapter = ViTAdapter(model)
+    x = torch.randn((chunk,) + tuple(like.shape[1:]), device=like.device)
+    gh, gw = adapter.grid_for(like)
+    keep = torch.zeros(chunk, gh * gw, dtype=torch.bool, device=like.device)
+    keep[:, :kept] = True
+
+    masked = TokenMask(model, "drop")
+
+    def run() -> None:
+        with torch.no_grad():
+            for m in _chunks(n, chunk):
+                masked(x[:m], keep[:m])
+
+    return run
+
+
+def floor_of(
+    name: str,
+    model: nn.Module,
+    x: Tensor,
+    opts: Dict[str, Any],
+) -> Tuple[Optional[Callable[[], None]], str]:
+    """The bare model evaluations ``name`` needs for batch ``x``, and a label."""
+    b = x.shape[0]
+    adapter = ViTAdapter(model)
+    n_patches = math.prod(adapter.grid_for(x))
+    base = name.replace("skipplus-", "")
+    if name == "random":
+        return None, "-"
+    if base in ("rollout", "vit-shapley"):
+        return forwards(model, x, b, b), "1 fwd"
+    if base in ("genatt", "ixg"):
+        return forward_backward(model, x, b, b), "1 fwd+bwd"
+    if base == "ig":
+        steps = opts["n_steps"]
+        return forward_backward(model, x, b * steps, 64), f"{steps} fwd+bwd"
+    if base == "leave-one-out":
+        return forwards(model, x, b * (n_patches + 1), 64 * b), f"{n_patches + 1} fwd"
+    if base == "vitcx":
+        k = sum(m.shape[0] for m in ViTCX(model).masks(x))
+        two_k = forwards(model, x, 2 * k, 64)
+        one = forwards(model, x, b, b)
+        return (lambda: (one(), two_k())), f"1 + 2K fwd (K = {k / b:.0f})"
+    if base == "tis":
+        masks = opts["tis_masks"]
+        kept = int(0.5 * n_patches)
+        drop = kept_token_forwards(model, x, b * masks, kept, 64)
+        one = forwards(model, x, b, b)
+        return (lambda: (one(), drop())), f"1 + {masks} fwd at {kept}/{n_patches}"
+    raise KeyError(name)
+
+
+# ------------------------------------------------------------------- models
+def vit_base(size: int, device: torch.device) -> Tuple[nn.Module, Dict[str, Any]]:
+    model = timm.create_model(
+        "vit_base_patch16_224", pretrained=False, img_size=size, num_classes=1000
+    )
+    model = model.to(device).eval()
+    torch.manual_seed(0)
+    explainer = ShapleyExplainer.from_surrogate(model).to(device).eval()
+    return model, {"shapley_explainer": explainer, "shapley_surrogate": model}
+
+
+def embedded(device: torch.device) -> Tuple[nn.Module, Dict[str, Any]]:
+    from captum_vit.zoo import load_default_model
+
+    model = load_default_model().model.to(device).eval()
+    extras = default_model_extras()
+    for key in ("shapley_explainer", "shapley_surrogate"):
+        if key in extras:
+            extras[key] = extras[key].to(device)
+    return model, extras
+
+
+def images(model: nn.Module, batch: int, device: torch.device) -> Tensor:
+    size = ViTAdapter(model).model.patch_embed.img_size
+    g = torch.Generator().manual_seed(batch)
+    return torch.randn(batch, 3, size[0], size[1], generator=g).to(device)
+
+
+# -------------------------------------------------------------------- runs
+def run_one(
+    model: nn.Module,
+    extras: Dict[str, Any],
+    name: str,
+    x: Tensor,
+    opts: Dict[str, Any],
+    clock: Clock,
+    repeats: int,
+    with_floor: bool = True,
+) -> Dict[str, Any]:
+    explain = METHODS[name].build(model, {**extras, **opts})
+    with torch.no_grad():
+        target = model(x).argmax(dim=1)
+    t = measure(clock, lambda: explain(x, target), repeats)
+    fwd = measure(clock, forwards(model, x, x.shape[0], x.shape[0]), max(repeats, 5))
+    row: Dict[str, Any] = {
+        "method": name,
+        "batch": int(x.shape[0]),
+        "size": int(x.shape[-1]),
+        "s_per_image": t["wall"] / x.shape[0],
+        "cpu_s_per_image": t["cpu"] / x.shape[0],
+        "x_forward": t["wall"] / fwd["wall"],
+        "floor": None,
+        "floor_label": None,
+        "x_floor": None,
+    }
+    if with_floor:
+        floor_fn, label = floor_of(name, model, x, opts)
+        row["floor_label"] = label
+        if floor_fn is not None:
+            f = measure(clock, floor_fn, repeats)
+            row["floor"] = f["wall"] / x.shape[0]
+            row["x_floor"] = t["wall"] / f["wall"]
+    print(
+        f"  {name:14s} B={row['batch']:<3d} {row['size']}px  "
+        f"{row['s_per_image']:9.4f} s/img  {row['x_forward']:8.1f}x fwd  "
+        + (f"{row['x_floor']:5.2f}x floor ({label})" if row["x_floor"] else ""),
+        flush=True,
+    )
+    return row
+
+
+def _fmt(v: Optional[float], spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def markdown(title: str, rows: List[Dict[str, Any]]) -> str:
+    lines = [
+        f"### {title}",
+        "",
+        "| method | batch | size | s / image | CPU s / image | x fwd | floor | x floor |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['batch']} | {r['size']} | "
+            f"{_fmt(r['s_per_image'], '.4g')} | {_fmt(r['cpu_s_per_image'], '.4g')} | "
+            f"{_fmt(r['x_forward'], '.3g')} | {r['floor_label'] or '-'} | "
+            f"{_fmt(r['x_floor'], '.2f')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="auto", help="auto (cpu, + cuda if present)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--methods", nargs="+", default=list(METHODS))
+    p.add_argument("--growth-methods", nargs="+", default=GROWTH_METHODS)
+    p.add_argument("--batch", type=int, default=1, help="batch of the main table")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--base-batch-sizes", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--image-sizes", type=int, nargs="+", default=[160, 224, 288])
+    p.add_argument("--tis-masks", type=int, default=1024)
+    p.add_argument("--ig-steps", type=int, default=20)
+    p.add_argument("--quick", action="store_true", help="small settings")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/speed"))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.tis_masks, args.ig_steps = 64, 4
+        args.batch_sizes, args.base_batch_sizes = [1, 4], [1]
+        args.image_sizes, args.repeats = [224], 2
+    torch.set_num_threads(args.threads)
+    opts = {"tis_masks": args.tis_masks, "n_steps": args.ig_steps}
+    devices = [torch.device("cpu")]
+    if args.device == "auto":
+        if torch.cuda.is_available():
+            devices.append(torch.device("cuda"))
+    else:
+        devices = [torch.device(args.device)]
+    result: Dict[str, Any] = {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "torch": torch.__version__,
+            "timm": timm.__version__,
+            "threads": args.threads,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+        "settings": {k: str(v) for k, v in vars(args).items()},
+        "tables": {},
+    }
+    md = [f"<!-- made by benchmarks/speed.py; machine: {result['machine']} -->\n"]
+    for device in devices:
+        clock = Clock(device)
+        tables: Dict[str, List[Dict[str, Any]]] = {}
+        print(f"== {device}: embedded default model", flush=True)
+        model, extras = embedded(device)
+        tables["embedded"] = [
+            run_one(
+                model,
+                extras,
+                m,
+                images(model, args.batch, device),
+                opts,
+                clock,
+                args.repeats,
+            )
+            for m in args.methods
+        ]
+        print(f"== {device}: embedded, batch growth", flush=True)
+        tables["embedded_batch"] = [
+            run_one(
+                model,
+                extras,
+                m,
+                images(model, b, device),
+                opts,
+                clock,
+                args.repeats,
+                with_floor=False,
+            )
+            for m in args.methods
+            for b in args.batch_sizes
+        ]
+        print(f"== {device}: vit_base_patch16_224 at 224", flush=True)
+        model, extras = vit_base(224, device)
+        tables["vit_base"] = [
+            run_one(
+                model,
+                extras,
+                m,
+                images(model, args.batch, device),
+                opts,
+                clock,
+                args.repeats,
+            )
+            for m in args.methods
+        ]
+        print(f"== {device}: vit_base, batch growth", flush=True)
+        tables["vit_base_batch"] = [
+            run_one(
+                model,
+                extras,
+                m,
+                images(model, b, device),
+                opts,
+                clock,
+                args.repeats,
+                with_floor=False,
+            )
+            for m in args.growth_methods
+            for b in args.base_batch_sizes
+        ]
+        print(f"== {device}: vit_base, image-size growth", flush=True)
+        rows = []
+        for size in args.image_sizes:
+            model, extras = vit_base(size, device)
+            for m in args.growth_methods:
+                x = images(model, args.batch, device)
+                rows.append(
+                    run_one(model, extras, m, x, opts, clock, args.repeats, False)
+                )
+        tables["vit_base_size"] = sorted(rows, key=lambda r: (r["method"], r["size"]))
+        result["tables"][str(device)] = tables
+        titles = {
+            "embedded": f"Embedded default (64 px, 64 patches), batch {args.batch}",
+            "embedded_batch": "Embedded default: batch-size growth",
+            "vit_base": f"vit_base_patch16_224 (random weights), batch {args.batch}",
+            "vit_base_batch": "vit_base_patch16_224: batch-size growth",
+            "vit_base_size": f"vit_base_patch16: image-size growth, batch {args.batch}",
+        }
+        for key, title in titles.items():
+            md.append(markdown(f"{title} ({device})", tables[key]))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "speed.json").write_text(json.dumps(result, indent=1))
+    (args.out / "speed.md").write_text("\n".join(md))
+    print("\n".join(md))
+    return result
+
+
+if __name__ == "__main__":
+    main()
