@@ -181,6 +181,11 @@ def test_shared_trunk_equals_separate_forwards(family, k):
     game = SurrogateGame(surrogate)
     gap = changed.sum(1) - (game.full_value(x) - game.empty_value(x))
     assert gap.abs().max() < 1e-5
+    # restoring the surrogate's weights (load_state_dict copies in place) is noticed
+    sur = surrogate.state_dict()
+    explainer.backbone.load_state_dict({n: sur[n] for n in frozen}, strict=False)
+    assert vs.shares_trunk()
+    assert torch.allclose(vs.shapley_values(x), phi, atol=1e-6)
 
 
 def test_shared_blocks_validated_and_unshared_by_default():

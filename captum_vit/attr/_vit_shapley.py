@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -77,31 +77,39 @@ class ViTShapley(Attribution):
         self.explainer = explainer
         self.game = SurrogateGame(surrogate)
         self.surrogate = self.game.model
+        self._trunk_pairs = self._find_trunk_pairs()
         self._trunk_key: Optional[tuple] = None
         self._trunk_equal = False
         super().__init__(self.surrogate)
 
-    def _trunk_pairs(self):
+    def _find_trunk_pairs(self) -> List[Tuple[Tensor, Tensor]]:
+        """(explainer tensor, surrogate tensor) of every trunk weight; [] if none."""
         k = self.explainer.shared_blocks
         if k == 0:
-            return None
+            return []
         mine = self.explainer.backbone.state_dict(keep_vars=True)
         theirs = self.surrogate.state_dict(keep_vars=True)
         names = shared_state_names(self.explainer.backbone, k)
-        if not names or any(n not in theirs for n in names):
-            return None
+        if any(n not in theirs for n in names):
+            return []
         return [(mine[n], theirs[n]) for n in names]
 
     def shares_trunk(self) -> bool:
         """Whether the explainer's frozen trunk equals the surrogate's, so that one
         pass through it serves both (see :class:`ShapleyExplainer`'s
-        ``shared_blocks``). The comparison is cached until a weight of either trunk is
-        replaced or modified in place."""
-        pairs = self._trunk_pairs()
-        if pairs is None:
+        ``shared_blocks``).
+
+        The weights are compared on first use and again whenever one of them is
+        modified in place or moved (tensor version and storage are tracked, so
+        ``load_state_dict``, optimiser steps and ``.to()`` are noticed). Modules
+        swapped for new ones after this attributor was built are not tracked: build a
+        new ``ViTShapley`` then.
+        """
+        pairs = self._trunk_pairs
+        if not pairs:
             return False
         key = tuple(
-            (id(t), t.data_ptr(), t._version, t.device) for pair in pairs for t in pair
+            (t.data_ptr(), t._version, t.device) for pair in pairs for t in pair
         )
         if key != self._trunk_key:
             self._trunk_equal = all(
