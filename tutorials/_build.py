@@ -472,6 +472,11 @@ print(f"{time.perf_counter() - start:.0f} s")
 explainer head. `train_explainer` draws `NUM_SUBSETS` coalitions per image from the
 Shapley kernel (paired with their complements) and evaluates the frozen surrogate on
 them; the loss is `N * MSE(v(0) + s^T phi, v(s))` over coalitions and classes.
+
+For cheaper explanations, `from_surrogate(surrogate, shared_blocks=k)` keeps the
+embedding and the first `k` blocks frozen as the surrogate's; `ViTShapley` then runs
+that trunk once for both models (the shipped default explainer shares 2 of its 4
+blocks). Here everything is fine-tuned, as in the paper.
 """),
     code("""
 start = time.perf_counter()
