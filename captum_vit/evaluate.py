@@ -58,7 +58,17 @@ class EvalConfig:
 
 
 def _removal(name: str):
-    return None if name == "tokens" else name
+    """The metrics' ``removal`` for the embedded model: ``None`` drops tokens; pixel
+    baselines are meant in image space, so ``"black"`` is the *normalised* value of
+    a black pixel (the metrics' own ``"black"`` is 0 in model-input space, which is
+    mid-grey for this model's mean = std = 0.5 normalisation)."""
+    if name == "tokens":
+        return None
+    if name == "black":
+        from .zoo import preprocess
+
+        return preprocess(torch.zeros(1, 3, 1, 1))
+    return name
 
 
 def _score_chunk(

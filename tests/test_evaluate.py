@@ -106,3 +106,27 @@ def test_evaluate_bad_input(tmp_path: Path):
         ro.mkdir(mode=0o500)
         res = run_cli("evaluate", "--n", "2", "--out", str(ro))
         assert res.returncode == 2
+
+
+def test_black_removal_means_black_pixels():
+    """``--removal black`` fills removed patches with black *pixels*: deleting every
+    patch must give the model's output on an all-black image (not on the zero input,
+    which is mid-grey after this model's normalisation)."""
+    import torch
+
+    from captum_vit import metrics, zoo
+    from captum_vit.evaluate import _removal
+
+    model = zoo.load_default_model().model
+    inputs, scenes = zoo.load_default_scenes(n=2)
+    target = torch.as_tensor(scenes.labels).long()
+    attr = torch.rand(inputs.shape, generator=torch.Generator().manual_seed(0))
+    curves = metrics.insertion_deletion_curves(
+        model, inputs, attr, target, fractions=[0.0, 1.0], removal=_removal("black")
+    )
+    with torch.no_grad():
+        black = zoo.preprocess(torch.zeros(2, 3, 64, 64))
+        expected = model(black).softmax(-1)[torch.arange(2), target]
+        grey = model(torch.zeros_like(inputs)).softmax(-1)[torch.arange(2), target]
+    assert torch.allclose(curves.deletion[:, -1], expected, atol=1e-5)
+    assert not torch.allclose(expected, grey, atol=1e-3)
