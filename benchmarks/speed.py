@@ -326,73 +326,42 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     for device in devices:
         clock = Clock(device)
         tables: Dict[str, List[Dict[str, Any]]] = {}
+
+        def table(model, extras, methods, batches, floor):
+            return [
+                run_one(
+                    model,
+                    extras,
+                    m,
+                    images(model, b, device),
+                    opts,
+                    clock,
+                    args.repeats,
+                    with_floor=floor,
+                )
+                for m in methods
+                for b in batches
+            ]
+
         print(f"== {device}: embedded default model", flush=True)
         model, extras = embedded(device)
-        tables["embedded"] = [
-            run_one(
-                model,
-                extras,
-                m,
-                images(model, args.batch, device),
-                opts,
-                clock,
-                args.repeats,
-            )
-            for m in args.methods
-        ]
+        tables["embedded"] = table(model, extras, args.methods, [args.batch], True)
         print(f"== {device}: embedded, batch growth", flush=True)
-        tables["embedded_batch"] = [
-            run_one(
-                model,
-                extras,
-                m,
-                images(model, b, device),
-                opts,
-                clock,
-                args.repeats,
-                with_floor=False,
-            )
-            for m in args.methods
-            for b in args.batch_sizes
-        ]
+        tables["embedded_batch"] = table(
+            model, extras, args.methods, args.batch_sizes, False
+        )
         print(f"== {device}: vit_base_patch16_224 at 224", flush=True)
         model, extras = vit_base(224, device)
-        tables["vit_base"] = [
-            run_one(
-                model,
-                extras,
-                m,
-                images(model, args.batch, device),
-                opts,
-                clock,
-                args.repeats,
-            )
-            for m in args.methods
-        ]
+        tables["vit_base"] = table(model, extras, args.methods, [args.batch], True)
         print(f"== {device}: vit_base, batch growth", flush=True)
-        tables["vit_base_batch"] = [
-            run_one(
-                model,
-                extras,
-                m,
-                images(model, b, device),
-                opts,
-                clock,
-                args.repeats,
-                with_floor=False,
-            )
-            for m in args.growth_methods
-            for b in args.base_batch_sizes
-        ]
+        tables["vit_base_batch"] = table(
+            model, extras, args.growth_methods, args.base_batch_sizes, False
+        )
         print(f"== {device}: vit_base, image-size growth", flush=True)
         rows = []
         for size in args.image_sizes:
             model, extras = vit_base(size, device)
-            for m in args.growth_methods:
-                x = images(model, args.batch, device)
-                rows.append(
-                    run_one(model, extras, m, x, opts, clock, args.repeats, False)
-                )
+            rows += table(model, extras, args.growth_methods, [args.batch], False)
         tables["vit_base_size"] = sorted(rows, key=lambda r: (r["method"], r["size"]))
         result["tables"][str(device)] = tables
         titles = {
