@@ -73,7 +73,8 @@ def _ixg(model: nn.Module, extras: Dict[str, Any]) -> Explain:
     from captum.attr import InputXGradient
 
     m = InputXGradient(model)
-    return lambda x, t: m.attribute(x, target=t)
+    # inputs that already require grad spare Captum's "set automatically" warning
+    return lambda x, t: m.attribute(x.detach().requires_grad_(True), target=t)
 
 
 def _skipplus_ig(model: nn.Module, extras: Dict[str, Any]) -> Explain:
