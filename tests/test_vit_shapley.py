@@ -186,6 +186,11 @@ def test_shared_trunk_equals_separate_forwards(family, k):
     explainer.backbone.load_state_dict({n: sur[n] for n in frozen}, strict=False)
     assert vs.shares_trunk()
     assert torch.allclose(vs.shapley_values(x), phi, atol=1e-6)
+    # a dtype change (new storage) is noticed too; the round trip is exact
+    explainer.double()
+    assert not vs.shares_trunk()
+    explainer.float()
+    assert vs.shares_trunk()
 
 
 def test_shared_blocks_validated_and_unshared_by_default():

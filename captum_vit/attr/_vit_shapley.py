@@ -109,11 +109,16 @@ class ViTShapley(Attribution):
         if not pairs:
             return False
         key = tuple(
-            (t.data_ptr(), t._version, t.device) for pair in pairs for t in pair
+            (t.data_ptr(), t._version, t.device, t.dtype)
+            for pair in pairs
+            for t in pair
         )
         if key != self._trunk_key:
             self._trunk_equal = all(
-                a.shape == b.shape and bool(torch.equal(a.detach(), b.detach()))
+                a.device == b.device
+                and a.dtype == b.dtype
+                and a.shape == b.shape
+                and bool(torch.equal(a.detach(), b.detach()))
                 for a, b in pairs
             )
             self._trunk_key = key
