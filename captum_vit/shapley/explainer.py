@@ -81,35 +81,18 @@ class _SharedRef:
         return self
 
 
-#: Backbone parts after the shared trunk (never shared): final norms and heads.
-_UNSHARED_TOP = ("norm", "fc_norm", "head", "head_dist", "head_drop", "attn_pool")
-
-
 def shared_state_names(model: nn.Module, shared_blocks: int) -> List[str]:
-    """Parameter and buffer names of a ViT's trunk up to block ``shared_blocks − 1``.
-
-    The trunk is everything that computes the hidden states entering block
-    ``shared_blocks``: patch embedding, prefix tokens, position embedding, ``norm_pre``
-    (and Eva's rope) and ``blocks[:shared_blocks]``; empty when ``shared_blocks`` is 0.
+    """Parameter and buffer names of a ViT's trunk up to block ``shared_blocks − 1``
+    (see :meth:`captum_vit.vit.ViTAdapter.trunk_state_names`); empty for 0.
 
     Args:
         model: A supported timm ViT.
         shared_blocks: Number of leading blocks in the trunk.
 
     Returns:
-        The names, as in ``model.state_dict()`` (persistent buffers only).
+        The names, as in ``model.state_dict()``.
     """
-    if shared_blocks <= 0:
-        return []
-    names = []
-    for name in model.state_dict():
-        top = name.split(".")[0]
-        if top in _UNSHARED_TOP:
-            continue
-        if top == "blocks" and int(name.split(".")[1]) >= shared_blocks:
-            continue
-        names.append(name)
-    return names
+    return ViTAdapter.of(model).trunk_state_names(shared_blocks)
 
 
 def _default_heads(embed_dim: int) -> int:
@@ -339,7 +322,7 @@ class ShapleyExplainer(nn.Module):
         """
         adapter = ViTAdapter(self.backbone)
         x = adapter.run_blocks(hidden, self.shared_blocks, grid=grid)
-        tokens = self.backbone.norm(x)  # (B, P + N, D): all tokens after final norm
+        tokens = adapter.final_norm(x)  # (B, P + N, D): all tokens
         h = self.norm(self.attn_block(tokens))
         out = self.mlp(h[:, adapter.num_prefix_tokens :])
         return torch.tanh(out)

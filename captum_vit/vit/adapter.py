@@ -29,6 +29,8 @@ SUPPORTED_FAMILIES = (
     "VisionTransformerDistilled (DeiT distilled) and Eva (EVA-02)"
 )
 _POOLS = ("token", "avg", "max", "avgmax")
+#: Top-level submodules that come after the blocks (final norms and heads).
+_AFTER_BLOCKS = ("norm", "fc_norm", "head", "head_dist", "head_drop", "attn_pool")
 
 
 def _family(model: nn.Module) -> Optional[str]:
@@ -406,6 +408,39 @@ class ViTAdapter:
             x = blk(x, **kwargs)
         return x
 
+    def trunk_state_names(self, stop: int) -> List[str]:
+        """``state_dict`` names of everything that computes block ``stop``'s input.
+
+        That is the patch embedding, prefix tokens, position embedding, ``norm_pre``
+        and ``blocks[:stop]`` (persistent buffers included); the final norms and
+        heads are never part of it. Empty for ``stop == 0``.
+
+        Args:
+            stop: Number of leading blocks (0 <= stop <= L).
+
+        Returns:
+            The names, in ``state_dict`` order.
+        """
+        if not 0 <= stop <= self.num_layers:
+            raise ValueError(
+                f"stop: expected 0 <= stop <= {self.num_layers}, got {stop}"
+            )
+        if stop == 0:
+            return []
+        names = []
+        for name in self.model.state_dict():
+            parts = name.split(".")
+            if parts[0] in _AFTER_BLOCKS:
+                continue
+            if parts[0] == "blocks" and int(parts[1]) >= stop:
+                continue
+            names.append(name)
+        return names
+
+    def final_norm(self, tokens: Tensor) -> Tensor:
+        """The norm after the last block (``forward_features``' last step)."""
+        return self.model.norm(tokens)
+
     def head(self, tokens: Tensor, keep: Optional[Tensor] = None) -> Tensor:
         """Final norm, pooling and classifier: hidden states after the last block to
         logits.
@@ -418,7 +453,7 @@ class ViTAdapter:
         Returns:
             (B, num_classes) logits, as ``model.forward_head``.
         """
-        x = self.model.norm(tokens)
+        x = self.final_norm(tokens)
         if keep is not None:
             n = tokens.shape[1] - self.num_prefix_tokens
             self.check_keep(keep, tokens.shape[0], n)
