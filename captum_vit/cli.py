@@ -208,7 +208,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import EvalConfig, run_evaluation
+    from .evaluate import EvalConfig, run_evaluation, writable_dir
     from .methods import resolve_methods
 
     if args.n <= 0:
@@ -227,14 +227,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         sensitivity_samples=args.faith_samples,
         n_steps=args.ig_steps,
     )
-    out = Path(args.out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_test"
-        probe.write_text("ok")
-        probe.unlink()
+        out = writable_dir(args.out)
     except OSError as exc:
-        raise CLIError(f"--out: cannot write to {out}: {exc}") from exc
+        raise CLIError(f"--out: cannot write to {args.out}: {exc}") from exc
     run_evaluation(str(out), args.methods, cfg)
     print((out / "results.md").read_text(), end="")
     print(f"wrote {out / 'results.md'}, {out / 'results.csv'}, {out / 'curves.png'}")

@@ -57,6 +57,20 @@ class EvalConfig:
     n_steps: int = 20
 
 
+def writable_dir(path: str) -> Path:
+    """Create ``path`` if needed and check that a file can be written in it.
+
+    Raises:
+        OSError: the folder cannot be created or written.
+    """
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    probe = out / ".write_test"
+    probe.write_text("ok")
+    probe.unlink()
+    return out
+
+
 def _removal(name: str):
     """The metrics' ``removal`` for the embedded model: ``None`` drops tokens; pixel
     baselines are meant in image space, so ``"black"`` is the *normalised* value of
@@ -184,11 +198,7 @@ def run_evaluation(
     if cfg.n <= 0:
         raise ValueError(f"n: expected a positive number of scenes, got {cfg.n}")
     chosen: List[Method] = resolve_methods(methods)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    probe = out / ".write_test"
-    probe.write_text("ok")
-    probe.unlink()
+    out = writable_dir(out_dir)
 
     default = zoo.load_default_model()
     model = default.model
