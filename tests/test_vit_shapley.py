@@ -73,8 +73,11 @@ def test_batch_equals_per_sample():
     assert torch.allclose(batch, single, atol=1e-6)
 
 
-def test_models_unchanged_also_after_errors():
+@pytest.mark.parametrize("shared", [0, 1])
+def test_models_unchanged_also_after_errors(shared, monkeypatch):
     surrogate, explainer, x = _setup()
+    if shared:
+        explainer = ShapleyExplainer.from_surrogate(surrogate, shared_blocks=shared)
     explainer.train()
     surrogate.blocks[1].train()
     s_before, e_before = model_state(surrogate), model_state(explainer)
@@ -88,6 +91,18 @@ def test_models_unchanged_also_after_errors():
         vs.attribute(x, target=[0, 1])
     with pytest.raises(ValueError, match="inputs"):
         vs.attribute(torch.randn(2, 3, 40, 40))
+    assert model_state(surrogate) == s_before and model_state(explainer) == e_before
+    # a failure inside the forward passes (eval mode switched on) restores the flags
+    assert vs.shares_trunk() == bool(shared)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("forced")
+
+    name = "forward_from_trunk" if shared else "forward"
+    monkeypatch.setattr(explainer, name, boom)
+    with pytest.raises(RuntimeError, match="forced"):
+        vs.attribute(x, target=1)
+    monkeypatch.undo()
     assert model_state(surrogate) == s_before and model_state(explainer) == e_before
 
 
