@@ -19,6 +19,7 @@ import timm
 import torch
 
 from captum_vit import AttentionRollout, GenAtt
+from captum_vit.vit import ViTAdapter
 
 
 def median_time(fn: Callable[[], object], repeats: int, clock: Callable[[], float]):
@@ -47,7 +48,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = timm.create_model(args.model, pretrained=False).eval()
-    size = model.patch_embed.img_size
+    size = ViTAdapter(model).image_size
     rollout, genatt = AttentionRollout(model), GenAtt(model)
     clock = time.process_time if args.cpu_time else time.perf_counter
     unit = "CPU s" if args.cpu_time else "s"

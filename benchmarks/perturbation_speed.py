@@ -197,7 +197,7 @@ def main() -> None:
     if not args.skip_random:
         torch.manual_seed(0)
         model = timm.create_model(args.model, pretrained=False).eval()
-        size = model.patch_embed.img_size
+        size = ViTAdapter(model).image_size
         x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
         report(
             f"{args.model} (random weights)",

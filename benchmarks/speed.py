@@ -212,7 +212,7 @@ def embedded(device: torch.device) -> Tuple[nn.Module, Dict[str, Any]]:
 
 
 def images(model: nn.Module, batch: int, device: torch.device) -> Tensor:
-    size = ViTAdapter(model).model.patch_embed.img_size
+    size = ViTAdapter.of(model).image_size
     g = torch.Generator().manual_seed(batch)
     return torch.randn(batch, 3, size[0], size[1], generator=g).to(device)
 

@@ -41,7 +41,9 @@ class LoadedModel:
 
     @property
     def input_size(self) -> Tuple[int, int]:
-        return tuple(int(s) for s in self.model.patch_embed.img_size)
+        from .vit import ViTAdapter
+
+        return ViTAdapter.of(self.model).image_size
 
     def normalise(self, images01: Tensor) -> Tensor:
         m = torch.tensor(self.mean).view(1, -1, 1, 1)

@@ -181,6 +181,11 @@ class ViTAdapter:
         """Whether the model accepts other image sizes than its default."""
         return bool(getattr(self.model, "dynamic_img_size", False))
 
+    @property
+    def image_size(self) -> Tuple[int, int]:
+        """The (H, W) input size the model was built for (its default size)."""
+        return tuple(int(s) for s in self.model.patch_embed.img_size)
+
     def check_images(self, images: Tensor, name: str = "inputs") -> Tuple[int, int]:
         """Validate an image batch for this model and return its patch grid.
 
@@ -218,7 +223,7 @@ class ViTAdapter:
                     f"{self.patch_size}"
                 )
             return tuple(int(g) for g in pe.dynamic_feat_size(hw))
-        expected = tuple(int(s) for s in pe.img_size)
+        expected = self.image_size
         if hw != expected and getattr(pe, "strict_img_size", True):
             raise ValueError(
                 f"{name}: this model was built for {expected[0]}x{expected[1]} images "
