@@ -171,7 +171,8 @@ def test_training_resumes_exactly(idx_root: Path, tmp_path: Path) -> None:
         f"--data-root={idx_root}",
     ]
     full = train_mod.train(train_mod.parse_args([f"--out={tmp_path / 'a'}", *common]))
-    part = [f"--out={tmp_path / 'b'}", *common]
+    # the interrupted run generates its scenes in a DataLoader worker: same batches
+    part = [f"--out={tmp_path / 'b'}", "--workers=1", *common]
     train_mod.train(train_mod.parse_args([*part, "--stop-after=1"]))
     resumed = train_mod.train(train_mod.parse_args([*part, "--resume"]))
     a = torch.load(tmp_path / "a" / "default_vit.pt", weights_only=True)

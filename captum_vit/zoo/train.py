@@ -72,6 +72,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="DataLoader processes generating scenes beside training (0: inline)",
+    )
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--patch-size", type=int, default=8)
     p.add_argument("--embed-dim", type=int, default=128)
@@ -188,6 +194,30 @@ def evaluate_dropped_tokens(
     return out
 
 
+class _SceneStream(torch.utils.data.IterableDataset):
+    """One epoch of training batches, drawn from ``default_rng([seed, epoch])``.
+
+    The batches are the same whether they are generated inline or in a DataLoader
+    worker process (one worker keeps the order), so a run is reproducible either way.
+    """
+
+    def __init__(self, args: argparse.Namespace, epoch: int) -> None:
+        self.args, self.epoch = args, epoch
+
+    def __iter__(self):
+        args = self.args
+        if torch.utils.data.get_worker_info() is not None:
+            torch.set_num_threads(1)  # the worker only runs numpy
+        rng = np.random.default_rng([args.seed, self.epoch])
+        steps = math.ceil(args.train_size / args.batch_size)
+        for step in range(steps):
+            bs = min(args.batch_size, args.train_size - step * args.batch_size)
+            batch = generate_scenes(
+                rng, bs, "train", args.image_size, root=args.data_root
+            )
+            yield preprocess(batch.images), torch.from_numpy(batch.labels)
+
+
 def _config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     return {
         "architecture": "timm.models.vision_transformer.VisionTransformer",
@@ -215,13 +245,16 @@ def _config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
             "label_smoothing": args.label_smoothing,
             "grad_clip": args.grad_clip,
             "threads": args.threads,
+            "workers": args.workers,
         },
     }
 
 
 def _comparable(config: Dict[str, Any]) -> Dict[str, Any]:
     """The config without settings that may change on resume (thread count)."""
-    training = {k: v for k, v in config["training"].items() if k != "threads"}
+    training = {
+        k: v for k, v in config["training"].items() if k not in ("threads", "workers")
+    }
     return {**config, "training": training}
 
 
@@ -296,21 +329,21 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
     stop = args.epochs if args.stop_after is None else min(args.epochs, args.stop_after)
     for epoch in range(start_epoch, stop):
         t0 = time.time()
-        rng = np.random.default_rng([args.seed, epoch])
+        stream = _SceneStream(args, epoch)
+        if args.workers > 0:
+            stream = torch.utils.data.DataLoader(
+                stream, batch_size=None, num_workers=1, prefetch_factor=4
+            )
         bar = tqdm(
-            range(steps_per_epoch),
+            stream,
+            total=steps_per_epoch,
             desc=f"epoch {epoch + 1}/{args.epochs}",
             mininterval=15.0,
             file=sys.stdout,
         )
         loss_sum, correct, seen = 0.0, 0, 0
-        for step in bar:
-            bs = min(args.batch_size, args.train_size - step * args.batch_size)
-            batch = generate_scenes(
-                rng, bs, "train", args.image_size, root=args.data_root
-            )
-            x = preprocess(batch.images)
-            y = torch.from_numpy(batch.labels)
+        for x, y in bar:
+            bs = int(y.shape[0])
             logits = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
