@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
+from .._utils import BLUR_KERNEL, BLUR_SIGMA, gaussian_blur  # noqa: F401
 from .._utils import format_target as _shared_format_target
 
 try:  # tqdm is a dependency of the package; keep the import soft all the same
@@ -54,8 +54,6 @@ PAD_TOLERANCE = 0.1
 DEFAULT_BATCH = 64
 #: Default number of curve steps cap (TIS uses 224 steps).
 MAX_DEFAULT_STEPS = 224
-#: Gaussian blur baseline (Petsiuk et al. 2018; TIS): kernel size and sigma.
-BLUR_KERNEL, BLUR_SIGMA = 11, 5.0
 
 
 # --------------------------------------------------------------------- validation
@@ -275,17 +273,6 @@ def reduce_attributions(
 
 
 # -------------------------------------------------------------------- baselines
-def gaussian_blur(images: Tensor, kernel: int = BLUR_KERNEL, sigma: float = BLUR_SIGMA):
-    """Depthwise Gaussian blur with zero padding (as the RISE reference code)."""
-    r = torch.arange(kernel, dtype=images.dtype, device=images.device) - kernel // 2
-    g = torch.exp(-(r**2) / (2 * sigma**2))
-    k2 = g[:, None] * g[None, :]
-    k2 = k2 / k2.sum()
-    c = images.shape[1]
-    weight = k2.expand(c, 1, kernel, kernel)
-    return F.conv2d(images, weight, padding=kernel // 2, groups=c)
-
-
 def make_baseline(baseline: BaselineType, inputs: Tensor, seed: int) -> Tensor:
     """The replacement value of every input element, a tensor of the inputs' shape.
 
