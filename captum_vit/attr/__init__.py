@@ -3,6 +3,7 @@
 from ._genatt import GenAtt
 from ._plus import PLUSWrapper, SkipPLUSWrapper
 from ._rollout import AttentionRollout
+from ._transformer_attribution import TransformerAttribution
 from ._tis import TransformerInputSampling
 from ._vit_shapley import ViTShapley
 from ._vitcx import ViTCX
@@ -12,6 +13,7 @@ __all__ = [
     "GenAtt",
     "PLUSWrapper",
     "SkipPLUSWrapper",
+    "TransformerAttribution",
     "TransformerInputSampling",
     "ViTCX",
     "ViTShapley",
