@@ -42,6 +42,8 @@ BaselineType = Union[None, str, float, Tensor, Callable[[Tensor], Tensor]]
 
 #: Pixel baselines known by name (see :func:`make_baseline`).
 BASELINES = ("black", "mean", "blur", "uniform")
+#: Imputations known by name (see :mod:`._imputation`).
+IMPUTATIONS = ("noisy_linear",)
 #: Output scores a metric can read.
 SCORES = ("probability", "logit")
 #: Reductions of pixel-shaped attributions to features.
@@ -494,8 +496,13 @@ def prepare(
     vit = is_vit(forward_func)
     if removal is None:
         removal = "tokens" if vit and feature_mask is None else "black"
+    from ._imputation import NoisyLinearImputation
+
     if isinstance(removal, str):
-        check_choice(removal, ("tokens",) + BASELINES, "removal")
+        check_choice(removal, ("tokens",) + BASELINES + IMPUTATIONS, "removal")
+        if removal == "noisy_linear":
+            removal = NoisyLinearImputation()
+    imputation = removal if isinstance(removal, NoisyLinearImputation) else None
 
     # feature units
     if removal == "tokens":
@@ -524,7 +531,8 @@ def prepare(
 
     attr = reduce_attributions(attributions, inputs, features, attribution_reduction)
     with torch.no_grad():
-        base = None if removal == "tokens" else make_baseline(removal, inputs, seed)
+        pixel = removal != "tokens" and imputation is None
+        base = make_baseline(removal, inputs, seed) if pixel else None
 
     with torch.no_grad():
         clean = _forward_chunks(
@@ -542,6 +550,10 @@ def prepare(
             t = clean.argmax(dim=-1)
         if removal == "tokens":
             remover: Any = TokenRemover(forward_func, inputs, additional_forward_args)
+        elif imputation is not None:
+            remover = imputation.remover(
+                forward_func, inputs, additional_forward_args, features, seed
+            )
         else:
             remover = PixelRemover(
                 forward_func, inputs, additional_forward_args, features, base
