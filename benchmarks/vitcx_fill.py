@@ -149,6 +149,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1234, help="scene seed")
     parser.add_argument("--ppe", type=int, default=64, help="forward batch")
     parser.add_argument("--quick", action="store_true", help="4 scenes, embedded")
+    parser.add_argument(
+        "--arch",
+        default="vit_base_patch16_224",
+        help="timm model of the 'vitb' part (random weights, 224 px)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.n, args.part = 4, "embedded"
@@ -177,10 +182,9 @@ def main() -> None:
     if args.part in ("vitb", "all"):
         import timm
 
-        print("\nrandom-weight vit_base_patch16_224", flush=True)
-        model = timm.create_model(
-            "vit_base_patch16_224", pretrained=False, num_classes=10
-        ).eval()
+        print(f"\nrandom-weight {args.arch}", flush=True)
+        torch.manual_seed(0)
+        model = timm.create_model(args.arch, pretrained=False, num_classes=10).eval()
         cfg = model.pretrained_cfg
         big = F.interpolate(images, size=(224, 224), mode="bilinear")
         big = big.clamp(0, 1)
@@ -200,7 +204,7 @@ def main() -> None:
             (cfg["mean"], cfg["std"]),
             args.ppe,
         )
-        print_table("random-weight ViT-B/16 (224 px)", res, args.n)
+        print_table(f"random-weight {args.arch} (224 px)", res, args.n)
 
 
 if __name__ == "__main__":
