@@ -7,8 +7,9 @@ Every curve- or subset-type metric in :mod:`captum_vit.metrics` is the same four
 2. describe the perturbed inputs as *rows*: a sample index and a boolean keep mask over
    that sample's F features (built lazily, chunk by chunk);
 3. evaluate the rows in batches of ``max_examples_per_batch`` with one *remover*: true
-   token removal (:class:`captum_vit.vit.TokenMask`, ``"drop"`` mode) or replacement of
-   the removed features' elements by a pixel baseline;
+   token removal (:class:`captum_vit.vit.TokenMask`, ``"drop"`` mode), replacement of
+   the removed features' elements by a pixel baseline, or imputation of the removed
+   pixels from the kept ones (:mod:`._imputation`, ROAD);
 4. gather the target's score (softmax probability, logit, or top-1 correctness).
 
 Rows that keep every feature are the clean inputs and are not re-evaluated; rows that
