@@ -47,11 +47,17 @@ def _genatt(model: nn.Module, extras: Dict[str, Any]) -> Explain:
     return lambda x, t: m.attribute(x, target=t)
 
 
+def _normalization(extras: Dict[str, Any]) -> Dict[str, Any]:
+    """The model's input normalisation from ``extras`` (for the "black" fill)."""
+    return dict(input_mean=extras.get("input_mean"), input_std=extras.get("input_std"))
+
+
 def _vitcx(model: nn.Module, extras: Dict[str, Any]) -> Explain:
     from .attr import ViTCX
 
-    m = ViTCX(model)
-    return lambda x, t: m.attribute(x, target=t, seed=0)
+    m = ViTCX(model, **_normalization(extras))
+    fill = extras.get("vitcx_fill", "mean")  # the measured default, see ViTCX
+    return lambda x, t: m.attribute(x, target=t, seed=0, baselines=fill)
 
 
 def _tis(model: nn.Module, extras: Dict[str, Any]) -> Explain:
@@ -59,6 +65,35 @@ def _tis(model: nn.Module, extras: Dict[str, Any]) -> Explain:
 
     m = TransformerInputSampling(model, n_masks=extras.get("tis_masks", 1024))
     return lambda x, t: m.attribute(x, target=t, seed=0)
+
+
+def _transformer_attribution(model: nn.Module, extras: Dict[str, Any]) -> Explain:
+    from .attr import TransformerAttribution
+
+    m = TransformerAttribution(model)
+    return lambda x, t: m.attribute(x, target=t)
+
+
+def _raw_attention(model: nn.Module, extras: Dict[str, Any]) -> Explain:
+    from .attr import RawAttention
+
+    m = RawAttention(model)
+    return lambda x, t: m.attribute(x)
+
+
+def _rise(model: nn.Module, extras: Dict[str, Any]) -> Explain:
+    from .attr import RISE
+
+    m = RISE(model, n_masks=extras.get("rise_masks", 4000), **_normalization(extras))
+    fill = extras.get("rise_fill", "zero")
+    return lambda x, t: m.attribute(x, target=t, seed=0, baselines=fill)
+
+
+def _gradcam(model: nn.Module, extras: Dict[str, Any]) -> Explain:
+    from .attr import ViTGradCAM
+
+    m = ViTGradCAM(model)
+    return lambda x, t: m.attribute(x, target=t)
 
 
 def _ig(model: nn.Module, extras: Dict[str, Any]) -> Explain:
@@ -151,6 +186,15 @@ METHODS: Dict[str, Method] = {
         Method("genatt", _genatt, False, "GenAtt (Chefer et al. 2021)"),
         Method("vitcx", _vitcx, False, "ViT-CX (Xie et al. 2023)"),
         Method("tis", _tis, False, "Transformer Input Sampling (Englebert 2023)"),
+        Method(
+            "transformer-attribution",
+            _transformer_attribution,
+            False,
+            "Transformer Attribution, LRP (Chefer et al. 2021)",
+        ),
+        Method("raw-attention", _raw_attention, False, "Last block's attention"),
+        Method("rise", _rise, False, "RISE (Petsiuk et al. 2018)"),
+        Method("gradcam", _gradcam, False, "Grad-CAM on the last block's tokens"),
         Method("vit-shapley", _vit_shapley, True, "ViT Shapley (Covert et al. 2023)"),
         Method("ig", _ig, True, "Integrated Gradients, 20 steps"),
         Method("skipplus-ig", _skipplus_ig, True, "SkipPLUS(IG) (Mehri et al. 2024)"),

@@ -80,7 +80,7 @@ def test_localisation_bad_input():
     with pytest.raises(ValueError, match="boxes/masks"):
         mean_iou(maps)
     with pytest.raises(ValueError, match="ties"):
-        pointing_game(maps, torch.tensor([[0, 0, 2, 2]] * 2), ties="first")
+        pointing_game(maps, torch.tensor([[0, 0, 2, 2]] * 2), ties="last")
 
 
 # ------------------------------------------------------- segmentation metrics

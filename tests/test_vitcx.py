@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.ndimage import gaussian_filter
 from scipy.spatial.distance import pdist
 
 from conftest import FAMILIES, image_size, make_model, model_state
@@ -84,38 +85,126 @@ def test_masks_equal_explicit_clustering():
         assert torch.allclose(masks, ref, atol=1e-5)
 
 
-def test_noise_free_equals_plain_recomputation():
+def oracle_fill(name, x: torch.Tensor) -> torch.Tensor:
+    """The fill of one (C, H, W) image, written from each fill's definition."""
+    if name == "zero":
+        return torch.zeros_like(x)
+    if name == "black":  # vit_tiny's timm pretrained_cfg: mean = std = 0.5
+        return torch.full_like(x, (0.0 - 0.5) / 0.5)
+    if name == "mean":
+        return x.mean(dim=(1, 2), keepdim=True).expand_as(x)
+    if name == "blur":  # Gaussian sigma 5, 11 taps (radius 5 = truncate 1.0), zeros
+        out = [
+            gaussian_filter(c.double().numpy(), 5.0, mode="constant", truncate=1.0)
+            for c in x
+        ]
+        return torch.as_tensor(np.stack(out)).to(x.dtype)
+    return torch.as_tensor(name, dtype=x.dtype).expand_as(x)  # a number
+
+
+@pytest.mark.parametrize("fill", ["zero", "black", "mean", "blur", 0.25])
+def test_noise_free_equals_plain_recomputation(fill):
     model = make_model("cls")
     x = images("cls")
     targets = [1, 3]
     e = ViTCX(model, noise_std=0.0)
-    attr = e.attribute(x, target=targets, perturbations_per_eval=7, seed=0)
+    attr = e.attribute(
+        x, target=targets, perturbations_per_eval=7, seed=0, baselines=fill
+    )
     assert attr.shape == x.shape
     for i, t in enumerate(targets):
-        masks = oracle_masks(model, x[i], 0.1)  # (K, H, W)
-        s = prob(model, x[i][None] * masks[:, None], t)  # p(X ⊙ M_k)
-        num = (s[:, None, None] * masks).sum(0)
+        masks = oracle_masks(model, x[i], 0.1)[:, None]  # (K, 1, H, W)
+        b = oracle_fill(fill, x[i])
+        s = prob(model, x[i] * masks + b * (1 - masks), t)  # p(X ⊙ M_k + B ⊙ (1-M_k))
+        num = (s[:, None, None, None] * masks).sum(0)
         den = masks.sum(0)
         ref = torch.where(den > 0, num / den.clamp_min(1e-30), torch.zeros_like(num))
         assert torch.allclose(attr[i], ref.expand_as(attr[i]), atol=1e-5)
 
 
-def test_debiased_scores_follow_the_formula():
+@pytest.mark.parametrize("fill", ["zero", "mean", "blur"])
+def test_debiased_scores_follow_the_formula(fill):
     model = make_model("cls")
     x = images("cls")
     e = ViTCX(model, noise_std=0.1)
     masks = e.masks(x)
     targets = torch.tensor([4, 0])
-    got = e.scores(x, masks, targets, perturbations_per_eval=5, seed=11)
+    got = e.scores(x, masks, targets, perturbations_per_eval=5, seed=11, baselines=fill)
     for i in range(2):
         g = torch.Generator().manual_seed(11)  # every image restarts the noise stream
         z = torch.stack([torch.randn(x.shape[1:], generator=g) for _ in masks[i]])
         m = masks[i][:, None]
         eps = (1 - m) * (0.1 * z)
+        b = oracle_fill(fill, x[i])
         t = int(targets[i])
-        ref = prob(model, x[i] * m + eps, t) - prob(model, x[i] + eps, t)
+        ref = prob(model, x[i] * m + b * (1 - m) + eps, t) - prob(model, x[i] + eps, t)
         ref = ref + prob(model, x[i][None], t)
         assert torch.allclose(got[i], ref, atol=1e-5)
+
+
+def test_default_fill_is_the_image_mean_and_areas_are_reported():
+    model = make_model("cls")
+    x = images("cls")
+    e = ViTCX(model)
+    masks = e.masks(x)
+    default = e.scores(x, masks, [1, 2], seed=4)
+    mean = e.scores(x, masks, [1, 2], seed=4, baselines="mean")
+    zero = e.scores(x, masks, [1, 2], seed=4, baselines="zero")
+    assert all(torch.equal(a, b) for a, b in zip(default, mean))
+    assert not all(torch.allclose(a, b) for a, b in zip(default, zero))
+    scores, areas = e.scores(x, masks, [1, 2], seed=4, return_areas=True)
+    assert all(torch.equal(a, b) for a, b in zip(scores, default))
+    for m, a in zip(masks, areas):
+        assert a.shape == (m.shape[0],)
+        assert torch.allclose(a, m.mean(dim=(1, 2)))
+        assert bool(((a > 0) & (a <= 1)).all())
+
+
+def test_black_fill_uses_the_model_normalisation():
+    x = images("cls")
+    # a model built from its class carries no pretrained_cfg
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    bare = VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5
+    ).eval()
+    with pytest.raises(ValueError, match="baselines: 'black' needs"):
+        ViTCX(bare).attribute(x, target=0, seed=0, baselines="black")
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    e = ViTCX(bare, input_mean=mean, input_std=std)
+    got = e.attribute(x, target=[0, 1], seed=0, baselines="black")
+    colour = -torch.tensor(mean)[:, None, None] / torch.tensor(std)[:, None, None]
+    ref = e.attribute(x, target=[0, 1], seed=0, baselines=colour)
+    assert torch.allclose(got, ref, atol=1e-6)
+    # a per-sample fill tensor: batch equals per-sample calls
+    fills = torch.randn(2, 3, 1, 1, generator=torch.Generator().manual_seed(2))
+    batch = e.attribute(x, target=[0, 1], seed=3, baselines=fills)
+    for i in range(2):
+        one = e.attribute(x[i : i + 1], target=i, seed=3, baselines=fills[i])
+        assert torch.allclose(batch[i], one[0], atol=1e-5)
+    with pytest.raises(ValueError, match="input_mean/input_std"):
+        ViTCX(bare, input_mean=mean)
+    with pytest.raises(ValueError, match="input_std"):
+        ViTCX(bare, input_mean=mean, input_std=(0.0, 1.0, 1.0))
+
+
+def test_bad_fills_are_rejected_early():
+    model = make_model("cls")
+    x = images("cls")
+    e = ViTCX(model)
+    with pytest.raises(ValueError, match="baselines: expected one of"):
+        e.attribute(x, baselines="grey")
+    with pytest.raises(TypeError, match="baselines"):
+        e.attribute(x, baselines=[0.0, 0.0, 0.0])
+    with pytest.raises(TypeError, match="baselines"):
+        e.attribute(x, baselines=True)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        e.attribute(x, baselines=torch.zeros(3, 5, 5))
+    with pytest.raises(ValueError, match="does not broadcast"):
+        e.attribute(x, baselines=torch.zeros(3, 3, 1, 1))  # batch of 3 for 2 images
+    with pytest.raises(ValueError, match="NaN"):
+        e.attribute(x, baselines=torch.tensor(float("nan")))
 
 
 def test_attribute_combines_scores_with_coverage():

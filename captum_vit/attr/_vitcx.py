@@ -12,8 +12,10 @@ Pipeline, one image at a time (mask generation) and batched across images (scori
    the upsampled masks under the cosine distance, cut at ``distance_threshold`` with
    scipy's ``fcluster``; one mask per cluster.
 4. :meth:`ViTCX.scores`: the debiased causal impact score
-   ``s_k = p(X⊙M_k + ε_k) − p(X + ε_k) + p(X)``, ``ε_k = (1 − M_k)·N(0, σ²)``, with
-   softmax probabilities of the target class.
+   ``s_k = p(X⊙M_k + B⊙(1 − M_k) + ε_k) − p(X + ε_k) + p(X)``,
+   ``ε_k = (1 − M_k)·N(0, σ²)``, with softmax probabilities of the target class and
+   the fill ``B`` of the hidden pixels (``baselines``, default: the image's mean
+   colour, see :class:`ViTCX`).
 5. :func:`coverage_corrected_saliency`: ``S = Σ_k s_k M_k / Σ_k M_k``
    (pixel-coverage-bias correction).
 """
@@ -35,10 +37,15 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..vit import ViTAdapter
+from ..vit.parts import input_normalization
+from ._fill import BaselinesType, apply_mask, fill_row, resolve_fill
 from ._utils import TargetType, format_target, pack_output, unpack_inputs
 
 #: A channel whose range is below this fraction of its magnitude counts as constant.
 _CONSTANT_RTOL = 1e-6
+
+#: Default fill of the hidden pixels (see :class:`ViTCX`).
+DEFAULT_FILL = "mean"
 
 
 def _resolve_seed(seed: Optional[int]) -> int:
@@ -370,11 +377,28 @@ class ViTCX(PerturbationAttribution):
     its members (as in the paper), min-max renormalised to [0, 1] (as the reference
     code's sum-then-renormalise, which is the same mask); see :func:`merge_clusters`.
     Each mask ``M_k`` is scored with the debiased causal impact
-    ``s_k = p(X⊙M_k + ε_k) − p(X + ε_k) + p(X)``, ``ε_k = (1 − M_k)·Z_k``,
-    ``Z_k ~ N(0, noise_std²)`` in the model's (normalised) input space, one ``ε_k``
-    shared by the pair, where ``p`` is the **softmax probability** of the target class.
-    The saliency is ``S = Σ_k s_k M_k / Σ_k M_k`` (pixel-coverage-bias correction;
-    uncovered pixels get 0), at pixel level by construction.
+    ``s_k = p(X⊙M_k + B⊙(1 − M_k) + ε_k) − p(X + ε_k) + p(X)``,
+    ``ε_k = (1 − M_k)·Z_k``, ``Z_k ~ N(0, noise_std²)`` in the model's (normalised)
+    input space, one ``ε_k`` shared by the pair, where ``p`` is the **softmax
+    probability** of the target class and ``B`` the fill of the hidden pixels
+    (``baselines`` of :meth:`attribute`). The saliency is
+    ``S = Σ_k s_k M_k / Σ_k M_k`` (pixel-coverage-bias correction; uncovered pixels
+    get 0), at pixel level by construction.
+
+    **Fill.** The paper writes ``X ⊙ M`` for images in pixel space, where a hidden
+    pixel is black; the reference code multiplies the *normalised* input, so a hidden
+    pixel becomes the normalisation mean (mid-grey for mean = std = 0.5), and a grey
+    hole keeps the object's outline. ``baselines="zero"`` reproduces the reference
+    code; the default is ``"mean"``, each image's own mean colour. Measured on the
+    embedded model, all four fills on the same masks and noise (64 held-out scenes,
+    ``benchmarks/vitcx_fill.py``, numbers in ``benchmarks/VITCX_FILL.md``): the mean
+    fill gives the highest object-vs-background contrast of the map (+0.87 standard
+    deviations; zero fill −0.27, black +0.19, blur +0.02), the highest insertion −
+    deletion under token removal (+0.19; zero −0.03) and pointing accuracy (0.73;
+    zero 0.45), and the only mask scores that do not grow with the mask's area
+    (r = −0.03; zero +0.19; check it with ``scores(..., return_areas=True)``).
+    ``"black"`` needs the model's input normalisation (``input_mean`` /
+    ``input_std``, or the model's timm ``pretrained_cfg``).
 
     Cost per image: one forward for the features and ``p(X)``, then ``2K`` forwards
     (``K`` when ``noise_std == 0``, where ``p(X + ε) = p(X)`` exactly), batched across
@@ -388,6 +412,10 @@ class ViTCX(PerturbationAttribution):
             paper uses 0.1 for ViT/DeiT (0.05 for Swin). Larger gives fewer masks.
         noise_std: Standard deviation σ of the noise ``ε`` (0.1 in the paper); 0
             disables the debiasing noise.
+        input_mean: Per-channel mean of the model's input normalisation (pixel
+            values in [0, 1]), for ``baselines="black"``. Default: read from the
+            model's timm ``pretrained_cfg`` where it has one.
+        input_std: Per-channel std of the normalisation (with ``input_mean``).
 
     Examples::
 
@@ -402,6 +430,8 @@ class ViTCX(PerturbationAttribution):
         layer: Optional[nn.Module] = None,
         distance_threshold: float = 0.1,
         noise_std: float = 0.1,
+        input_mean: Optional[Sequence[float]] = None,
+        input_std: Optional[Sequence[float]] = None,
     ) -> None:
         self.adapter = ViTAdapter(model)
         super().__init__(self.adapter.model)
@@ -428,6 +458,7 @@ class ViTCX(PerturbationAttribution):
         self.layer = layer
         self.distance_threshold = float(distance_threshold)
         self.noise_std = float(noise_std)
+        self.normalization = input_normalization(self.adapter, input_mean, input_std)
 
     # ------------------------------------------------------------ mask generation
     def _features_and_logits(self, images: Tensor) -> Tuple[Tensor, Tensor]:
@@ -527,8 +558,11 @@ class ViTCX(PerturbationAttribution):
         show_progress: bool = False,
         seed: Optional[int] = None,
         probs: Optional[Tensor] = None,
-    ) -> List[Tensor]:
-        """Debiased causal impact ``s_k = p(X⊙M_k + ε_k) − p(X + ε_k) + p(X)``.
+        baselines: BaselinesType = DEFAULT_FILL,
+        return_areas: bool = False,
+    ) -> Union[List[Tensor], Tuple[List[Tensor], List[Tensor]]]:
+        """Debiased causal impact
+        ``s_k = p(X⊙M_k + B⊙(1 − M_k) + ε_k) − p(X + ε_k) + p(X)``.
 
         The noise of image b's k-th mask is the k-th draw ``Z_k ~ N(0, σ²)`` (shape
         (C, H, W)) of a generator seeded with ``seed`` afresh for every image, so a
@@ -545,15 +579,25 @@ class ViTCX(PerturbationAttribution):
             seed: Noise seed; None draws one from torch's global RNG.
             probs: Optional (B, classes) softmax output for the clean images, to save
                 their forward pass.
+            baselines: Fill ``B`` of the hidden pixels: ``"mean"`` (default),
+                ``"zero"``, ``"black"``, ``"blur"``, a number or a tensor
+                broadcastable to the inputs (see :class:`ViTCX`).
+            return_areas: Also return every mask's area, the mean of ``M_k`` over
+                the pixels (the fraction of the image it keeps), to check whether
+                the scores grow with the area (area bias).
 
         Returns:
-            A list of B tensors (K_b,) of scores.
+            A list of B tensors (K_b,) of scores; with ``return_areas`` a pair
+            ``(scores, areas)`` of such lists.
 
         Examples::
 
             >>> explainer = ViTCX(model)
             >>> masks = explainer.masks(images)
             >>> scores = explainer.scores(images, masks, target=[3, 7], seed=0)
+            >>> scores, areas = explainer.scores(images, masks, [3, 7], seed=0,
+            ...                                  return_areas=True)
+            >>> np.corrcoef(scores[0], areas[0])[0, 1]    # area bias of image 0
         """
         images, _ = unpack_inputs(images)
         self.adapter.check_images(images)
@@ -574,6 +618,7 @@ class ViTCX(PerturbationAttribution):
         ppe = _check_ppe(perturbations_per_eval)
         seed = _resolve_seed(seed)
         with torch.no_grad():
+            fill = resolve_fill(baselines, images, self.normalization)
             if probs is None:
                 probs = images.new_zeros(b, self.adapter.num_classes, dtype=torch.float)
                 for lo, hi in _chunks(b, ppe):
@@ -603,6 +648,7 @@ class ViTCX(PerturbationAttribution):
                     batch = []
                     for i, k, masked in jobs[lo:hi]:
                         x, m = images[i], masks[i][k].to(images)
+                        hidden = apply_mask(x, m, fill_row(fill, i)) if masked else x
                         if with_noise:
                             if (i, k) not in noise:
                                 if i not in gens:
@@ -610,9 +656,9 @@ class ViTCX(PerturbationAttribution):
                                 z = torch.randn(x.shape, generator=gens[i])
                                 noise[(i, k)] = (1 - m) * (self.noise_std * z.to(x))
                             eps = noise[(i, k)] if masked else noise.pop((i, k))
-                            batch.append(x * m + eps if masked else x + eps)
+                            batch.append(hidden + eps)
                         else:
-                            batch.append(x * m)
+                            batch.append(hidden)
                     p = torch.softmax(self.forward_func(torch.stack(batch)).float(), -1)
                     for (i, k, masked), row in zip(jobs[lo:hi], p):
                         v = row[tgt[i]]
@@ -623,6 +669,9 @@ class ViTCX(PerturbationAttribution):
             for i in range(b):
                 if with_noise:
                     out[i] += p_x[i]
+        if return_areas:
+            areas = [m.float().flatten(1).mean(dim=1) for m in masks]
+            return out, areas
         return out
 
     # --------------------------------------------------------------- attribute
@@ -634,6 +683,7 @@ class ViTCX(PerturbationAttribution):
         perturbations_per_eval: int = 64,
         show_progress: bool = False,
         seed: Optional[int] = None,
+        baselines: BaselinesType = DEFAULT_FILL,
     ) -> Union[Tensor, Tuple[Tensor]]:
         r"""ViT-CX saliency of every pixel.
 
@@ -649,6 +699,13 @@ class ViTCX(PerturbationAttribution):
                 (so ``torch.manual_seed`` makes calls reproducible). The same seed
                 gives every image the same noise stream, so a batch equals per-sample
                 calls.
+            baselines: Fill ``B`` of the hidden pixels, Captum style: ``"mean"``
+                (default; each image's per-channel mean), ``"zero"`` (0 in the model's
+                input space, the reference code), ``"black"`` (black pixels in the
+                model's normalisation; needs ``input_mean``/``input_std`` or a timm
+                ``pretrained_cfg``), ``"blur"`` (Gaussian, kernel 11, σ 5), a number,
+                or a tensor broadcastable to the inputs (e.g. one (C, 1, 1) colour or
+                a (B, C, H, W) fill per sample).
 
         Returns:
             Attributions of the inputs' shape (and tuple-ness), equal across channels:
@@ -657,7 +714,9 @@ class ViTCX(PerturbationAttribution):
 
         Raises:
             ValueError: bad image size, target out of range, a ``layer`` whose output
-                is not token-shaped, ``perturbations_per_eval < 1``.
+                is not token-shaped, ``perturbations_per_eval < 1``, an unknown fill,
+                ``"black"`` without a known normalisation, a fill tensor that does
+                not broadcast to the inputs.
 
         Examples::
 
@@ -673,6 +732,8 @@ class ViTCX(PerturbationAttribution):
             tgt = format_target(target, b, self.adapter.num_classes)
         _check_ppe(perturbations_per_eval)
         seed = _resolve_seed(seed)
+        with torch.no_grad():  # fail early on a bad fill, before the masks
+            resolve_fill(baselines, images, self.normalization)
         masks, probs = self._masks_and_probs(images)
         if tgt is None:
             tgt = probs.argmax(dim=1).cpu()
@@ -684,6 +745,7 @@ class ViTCX(PerturbationAttribution):
             show_progress=show_progress,
             seed=seed,
             probs=probs,
+            baselines=baselines,
         )
         h, w = images.shape[-2:]
         sal = (

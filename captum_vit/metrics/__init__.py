@@ -10,8 +10,10 @@ baseline for any model. Localisation and complexity metrics need no model.
 
 Faithfulness (perturbation):
     :func:`insertion`, :func:`deletion`, :func:`insertion_deletion_curves`,
-    :func:`area_under_curve`, :func:`aopc`, :func:`perturbation_accuracy`,
-    :func:`faithfulness_correlation`, :func:`sensitivity_n`.
+    :func:`insertion_minus_deletion`, :func:`area_under_curve`, :func:`aopc`,
+    :func:`perturbation_accuracy`, :func:`faithfulness_correlation`,
+    :func:`sensitivity_n`, :func:`sensitivity_n_sweep`, :func:`road`,
+    :func:`road_curves` (ROAD, with :class:`NoisyLinearImputation`).
 Localisation:
     :func:`pointing_game`, :func:`segmentation_ap`, :func:`mean_iou`,
     :func:`pixel_accuracy`, :func:`box_iou`.
@@ -19,10 +21,18 @@ Complexity:
     :func:`sparseness`, :func:`effective_complexity`.
 Robustness:
     :func:`max_sensitivity` (Captum's ``sensitivity_max`` with the TIS settings).
+Sanity:
+    :func:`model_parameter_randomization` (Adebayo et al. 2018), with :func:`ssim`.
 """
 
 from ._complexity import effective_complexity, sparseness
-from ._correlation import faithfulness_correlation, sensitivity_n
+from ._correlation import (
+    SensitivityNCurve,
+    faithfulness_correlation,
+    sensitivity_n,
+    sensitivity_n_sweep,
+)
+from ._imputation import NoisyLinearImputation
 from ._localisation import (
     box_iou,
     mean_iou,
@@ -37,12 +47,19 @@ from ._perturbation import (
     deletion,
     insertion,
     insertion_deletion_curves,
+    insertion_minus_deletion,
     perturbation_accuracy,
 )
+from ._randomization import RandomizationResult, model_parameter_randomization, ssim
+from ._road import RoadCurves, road, road_curves
 from ._robustness import max_sensitivity
 
 __all__ = [
+    "NoisyLinearImputation",
     "PerturbationCurves",
+    "RandomizationResult",
+    "RoadCurves",
+    "SensitivityNCurve",
     "aopc",
     "area_under_curve",
     "box_iou",
@@ -51,12 +68,18 @@ __all__ = [
     "faithfulness_correlation",
     "insertion",
     "insertion_deletion_curves",
+    "insertion_minus_deletion",
     "max_sensitivity",
     "mean_iou",
+    "model_parameter_randomization",
     "perturbation_accuracy",
     "pixel_accuracy",
     "pointing_game",
+    "road",
+    "road_curves",
     "segmentation_ap",
     "sensitivity_n",
+    "sensitivity_n_sweep",
     "sparseness",
+    "ssim",
 ]

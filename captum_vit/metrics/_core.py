@@ -7,8 +7,9 @@ Every curve- or subset-type metric in :mod:`captum_vit.metrics` is the same four
 2. describe the perturbed inputs as *rows*: a sample index and a boolean keep mask over
    that sample's F features (built lazily, chunk by chunk);
 3. evaluate the rows in batches of ``max_examples_per_batch`` with one *remover*: true
-   token removal (:class:`captum_vit.vit.TokenMask`, ``"drop"`` mode) or replacement of
-   the removed features' elements by a pixel baseline;
+   token removal (:class:`captum_vit.vit.TokenMask`, ``"drop"`` mode), replacement of
+   the removed features' elements by a pixel baseline, or imputation of the removed
+   pixels from the kept ones (:mod:`._imputation`, ROAD);
 4. gather the target's score (softmax probability, logit, or top-1 correctness).
 
 Rows that keep every feature are the clean inputs and are not re-evaluated; rows that
@@ -26,10 +27,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
+from .._utils import BLUR_KERNEL, BLUR_SIGMA, gaussian_blur  # noqa: F401
 from .._utils import format_target as _shared_format_target
 
 try:  # tqdm is a dependency of the package; keep the import soft all the same
@@ -42,6 +43,8 @@ BaselineType = Union[None, str, float, Tensor, Callable[[Tensor], Tensor]]
 
 #: Pixel baselines known by name (see :func:`make_baseline`).
 BASELINES = ("black", "mean", "blur", "uniform")
+#: Imputations known by name (see :mod:`._imputation`).
+IMPUTATIONS = ("noisy_linear",)
 #: Output scores a metric can read.
 SCORES = ("probability", "logit")
 #: Reductions of pixel-shaped attributions to features.
@@ -54,8 +57,6 @@ PAD_TOLERANCE = 0.1
 DEFAULT_BATCH = 64
 #: Default number of curve steps cap (TIS uses 224 steps).
 MAX_DEFAULT_STEPS = 224
-#: Gaussian blur baseline (Petsiuk et al. 2018; TIS): kernel size and sigma.
-BLUR_KERNEL, BLUR_SIGMA = 11, 5.0
 
 
 # --------------------------------------------------------------------- validation
@@ -275,17 +276,6 @@ def reduce_attributions(
 
 
 # -------------------------------------------------------------------- baselines
-def gaussian_blur(images: Tensor, kernel: int = BLUR_KERNEL, sigma: float = BLUR_SIGMA):
-    """Depthwise Gaussian blur with zero padding (as the RISE reference code)."""
-    r = torch.arange(kernel, dtype=images.dtype, device=images.device) - kernel // 2
-    g = torch.exp(-(r**2) / (2 * sigma**2))
-    k2 = g[:, None] * g[None, :]
-    k2 = k2 / k2.sum()
-    c = images.shape[1]
-    weight = k2.expand(c, 1, kernel, kernel)
-    return F.conv2d(images, weight, padding=kernel // 2, groups=c)
-
-
 def make_baseline(baseline: BaselineType, inputs: Tensor, seed: int) -> Tensor:
     """The replacement value of every input element, a tensor of the inputs' shape.
 
@@ -507,8 +497,13 @@ def prepare(
     vit = is_vit(forward_func)
     if removal is None:
         removal = "tokens" if vit and feature_mask is None else "black"
+    from ._imputation import NoisyLinearImputation
+
     if isinstance(removal, str):
-        check_choice(removal, ("tokens",) + BASELINES, "removal")
+        check_choice(removal, ("tokens",) + BASELINES + IMPUTATIONS, "removal")
+        if removal == "noisy_linear":
+            removal = NoisyLinearImputation()
+    imputation = removal if isinstance(removal, NoisyLinearImputation) else None
 
     # feature units
     if removal == "tokens":
@@ -537,7 +532,8 @@ def prepare(
 
     attr = reduce_attributions(attributions, inputs, features, attribution_reduction)
     with torch.no_grad():
-        base = None if removal == "tokens" else make_baseline(removal, inputs, seed)
+        pixel = removal != "tokens" and imputation is None
+        base = make_baseline(removal, inputs, seed) if pixel else None
 
     with torch.no_grad():
         clean = _forward_chunks(
@@ -555,6 +551,10 @@ def prepare(
             t = clean.argmax(dim=-1)
         if removal == "tokens":
             remover: Any = TokenRemover(forward_func, inputs, additional_forward_args)
+        elif imputation is not None:
+            remover = imputation.remover(
+                forward_func, inputs, additional_forward_args, features, seed
+            )
         else:
             remover = PixelRemover(
                 forward_func, inputs, additional_forward_args, features, base

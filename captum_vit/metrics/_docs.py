@@ -32,7 +32,10 @@ COMMON = {
             models), ``"mean"`` (per-example, per-channel mean), ``"blur"``
             (Gaussian, kernel 11, sigma 5, as in RISE/TIS), ``"uniform"`` (seeded
             noise in each example's [min, max] range), a number, a tensor
-            broadcastable to the inputs, or a callable ``f(inputs) -> tensor``.
+            broadcastable to the inputs, or a callable ``f(inputs) -> tensor``;
+            or an imputation from the kept pixels: ``"noisy_linear"`` /
+            :class:`captum_vit.metrics.NoisyLinearImputation` (ROAD, Rong et al.
+            2022; removes whole pixels, (B, C, H, W) inputs).
             An empty patch set follows TokenMask's convention (prefix tokens only;
             zero pooled features on average-pooled models); ViTs without any prefix
             token cannot evaluate it and raise.""",

@@ -22,7 +22,7 @@ from torch import Tensor
 from . import _core
 
 BoxesType = Union[Tensor, Sequence[Any]]
-_TIES = ("any", "all", "random")
+_TIES = ("any", "all", "random", "first")
 
 
 # ------------------------------------------------------------------- inputs
@@ -216,6 +216,15 @@ def pointing_game(
     images whose ground truth covers more than half of the image:
     ``max_box_fraction=0.5``. Accuracy over a dataset is ``torch.nanmean(result)``.
 
+    **Protocols.** The papers (Zhang et al.; ViT-CX §4: "if the pixel with the
+    highest saliency value falls inside the box, it is considered a hit") point with
+    *one* pixel of the map at the image's resolution: ``ties="first"`` (the first
+    maximum in row-major order, what the reference codes' ``argmax`` picks) or
+    ``ties="random"`` (one maximum drawn with ``seed``), with ``tolerance=15`` for
+    Zhang et al.'s 15-pixel margin. The default ``ties="any"`` is the patch-level
+    variant: a patch-constant map scores a hit when any pixel of its top patch
+    hits, which favours coarse maps over pixel-level ones.
+
     Args:
         attributions: (B, C, H, W) (channels summed), (B, H, W), or a lower-resolution
             (B, h, w) map such as a patch grid (upsampled to the ground truth).
@@ -226,8 +235,11 @@ def pointing_game(
         max_box_fraction: Skip (NaN) samples whose ground-truth area (union of the
             boxes, or the mask) exceeds this fraction of the image.
         ties: When several pixels share the maximum (e.g. patch-constant maps):
-            ``"any"`` (default; hit if any of them hits, as Quantus), ``"all"``, or
-            ``"random"`` (one of them drawn with ``seed``).
+            ``"any"`` (default; hit if any of them hits, as Quantus), ``"all"``,
+            ``"first"`` (the first of them in row-major order, as ``argmax``) or
+            ``"random"`` (one of them drawn with ``seed``, the same stream for
+            every sample). ``"first"`` and ``"random"`` point with one pixel, as
+            the papers.
         image_size: (H, W) of the images when only boxes are given and the map is
             not at image resolution.
         interpolate_mode: ``"nearest"`` (default) or ``"bilinear"`` upsampling.
@@ -271,6 +283,9 @@ def pointing_game(
         hit = hits_at_max > 0
     elif ties == "all":
         hit = hits_at_max == n_max
+    elif ties == "first":
+        first = is_max.flatten(1).to(torch.uint8).argmax(dim=1)  # first True
+        hit = reach.flatten(1).gather(1, first[:, None])[:, 0]
     else:
         hit = torch.zeros(b, dtype=torch.bool, device=maps.device)
         for i in range(b):

@@ -327,6 +327,69 @@ def deletion(
 
 
 @fill_doc
+def insertion_minus_deletion(
+    forward_func: Callable,
+    inputs: Tensor,
+    attributions: Tensor,
+    target: TargetType = None,
+    additional_forward_args: Any = None,
+    *,
+    area: str = "trapezoid",
+    n_steps: Optional[int] = None,
+    fractions: Optional[Sequence[float]] = None,
+    feature_mask: Optional[Tensor] = None,
+    removal: BaselineType = None,
+    score: str = "probability",
+    attribution_reduction: str = "sum",
+    tie_break: str = "random",
+    max_examples_per_batch: Optional[int] = None,
+    seed: int = 0,
+    show_progress: bool = False,
+) -> Tensor:
+    """Insertion − deletion (Transformer Input Sampling, Englebert et al. 2023).
+
+    The area under the insertion curve minus the area under the deletion curve,
+    both from one call (they share the all-removed and full-input points), with the
+    same features, ranking and removal. Higher is better; a map that ranks the
+    features at random scores about 0.
+
+    Args:
+        {forward_func}
+        {inputs}
+        {attributions}
+        {target}
+        {additional_forward_args}
+        area: ``"trapezoid"`` (default) or ``"mean"`` of the curve points.
+        n_steps: Number of steps (default ``min(F, 224)``).
+        fractions: Alternatively, the fractions of features at which to evaluate.
+        {feature_mask}
+        {removal}
+        {score}
+        {attribution_reduction}
+        {tie_break}
+        {max_examples_per_batch}
+        {seed}
+        {show_progress}
+
+    Returns:
+        (B,) differences of areas.
+
+    Examples::
+
+        >>> from captum_vit.metrics import insertion_minus_deletion
+        >>> insertion_minus_deletion(model, images, attr, removal="blur")   # TIS
+    """
+    _, x, curves = _run(dict(locals()), _DIRECTIONS)
+    return _core.area(x, curves["insertion"], area) - _core.area(
+        x, curves["deletion"], area
+    )
+
+
+_AOPC_MODES = ("deletion", "insertion", "positive", "negative")
+_AOPC_SCORES = ("probability", "logit", "accuracy")
+
+
+@fill_doc
 def aopc(
     forward_func: Callable,
     inputs: Tensor,
@@ -350,9 +413,19 @@ def aopc(
     2024).
 
     ``AOPC = mean_k [p(x) - p(x_k)]`` over the curve points k (including k = 0),
-    where ``x_k`` is the input with the top-k features deleted (``mode="deletion"``,
-    higher is better) or only the top-k features inserted (``mode="insertion"``,
-    lower is better; SkipPLUS reports ``100 - x`` in percent).
+    where ``x_k`` is the input with the top-k features deleted (``mode="deletion"``
+    or ``"positive"``, higher is better), with the k *least* relevant features
+    deleted (``"negative"``, Chefer et al.'s negative perturbation, lower is
+    better), or with only the top-k features inserted (``"insertion"``, lower is
+    better; SkipPLUS reports ``100 - x`` in percent).
+
+    With ``score="accuracy"`` the curve is the top-1 correctness (1.0 when the
+    perturbed input is classified as ``target``, else 0.0): the accuracy-based
+    AOPC, ``acc(x) - mean_k acc(x_k)`` per sample, whose mean over a dataset is the
+    drop of the dataset's accuracy curve (SkipPLUS "deletion/insertion accuracy",
+    Chefer et al.'s positive/negative perturbation tests up to the constant
+    ``acc(x)``). Pass the ground-truth labels as ``target`` for accuracy; with
+    ``target=None`` it measures how often the prediction survives.
 
     Args:
         {forward_func}
@@ -360,12 +433,14 @@ def aopc(
         {attributions}
         {target}
         {additional_forward_args}
-        mode: ``"deletion"`` (default) or ``"insertion"``.
+        mode: ``"deletion"`` (default; ``"positive"`` is the same),
+            ``"negative"`` or ``"insertion"``.
         n_steps: Number of steps (default ``min(F, 224)``).
         fractions: Alternatively, the fractions of features at which to evaluate.
         {feature_mask}
         {removal}
-        {score}
+        score: ``"probability"`` (default), ``"logit"`` or ``"accuracy"`` (top-1
+            correctness against ``target``).
         {attribution_reduction}
         {tie_break}
         {max_examples_per_batch}
@@ -379,10 +454,21 @@ def aopc(
 
         >>> from captum_vit.metrics import aopc
         >>> aopc(model, images, attr, n_steps=10)    # 0%, 10%, ..., 100% of patches
+        >>> aopc(model, images, attr, labels, mode="negative", score="accuracy",
+        ...      fractions=[i / 10 for i in range(10)])
     """
-    _core.check_choice(mode, _DIRECTIONS, "mode")
-    setup, _, curves = _run(dict(locals()), (mode,))
-    return (setup.clean_scores[:, None] - curves[mode]).mean(dim=-1)
+    _core.check_choice(mode, _AOPC_MODES, "mode")
+    _core.check_choice(score, _AOPC_SCORES, "score")
+    kwargs = dict(locals())
+    kind = None
+    if score == "accuracy":
+        kwargs["score"], kind = "probability", "accuracy"
+    direction = "insertion" if mode == "insertion" else "deletion"
+    setup, _, curves = _run(
+        kwargs, (direction,), descending=mode != "negative", kind=kind
+    )
+    clean = setup.scores(setup.clean_outputs, setup.target, kind)
+    return (clean[:, None] - curves[direction]).mean(dim=-1)
 
 
 _ACC_MODES = ("positive", "negative", "deletion", "insertion")

@@ -1,0 +1,85 @@
+"""Raw attention: one block's attention from the token(s) the head reads."""
+
+from __future__ import annotations
+
+from typing import Tuple, Union
+
+import torch
+import torch.nn as nn
+from captum.attr import Attribution
+from captum.log import log_usage
+from torch import Tensor
+
+from ..vit import ViTAdapter, record_attention, tokens_to_pixels
+from ..vit.adapter import resolve_layer_indices
+from ._rollout import _FUSIONS, fuse_heads
+from ._utils import TargetType, check_choice, pack_output, unpack_inputs
+
+
+class RawAttention(Attribution):
+    r"""The attention of the last (or a chosen) block from the readout token(s).
+
+    The baseline "attention last" of the ViT Shapley paper (Covert et al. 2023,
+    appendix F) and the raw attention of Abnar & Zuidema (2020): block ``layer``'s
+    post-softmax attention, heads fused (``"mean"``; the ViT Shapley paper sums the
+    heads, which ranks patches identically), read along the row(s) the head reads:
+    the CLS row, the mean of the CLS and distillation rows for distilled DeiT, the
+    mean of the pooled rows for average-pooled models (see
+    :meth:`captum_vit.vit.ViTAdapter.readout_weights`). Class-agnostic: ``target`` is
+    accepted and ignored. One forward pass, the attention module temporarily on the
+    explicit (unfused) path.
+
+    Args:
+        model: A supported timm ViT (see :class:`captum_vit.vit.ViTAdapter`).
+        layer: Block index (negative counts from the end); default the last block.
+        head_fusion: ``"mean"`` (default), ``"max"`` or ``"min"`` over heads.
+
+    Examples::
+
+        >>> attr = RawAttention(model).attribute(images)   # (B, C, H, W)
+    """
+
+    def __init__(
+        self, model: nn.Module, layer: int = -1, head_fusion: str = "mean"
+    ) -> None:
+        self.adapter = ViTAdapter(model)
+        super().__init__(self.adapter.model)
+        self.layer = resolve_layer_indices(self.adapter, [layer], "layer")[0]
+        self.head_fusion = check_choice("head_fusion", head_fusion, _FUSIONS)
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: Union[Tensor, Tuple[Tensor]],
+        target: TargetType = None,
+        interpolate_mode: str = "nearest",
+    ) -> Union[Tensor, Tuple[Tensor]]:
+        r"""Attention of every patch from the readout token(s), over its pixels.
+
+        Args:
+            inputs: (B, C, H, W) images (or a 1-tuple of them).
+            target: Ignored (attention does not depend on the class); accepted so
+                the call fits any Captum loop.
+            interpolate_mode: ``"nearest"`` keeps maps patch-constant (exact for
+                :func:`captum_vit.patch_scores`); ``"bilinear"`` for display.
+
+        Returns:
+            Attributions of the inputs' shape (and tuple-ness), non-negative.
+
+        Examples::
+
+            >>> attr = RawAttention(model, layer=-1).attribute(images)
+        """
+        images, was_tuple = unpack_inputs(inputs)
+        grid = self.adapter.check_images(images)
+        with torch.no_grad(), record_attention(
+            self.adapter, layers=[self.layer]
+        ) as rec:
+            self.forward_func(images)
+        a = fuse_heads(rec.attentions[self.layer], self.head_fusion)  # (B, T, T)
+        p = self.adapter.num_prefix_tokens
+        w = self.adapter.readout_weights(grid[0] * grid[1]).to(a)
+        scores = torch.einsum("t,bts->bs", w, a)[:, p:]
+        return pack_output(
+            tokens_to_pixels(scores, grid, images, interpolate_mode), was_tuple
+        )

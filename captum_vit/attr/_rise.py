@@ -1,0 +1,261 @@
+"""RISE: randomized input sampling for explanation (Petsiuk, Das & Saenko, BMVC 2018).
+
+Mask generation, as in the paper (§3.2):
+
+1. draw N binary grids of ``s × s`` cells, each cell 1 with probability ``p``;
+2. upsample every grid bilinearly to ``(s + 1)·C_H × (s + 1)·C_W`` with the cell size
+   ``C = ⌈image size / s⌉``;
+3. crop an image-sized window at a random shift in ``[0, C_H) × [0, C_W)``.
+
+Each mask ``M_i`` hides pixels as ``X ⊙ M_i + B ⊙ (1 − M_i)`` (the fill ``B``, see
+:mod:`captum_vit.attr._fill`) and the saliency is the Monte-Carlo estimate
+
+``S = 1 / (N · p) · Σ_i P_t(X ⊙ M_i + B ⊙ (1 − M_i)) · M_i``
+
+with ``P_t`` the **softmax probability** of the target class.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from captum.attr import PerturbationAttribution
+from captum.log import log_usage
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..vit import ViTAdapter, is_supported_vit
+from ..vit.parts import input_normalization
+from ._fill import BaselinesType, apply_mask, fill_row, resolve_fill
+from ._utils import TargetType, format_target, pack_output, unpack_inputs
+from ._vitcx import _check_ppe, _chunks, _resolve_seed
+
+
+def _positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    return value
+
+
+def rise_grids(
+    n_masks: int,
+    grid_size: int,
+    p: float,
+    image_size: Sequence[int],
+    generator: torch.Generator,
+) -> Tuple[Tensor, Tensor]:
+    """Random binary grids and shifts of RISE masks.
+
+    Args:
+        n_masks: Number of masks N.
+        grid_size: Cells per side s.
+        p: Probability that a cell is 1 (kept).
+        image_size: (H, W) of the images.
+        generator: Source of randomness (CPU).
+
+    Returns:
+        ``(grids, shifts)``: (N, s, s) float grids of 0/1 and (N, 2) long shifts,
+        row shift in ``[0, ⌈H/s⌉)`` and column shift in ``[0, ⌈W/s⌉)``.
+
+    Examples::
+
+        >>> grids, shifts = rise_grids(8, 7, 0.5, (224, 224), torch.Generator())
+    """
+    h, w = int(image_size[0]), int(image_size[1])
+    ch, cw = math.ceil(h / grid_size), math.ceil(w / grid_size)
+    grids = (torch.rand(n_masks, grid_size, grid_size, generator=generator) < p).float()
+    rows = torch.randint(0, ch, (n_masks,), generator=generator)
+    cols = torch.randint(0, cw, (n_masks,), generator=generator)
+    return grids, torch.stack([rows, cols], dim=1)
+
+
+def rise_masks(grids: Tensor, shifts: Tensor, image_size: Sequence[int]) -> Tensor:
+    """RISE masks from their grids and shifts.
+
+    Every grid is upsampled bilinearly (``align_corners=False``; borders repeat the
+    edge cells) to ``(s + 1)·⌈H/s⌉ × (s + 1)·⌈W/s⌉`` and cropped to (H, W) at its
+    shift.
+
+    Args:
+        grids: (N, s, s) grids from :func:`rise_grids`.
+        shifts: (N, 2) shifts from :func:`rise_grids`.
+        image_size: (H, W).
+
+    Returns:
+        (N, H, W) float masks in [0, 1].
+
+    Examples::
+
+        >>> masks = rise_masks(grids, shifts, (224, 224))    # (8, 224, 224)
+    """
+    h, w = int(image_size[0]), int(image_size[1])
+    n, s, _ = grids.shape
+    ch, cw = math.ceil(h / s), math.ceil(w / s)
+    up = F.interpolate(
+        grids[:, None].float(),
+        size=((s + 1) * ch, (s + 1) * cw),
+        mode="bilinear",
+        align_corners=False,
+    )[:, 0]
+    rows = shifts[:, :1].to(up.device) + torch.arange(h, device=up.device)[None]
+    cols = shifts[:, 1:].to(up.device) + torch.arange(w, device=up.device)[None]
+    index = torch.arange(n, device=up.device)[:, None, None]
+    return up[index, rows[:, :, None], cols[:, None, :]]
+
+
+class RISE(PerturbationAttribution):
+    r"""RISE (Petsiuk et al., BMVC 2018) with the paper's mask generation.
+
+    ``n_masks`` random masks (binary ``grid_size × grid_size`` grids, cells kept with
+    probability ``p``, upsampled bilinearly and shifted at random, see
+    :func:`rise_masks`) are drawn from ``seed``; every image is scored with the same
+    masks, so a batch equals per-sample calls. The saliency is
+    ``S = Σ_i P_t(X ⊙ M_i + B ⊙ (1 − M_i)) · M_i / (N · p)`` with the **softmax
+    probability** ``P_t`` of the target and the fill ``B`` (``baselines``). Forward
+    passes are batched, ``perturbations_per_eval`` masked images at a time, under
+    ``torch.no_grad()``; masks are generated chunk by chunk, never all at once.
+
+    Defaults are the paper's for ImageNet: N = 4000 masks, s = 7, p = 0.5, and the
+    fill of its reference code, 0 in the model's input space (``"zero"``; for
+    normalised inputs that is the normalisation mean, see ``baselines``).
+
+    Any classifier works; a supported timm ViT has its image size validated by the
+    adapter.
+
+    Args:
+        forward_func: The model (or a callable) mapping (B, C, H, W) images to
+            (B, classes) logits.
+        n_masks: Number of masks N.
+        grid_size: Cells per side s of the binary grids.
+        p: Probability that a cell is kept.
+        input_mean: Per-channel mean of the model's input normalisation, for
+            ``baselines="black"`` (default: the model's timm ``pretrained_cfg``).
+        input_std: Per-channel std of the normalisation (with ``input_mean``).
+
+    Examples::
+
+        >>> rise = RISE(model, n_masks=2000)
+        >>> attr = rise.attribute(images, target=labels, seed=0)
+    """
+
+    def __init__(
+        self,
+        forward_func: Callable,
+        n_masks: int = 4000,
+        grid_size: int = 7,
+        p: float = 0.5,
+        input_mean: Optional[Sequence[float]] = None,
+        input_std: Optional[Sequence[float]] = None,
+    ) -> None:
+        if not callable(forward_func):
+            raise TypeError("forward_func: expected a model or a callable")
+        super().__init__(forward_func)
+        self.adapter = (
+            ViTAdapter(forward_func) if is_supported_vit(forward_func) else None
+        )
+        self.n_masks = _positive_int(n_masks, "n_masks")
+        self.grid_size = _positive_int(grid_size, "grid_size")
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
+            raise ValueError(f"p: expected a probability in (0, 1], got {p!r}")
+        self.p = float(p)
+        self.normalization = input_normalization(forward_func, input_mean, input_std)
+
+    def grids(self, image_size: Sequence[int], seed: int) -> Tuple[Tensor, Tensor]:
+        """The (grids, shifts) of the masks for images of ``image_size``."""
+        gen = torch.Generator().manual_seed(int(seed))
+        return rise_grids(self.n_masks, self.grid_size, self.p, image_size, gen)
+
+    def masks(self, image_size: Sequence[int], seed: int) -> Tensor:
+        """All (N, H, W) masks for ``seed`` (memory: N·H·W floats).
+
+        Examples::
+
+            >>> masks = RISE(model, n_masks=100).masks((224, 224), seed=0)
+        """
+        grids, shifts = self.grids(image_size, seed)
+        return rise_masks(grids, shifts, image_size)
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: Union[Tensor, Tuple[Tensor]],
+        target: TargetType = None,
+        perturbations_per_eval: int = 64,
+        show_progress: bool = False,
+        seed: Optional[int] = None,
+        baselines: BaselinesType = "zero",
+    ) -> Union[Tensor, Tuple[Tensor]]:
+        r"""RISE saliency of every pixel.
+
+        Args:
+            inputs: (B, C, H, W) images in the model's input space (or a 1-tuple).
+            target: Class index: an int, a per-sample list or 1-D tensor; None
+                explains the predicted class of each sample.
+            perturbations_per_eval: Masked images per forward pass.
+            show_progress: Show a tqdm bar over the forward passes.
+            seed: Seed of the masks; None draws one from torch's global RNG.
+            baselines: Fill of the hidden pixels: ``"zero"`` (default, the
+                reference code), ``"mean"``, ``"black"``, ``"blur"``, a number or
+                a tensor broadcastable to the inputs (see
+                :class:`captum_vit.ViTCX`).
+
+        Returns:
+            Attributions of the inputs' shape (and tuple-ness), equal across
+            channels, in probability units (an unbiased estimate of
+            ``E[P_t · M(u)] / p``).
+
+        Raises:
+            ValueError: bad inputs, target, fill or ``perturbations_per_eval``.
+
+        Examples::
+
+            >>> attr = RISE(model).attribute(images, target=3, seed=0)
+        """
+        images, was_tuple = unpack_inputs(inputs)
+        if self.adapter is not None:
+            self.adapter.check_images(images)
+        elif images.dim() != 4:
+            raise ValueError(
+                f"inputs: expected (B, C, H, W) images, got {tuple(images.shape)}"
+            )
+        ppe = _check_ppe(perturbations_per_eval)
+        seed = _resolve_seed(seed)
+        b, _, h, w = images.shape
+        with torch.no_grad():
+            fill = resolve_fill(baselines, images, self.normalization)
+            tgt = None
+            if target is not None and self.adapter is not None:
+                tgt = format_target(target, b, self.adapter.num_classes)
+            if target is None:
+                preds = [
+                    self.forward_func(images[lo:hi]).argmax(dim=1)
+                    for lo, hi in _chunks(b, ppe)
+                ]
+                tgt = torch.cat(preds).cpu() if preds else torch.zeros(0).long()
+            grids, shifts = self.grids((h, w), seed)
+            sal = images.new_zeros(b, h, w, dtype=torch.float32)
+            bar = tqdm(
+                total=self.n_masks * b,
+                desc="RISE",
+                disable=not show_progress,
+                unit="fwd",
+            )
+            try:
+                for lo, hi in _chunks(self.n_masks, ppe):
+                    m = rise_masks(grids[lo:hi], shifts[lo:hi], (h, w)).to(images)
+                    for i in range(b):
+                        x = apply_mask(images[i], m[:, None], fill_row(fill, i))
+                        logits = self.forward_func(x)
+                        if tgt is None:
+                            tgt = format_target(target, b, logits.shape[1])
+                        prob = torch.softmax(logits.float(), dim=-1)[:, int(tgt[i])]
+                        sal[i] += torch.einsum("k,khw->hw", prob, m.float())
+                        bar.update(hi - lo)
+            finally:
+                bar.close()
+            sal = sal / (self.n_masks * self.p)
+        out = sal[:, None].to(images.dtype).expand_as(images).contiguous()
+        return pack_output(out, was_tuple)
