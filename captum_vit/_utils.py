@@ -1,13 +1,25 @@
 """Input helpers shared by the attribution methods and the metrics.
 
 Kept here rather than imported from Captum's private modules, which change between
-releases.
+releases. Every public entry point validates its arguments with these helpers, so that
+a wrong value fails early with an error naming the argument:
+
+- :func:`unpack_inputs` / :func:`check_batch`: image batches (floating point, finite,
+  non-empty; uint8 images are refused with a hint to convert and normalise them);
+- :func:`format_target` / :func:`as_target`: class targets given as anything
+  integer-like that NumPy or PyTorch users pass;
+- :func:`check_int`, :func:`check_number`, :func:`check_seed`: scalar arguments
+  (NaN, infinities, wrong types and out-of-range values are refused).
 """
 
 from __future__ import annotations
 
-from typing import Any, List, Sequence, Tuple, Union
+import math
+import numbers
+import operator
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -16,10 +28,53 @@ TargetType = Union[None, int, Sequence[int], Tensor]
 
 #: Gaussian blur baseline (Petsiuk et al. 2018; TIS): kernel size and sigma.
 BLUR_KERNEL, BLUR_SIGMA = 11, 5.0
+#: Largest seed a ``torch.Generator`` accepts, plus one.
+SEED_LIMIT = 2**64
+
+
+# ----------------------------------------------------------------- image batches
+def check_batch(tensor: Tensor, name: str = "inputs") -> Tensor:
+    """Refuse an empty batch (batch size 0) with a ``ValueError`` naming ``name``.
+
+    Every method and metric treats an empty batch the same way: it is an error (an
+    upstream filter that kept nothing, a wrong slice), never an empty result.
+    """
+    if tensor.dim() == 0 or tensor.shape[0] == 0:
+        raise ValueError(
+            f"{name}: expected a batch of at least one example, got shape "
+            f"{tuple(tensor.shape)} (an empty batch)"
+        )
+    return tensor
+
+
+def check_image_batch(images: Any, name: str = "inputs") -> Tensor:
+    """A non-empty, finite, floating-point batch, or an error naming ``name``.
+
+    Raises:
+        TypeError: not a tensor, or not floating point (e.g. uint8 images straight
+            from a decoder: convert them to float and normalise them as the model
+            expects).
+        ValueError: an empty batch, or NaN / infinite values.
+    """
+    if not isinstance(images, Tensor):
+        raise TypeError(f"{name}: expected a (B, C, H, W) tensor, got {type(images)}")
+    if not images.is_floating_point():
+        raise TypeError(
+            f"{name}: expected floating-point images, got {images.dtype}; convert them "
+            "to float and normalise them as the model expects (e.g. "
+            "`x.float() / 255`, then the model's mean/std normalisation)"
+        )
+    check_batch(images, name)
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError(f"{name}: contains NaN or infinite values")
+    return images
 
 
 def unpack_inputs(inputs: Union[Tensor, Tuple[Tensor, ...]]) -> Tuple[Tensor, bool]:
     """Accept a tensor or a 1-tuple of tensors (Captum's tuple/tensor symmetry).
+
+    The images are validated with :func:`check_image_batch` (floating point, finite,
+    at least one image).
 
     Returns:
         ``(images, was_tuple)``.
@@ -30,15 +85,100 @@ def unpack_inputs(inputs: Union[Tensor, Tuple[Tensor, ...]]) -> Tuple[Tensor, bo
                 "inputs: ViT methods take one image tensor (or a 1-tuple of it); got a "
                 f"tuple of {len(inputs)} items"
             )
-        return inputs[0], True
+        return check_image_batch(inputs[0]), True
     if not isinstance(inputs, Tensor):
         raise TypeError(f"inputs: expected a (B, C, H, W) tensor, got {type(inputs)}")
-    return inputs, False
+    return check_image_batch(inputs), False
 
 
 def pack_output(out: Tensor, was_tuple: bool) -> Union[Tensor, Tuple[Tensor]]:
     """Return ``out`` in the same tuple-ness as the inputs."""
     return (out,) if was_tuple else out
+
+
+# ---------------------------------------------------------------------- targets
+def _is_bool(value: Any) -> bool:
+    if isinstance(value, Tensor):
+        return value.dtype == torch.bool
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind == "b"
+    return isinstance(value, (bool, np.bool_))
+
+
+def _scalar_index(value: Any) -> Optional[int]:
+    """``value`` as a Python int if it is an integer-like scalar, else None."""
+    if _is_bool(value):
+        return None
+    if isinstance(value, Tensor):
+        if value.dim() != 0 or value.is_floating_point() or value.is_complex():
+            return None
+        return int(value.item())
+    if isinstance(value, np.ndarray):
+        if value.ndim != 0 or value.dtype.kind not in "iu":
+            return None
+        return int(value.item())
+    if isinstance(value, numbers.Integral):
+        return int(operator.index(value))
+    return None
+
+
+def as_target(target: Any, name: str = "target") -> Union[None, int, Tensor]:
+    """Normalise an integer-like class target, without range checks.
+
+    Accepted: None; a Python or NumPy integer, or a 0-d integer array / tensor (one
+    class for every sample); a 1-D integer NumPy array or tensor of any integer dtype,
+    or a list/tuple of integer-like scalars (one class per sample).
+
+    Returns:
+        None, an int, or a 1-D ``torch.long`` tensor on the target's device (CPU for
+        lists and arrays).
+
+    Raises:
+        TypeError: booleans, floats, strings, nested sequences and other types.
+        ValueError: arrays or tensors of more than one dimension.
+    """
+    if target is None:
+        return None
+    if _is_bool(target):
+        raise TypeError(f"{name}: expected integer class indices, got booleans")
+    scalar = _scalar_index(target)
+    if scalar is not None:
+        return scalar
+    if isinstance(target, np.ndarray):
+        if target.dtype.kind not in "iu":
+            raise TypeError(
+                f"{name}: expected an integer array of class indices, got dtype "
+                f"{target.dtype}"
+            )
+        target = torch.from_numpy(target.astype(np.int64))
+    if isinstance(target, Tensor):
+        if target.is_floating_point() or target.is_complex():
+            raise TypeError(
+                f"{name}: expected an integer tensor of class indices, got "
+                f"{target.dtype}"
+            )
+        if target.dim() != 1:
+            raise ValueError(
+                f"{name}: expected a scalar or 1-D integer tensor of class indices, "
+                f"got shape {tuple(target.shape)} dtype {target.dtype}"
+            )
+        return target.to(torch.long)
+    if isinstance(target, (list, tuple)):
+        values: List[int] = []
+        for v in target:
+            i = _scalar_index(v)
+            if i is None:
+                raise TypeError(
+                    f"{name}: expected an int or a per-sample list of integer class "
+                    f"indices, got an element {v!r} of type {type(v).__name__} "
+                    "(tuples indexing multi-dimensional outputs are not supported)"
+                )
+            values.append(i)
+        return torch.tensor(values, dtype=torch.long)
+    raise TypeError(
+        f"{name}: expected an int, a list of ints or an integer tensor / array, got "
+        f"{type(target).__name__}"
+    )
 
 
 def format_target(
@@ -48,7 +188,8 @@ def format_target(
 
     Args:
         target: An int (same class for every sample), a per-sample list/tuple or 1-D
-            tensor of ints.
+            tensor of ints; NumPy integers and arrays and tensors of any integer dtype
+            are accepted too (see :func:`as_target`).
         batch: Batch size B.
         num_classes: Number of output classes.
         name: Argument name used in error messages.
@@ -60,38 +201,13 @@ def format_target(
         TypeError: for tuples of indices into multi-dimensional outputs or other types.
         ValueError: wrong length, or a class index outside ``[0, num_classes)``.
     """
-    if isinstance(target, bool):
-        raise TypeError(f"{name}: expected an int class index, got a bool")
-    if isinstance(target, int):
-        t = torch.full((batch,), target, dtype=torch.long)
-    elif isinstance(target, Tensor):
-        if (
-            target.is_floating_point()
-            or target.is_complex()
-            or target.dtype == torch.bool
-        ):
-            raise TypeError(
-                f"{name}: expected an integer tensor of class indices, got "
-                f"{target.dtype}"
-            )
-        if target.dim() == 0:
-            t = target.reshape(1).expand(batch).long().cpu()
-        elif target.dim() == 1:
-            t = target.long().cpu()
-        else:
-            raise ValueError(
-                f"{name}: expected a scalar or 1-D integer tensor of class indices, "
-                f"got shape {tuple(target.shape)} dtype {target.dtype}"
-            )
-    elif isinstance(target, (list, tuple)):
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in target):
-            raise TypeError(
-                f"{name}: expected an int or a per-sample list of int class indices "
-                "(tuples indexing multi-dimensional outputs are not supported)"
-            )
-        t = torch.tensor(list(target), dtype=torch.long)
+    t = as_target(target, name)
+    if t is None:
+        raise TypeError(f"{name}: expected class indices, got None")
+    if isinstance(t, int):
+        t = torch.full((batch,), t, dtype=torch.long)
     else:
-        raise TypeError(f"{name}: expected int, list or tensor, got {type(target)}")
+        t = t.cpu()
     if t.numel() != batch:
         raise ValueError(
             f"{name}: expected {batch} per-sample targets, got {t.numel()}"
@@ -104,6 +220,7 @@ def format_target(
     return t
 
 
+# ----------------------------------------------------------------- scalar values
 def check_choice(name: str, value: Any, choices: List[Any]) -> Any:
     """Raise a ValueError naming ``name`` unless ``value`` is one of ``choices``."""
     if value not in choices:
@@ -134,3 +251,97 @@ def gaussian_blur(
     c = images.shape[1]
     weight = k2.expand(c, 1, kernel, kernel)
     return F.conv2d(images, weight, padding=kernel // 2, groups=c)
+
+
+def _bounds(low: Optional[float], high: Optional[float], lo_open: bool, hi_open: bool):
+    if low is not None and high is not None:
+        return f"in {'(' if lo_open else '['}{low}, {high}{')' if hi_open else ']'}"
+    if low is not None:
+        return f"{'>' if lo_open else '>='} {low}"
+    if high is not None:
+        return f"{'<' if hi_open else '<='} {high}"
+    return "finite"
+
+
+def check_int(
+    name: str,
+    value: Any,
+    low: Optional[int] = None,
+    high: Optional[int] = None,
+) -> int:
+    """An integer-like scalar (Python/NumPy int, 0-d integer tensor) in
+    ``[low, high]``, as a Python int.
+
+    Raises:
+        TypeError: strings and other non-numbers.
+        ValueError: numbers that are not integers (booleans, 2.5, NaN, infinities) or
+            out of range.
+    """
+    i = _scalar_index(value)
+    if i is None:
+        is_number = isinstance(value, (numbers.Number, np.bool_)) or (
+            isinstance(value, Tensor) and value.dim() == 0
+        )
+        error = ValueError if is_number else TypeError
+        raise error(f"{name}: expected an integer, got {value!r}")
+    if (low is not None and i < low) or (high is not None and i > high):
+        raise ValueError(
+            f"{name}: expected an integer {_bounds(low, high, False, False)}, got {i}"
+        )
+    return i
+
+
+def check_number(
+    name: str,
+    value: Any,
+    low: Optional[float] = None,
+    high: Optional[float] = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    allow_inf: bool = False,
+) -> float:
+    """A finite real scalar (Python/NumPy number, 0-d real tensor) within the bounds,
+    as a Python float.
+
+    Args:
+        name: Argument name for the messages.
+        value: The value.
+        low: Lower bound (None: unbounded).
+        high: Upper bound (None: unbounded).
+        low_open: Exclude ``low`` itself.
+        high_open: Exclude ``high`` itself.
+        allow_inf: Accept ``±inf`` (within the bounds); NaN is always refused.
+
+    Raises:
+        TypeError: booleans, strings, complex numbers, other types.
+        ValueError: NaN, infinite (unless allowed) or out of range.
+    """
+    if _is_bool(value):
+        raise TypeError(f"{name}: expected a number, got {value!r}")
+    if isinstance(value, Tensor) and value.dim() == 0 and not value.is_complex():
+        v = float(value.item())
+    elif isinstance(value, numbers.Real):
+        v = float(value)
+    else:
+        raise TypeError(f"{name}: expected a number, got {value!r}")
+    if math.isnan(v) or (math.isinf(v) and not allow_inf):
+        raise ValueError(f"{name}: expected a finite number, got {v}")
+    too_low = low is not None and (v <= low if low_open else v < low)
+    too_high = high is not None and (v >= high if high_open else v > high)
+    if too_low or too_high:
+        raise ValueError(
+            f"{name}: expected a value {_bounds(low, high, low_open, high_open)}, "
+            f"got {v}"
+        )
+    return v
+
+
+def check_seed(
+    value: Any, name: str = "seed", allow_none: bool = False
+) -> Optional[int]:
+    """A seed for ``torch.Generator``: an integer in ``[0, 2**64)`` (or None if
+    allowed)."""
+    if value is None and allow_none:
+        return None
+    return check_int(name, value, 0, SEED_LIMIT - 1)

@@ -4,10 +4,17 @@ evaluation tables.
 Each entry builds, for a model, a function ``explain(inputs, target) -> attributions``
 with Captum's shapes. Methods that need extra trained parts (ViT Shapley's explainer)
 raise :class:`MethodUnavailable` when those parts are not there.
+
+Every built function runs under the same guard (:func:`_guarded`), whatever the method:
+the inputs are validated (floating point, finite, at least one image), so is the target
+(also by methods that ignore it), the model runs in eval mode and eagerly for the call
+(modes restored afterwards), and methods with ``needs_grad`` refuse to run inside
+``torch.inference_mode()`` with a message saying so.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
@@ -31,13 +38,15 @@ class Method:
     signed: bool
     description: str
     options: Dict[str, Any] = field(default_factory=dict)
+    #: Differentiates the model (cannot run inside ``torch.inference_mode()``).
+    needs_grad: bool = False
 
 
 def _rollout(model: nn.Module, extras: Dict[str, Any]) -> Explain:
     from .attr import AttentionRollout
 
     m = AttentionRollout(model)
-    return lambda x, t: m.attribute(x)
+    return lambda x, t: m.attribute(x, target=t)  # validated, then ignored
 
 
 def _genatt(model: nn.Module, extras: Dict[str, Any]) -> Explain:
@@ -179,11 +188,40 @@ def _random(model: nn.Module, extras: Dict[str, Any]) -> Explain:
     return explain
 
 
+def _guarded(method: Method) -> Method:
+    """``method`` whose built functions validate their arguments and run the model in
+    eval mode and eagerly for the call (see the module docstring)."""
+    from ._guard import model_call, require_autograd
+    from ._utils import format_target, unpack_inputs
+    from .vit import ViTAdapter
+
+    build = method.build
+
+    def guarded_build(model: nn.Module, extras: Dict[str, Any]) -> Explain:
+        explain = build(model, extras)
+        num_classes = ViTAdapter(model).num_classes
+
+        def run(x: Tensor, t: Tensor) -> Tensor:
+            images, _ = unpack_inputs(x)
+            if t is not None:
+                t = format_target(t, images.shape[0], num_classes).to(images.device)
+            with model_call(model):
+                if method.needs_grad:
+                    require_autograd(method.name)
+                return explain(images, t)
+
+        return run
+
+    return dataclasses.replace(method, build=guarded_build)
+
+
 METHODS: Dict[str, Method] = {
-    m.name: m
+    m.name: _guarded(m)
     for m in [
         Method("rollout", _rollout, False, "Attention rollout (Abnar & Zuidema 2020)"),
-        Method("genatt", _genatt, False, "GenAtt (Chefer et al. 2021)"),
+        Method(
+            "genatt", _genatt, False, "GenAtt (Chefer et al. 2021)", needs_grad=True
+        ),
         Method("vitcx", _vitcx, False, "ViT-CX (Xie et al. 2023)"),
         Method("tis", _tis, False, "Transformer Input Sampling (Englebert 2023)"),
         Method(
@@ -196,10 +234,16 @@ METHODS: Dict[str, Method] = {
         Method("rise", _rise, False, "RISE (Petsiuk et al. 2018)"),
         Method("gradcam", _gradcam, False, "Grad-CAM on the last block's tokens"),
         Method("vit-shapley", _vit_shapley, True, "ViT Shapley (Covert et al. 2023)"),
-        Method("ig", _ig, True, "Integrated Gradients, 20 steps"),
-        Method("skipplus-ig", _skipplus_ig, True, "SkipPLUS(IG) (Mehri et al. 2024)"),
-        Method("ixg", _ixg, True, "Input x Gradient"),
-        Method("skipplus-ixg", _skipplus_ixg, True, "SkipPLUS(IxG)"),
+        Method("ig", _ig, True, "Integrated Gradients, 20 steps", needs_grad=True),
+        Method(
+            "skipplus-ig",
+            _skipplus_ig,
+            True,
+            "SkipPLUS(IG) (Mehri et al. 2024)",
+            needs_grad=True,
+        ),
+        Method("ixg", _ixg, True, "Input x Gradient", needs_grad=True),
+        Method("skipplus-ixg", _skipplus_ixg, True, "SkipPLUS(IxG)", needs_grad=True),
         Method("leave-one-out", _leave_one_out, True, "FeatureAblation per patch"),
         Method("random", _random, False, "Random patch scores (baseline)"),
     ]

@@ -11,7 +11,14 @@ from captum.log import log_usage
 from torch import Tensor
 
 from ..vit import ViTAdapter, record_attention, tokens_to_pixels
-from ._utils import TargetType, format_target, pack_output, unpack_inputs
+from ._utils import (
+    TargetType,
+    evaluates_model,
+    format_target,
+    pack_output,
+    require_autograd,
+    unpack_inputs,
+)
 
 
 def genatt_relevance(attentions: List[Tensor], gradients: List[Tensor]) -> Tensor:
@@ -39,7 +46,9 @@ class GenAtt(GradientAttribution):
     ``R ← R + Ā R`` starting from ``R = I``; the relevance of patch j is the row of
     ``R`` that the head reads (CLS row; for distilled DeiT the mean of the CLS and
     distillation rows, matching the mean of its two heads; the mean of patch rows for
-    pooled models), without further normalisation.
+    pooled models), without further normalisation. The model runs in eval mode for the
+    call (its modes are restored afterwards). GenAtt needs autograd: it cannot run
+    inside ``torch.inference_mode()`` (``torch.no_grad()`` around the call is fine).
 
     Args:
         model: A supported timm ViT (see :class:`captum_vit.vit.ViTAdapter`).
@@ -55,6 +64,7 @@ class GenAtt(GradientAttribution):
         super().__init__(self.adapter.model)
 
     @log_usage()
+    @evaluates_model
     def attribute(
         self,
         inputs: Union[Tensor, Tuple[Tensor]],
@@ -75,6 +85,7 @@ class GenAtt(GradientAttribution):
         """
         images, was_tuple = unpack_inputs(inputs)
         grid = self.adapter.check_images(images)
+        require_autograd("GenAtt")
         if target is not None:
             t = format_target(target, images.shape[0], self.adapter.num_classes)
         # An input that requires grad makes the attention maps differentiable even

@@ -40,7 +40,17 @@ from ..vit import ViTAdapter, record_attention, tokens_to_pixels
 from ..vit.adapter import SUPPORTED_FAMILIES, resolve_layer_indices
 from ._genatt import GenAtt
 from ._rollout import AttentionRollout, discard_lowest, fuse_heads
-from ._utils import TargetType, check_choice, format_target, pack_output, unpack_inputs
+from ._utils import (
+    TargetType,
+    check_choice,
+    check_image_batch,
+    check_number,
+    evaluates_model,
+    format_target,
+    pack_output,
+    require_autograd,
+    unpack_inputs,
+)
 
 TOKEN_REDUCTIONS = ["sum", "mean", "abs_sum", "l2"]
 _INTERPOLATE_MODES = ["nearest", "bilinear", "bicubic"]
@@ -346,6 +356,10 @@ class PLUSWrapper(Attribution):
     NoiseTunnel; pass ``target`` explicitly, as ``None`` would explain each noisy
     sample's own predicted class.
 
+    The model runs in eval mode for the call (its modes are restored afterwards).
+    Gradient methods (and GenAtt) need autograd and cannot run inside
+    ``torch.inference_mode()``; ``torch.no_grad()`` around the call is fine.
+
     Cost: sum over chosen ``l`` of ``L - l`` blocks per evaluation of the wrapped
     method (PLUS on 12 blocks: 78 block passes, SkipPLUS: 21, the plain method: 12),
     plus one no-grad forward for the hidden states. Plain ``Saliency`` and
@@ -470,6 +484,15 @@ class PLUSWrapper(Attribution):
         return sorted(out)
 
     @property
+    def _needs_grad(self) -> bool:
+        """Whether the wrapped method differentiates the model (GenAtt, Captum
+        gradient methods)."""
+        return self._kind == "genatt" or (
+            self._kind == "captum"
+            and isinstance(_innermost(self.attributor), GradientAttribution)
+        )
+
+    @property
     def multiplies_by_inputs(self) -> bool:
         """Whether the wrapped method multiplies by (hidden-state) inputs."""
         return bool(getattr(self.attributor, "multiplies_by_inputs", False))
@@ -519,18 +542,19 @@ class PLUSWrapper(Attribution):
             baselines = baselines[0]
         if isinstance(baselines, bool):
             raise TypeError("baselines: expected a number, images or a callable")
-        if isinstance(baselines, (int, float)):
-            return lambda layer, hidden: baselines
+        if isinstance(baselines, (int, float)) or (
+            isinstance(baselines, Tensor) and baselines.dim() == 0
+        ):
+            value = check_number("baselines", baselines)
+            return lambda layer, hidden: value
         if isinstance(baselines, Tensor):
-            if baselines.dim() == 0:
-                value = float(baselines)
-                return lambda layer, hidden: value
             if baselines.dim() != 4:
                 raise ValueError(
                     "baselines: expected a number, (n, C, H, W) baseline images "
                     "(mapped to each layer's hidden states) or a callable "
                     f"(layer, hidden) -> baseline; got shape {tuple(baselines.shape)}"
                 )
+            check_image_batch(baselines, "baselines")
             base_grid = self.adapter.check_images(baselines, name="baselines")
             if base_grid != tuple(grid):
                 raise ValueError(
@@ -577,6 +601,7 @@ class PLUSWrapper(Attribution):
 
     # --------------------------------------------------------------- attribute
     @log_usage()
+    @evaluates_model
     def attribute(
         self,
         inputs: Union[Tensor, Tuple[Tensor]],
@@ -627,6 +652,9 @@ class PLUSWrapper(Attribution):
         images, was_tuple = unpack_inputs(inputs)
         grid = self.adapter.check_images(images)
         check_choice("interpolate_mode", interpolate_mode, _INTERPOLATE_MODES)
+        if self._needs_grad:
+            inner = type(self.attributor).__name__
+            require_autograd(f"{type(self).__name__}({inner})")
         t = None
         if target is not None:
             t = format_target(target, images.shape[0], self.adapter.num_classes)

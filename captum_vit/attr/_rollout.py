@@ -11,7 +11,16 @@ from captum.log import log_usage
 from torch import Tensor
 
 from ..vit import ViTAdapter, record_attention, tokens_to_pixels
-from ._utils import TargetType, check_choice, pack_output, unpack_inputs
+from ._utils import (
+    TargetType,
+    check_choice,
+    check_int,
+    check_number,
+    evaluates_model,
+    format_target,
+    pack_output,
+    unpack_inputs,
+)
 
 _FUSIONS = ["mean", "max", "min"]
 
@@ -57,7 +66,8 @@ class AttentionRollout(Attribution):
     (CLS-free) models.
 
     One forward pass for the whole batch, with the attention modules temporarily on the
-    explicit (unfused) path; class-agnostic, so ``target`` is accepted and ignored.
+    explicit (unfused) path and the model in eval mode (both restored afterwards);
+    class-agnostic, so ``target`` is validated and then ignored.
 
     Args:
         model: A supported timm ViT (see :class:`captum_vit.vit.ViTAdapter`).
@@ -83,15 +93,12 @@ class AttentionRollout(Attribution):
         self.adapter = ViTAdapter(model)
         super().__init__(self.adapter.model)
         self.head_fusion = check_choice("head_fusion", head_fusion, _FUSIONS)
-        if not 0.0 <= float(discard_ratio) < 1.0:
-            raise ValueError(f"discard_ratio: expected [0, 1), got {discard_ratio}")
-        self.discard_ratio = float(discard_ratio)
-        if not 0 <= int(start_layer) < self.adapter.num_layers:
-            raise ValueError(
-                f"start_layer: expected 0 <= start_layer < {self.adapter.num_layers}, "
-                f"got {start_layer}"
-            )
-        self.start_layer = int(start_layer)
+        self.discard_ratio = check_number(
+            "discard_ratio", discard_ratio, 0.0, 1.0, high_open=True
+        )
+        self.start_layer = check_int(
+            "start_layer", start_layer, 0, self.adapter.num_layers - 1
+        )
 
     def rollout(self, attentions: List[Tensor]) -> Tensor:
         """The rollout matrix ``R`` (B, T, T) from per-layer (B, heads, T, T) maps."""
@@ -107,6 +114,7 @@ class AttentionRollout(Attribution):
         return r
 
     @log_usage()
+    @evaluates_model
     def attribute(
         self,
         inputs: Union[Tensor, Tuple[Tensor]],
@@ -118,7 +126,8 @@ class AttentionRollout(Attribution):
         Args:
             inputs: (B, C, H, W) images (or a 1-tuple of them).
             target: Ignored (rollout does not depend on the class); accepted so the
-                call fits any Captum loop.
+                call fits any Captum loop, and validated like every other method's
+                (an out-of-range class is an error).
             interpolate_mode: ``"nearest"`` keeps maps patch-constant (exact for
                 :func:`captum_vit.patch_scores`); ``"bilinear"`` for display.
 
@@ -127,6 +136,8 @@ class AttentionRollout(Attribution):
         """
         images, was_tuple = unpack_inputs(inputs)
         grid = self.adapter.check_images(images)
+        if target is not None:
+            format_target(target, images.shape[0], self.adapter.num_classes)
         with torch.no_grad(), record_attention(self.adapter) as rec:
             self.forward_func(images)
         r = self.rollout(rec.attentions)

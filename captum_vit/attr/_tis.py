@@ -26,7 +26,16 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..vit import TokenMask, ViTAdapter, tokens_to_pixels
-from ._utils import TargetType, format_target, pack_output, unpack_inputs
+from ._utils import (
+    TargetType,
+    check_int,
+    check_number,
+    check_seed,
+    evaluates_model,
+    format_target,
+    pack_output,
+    unpack_inputs,
+)
 from ._vitcx import _check_ppe, _chunks, _resolve_seed
 
 _SCORE_MODES = ("drop", "attention")
@@ -111,14 +120,8 @@ def kmeans(
         tensor(True)
     """
     n = points.shape[0]
-    if isinstance(n_clusters, bool) or not isinstance(n_clusters, int):
-        raise TypeError(f"n_clusters: expected an int, got {type(n_clusters).__name__}")
-    if not 1 <= n_clusters <= n:
-        raise ValueError(
-            f"n_clusters: expected 1 <= n_clusters <= {n}, got {n_clusters}"
-        )
-    if max_iter < 1:
-        raise ValueError(f"max_iter: expected >= 1, got {max_iter}")
+    n_clusters = check_int("n_clusters", n_clusters, 1, n)
+    max_iter = check_int("max_iter", max_iter, 1)
     x = points.float()
     sq = (x * x).sum(dim=1)
     init = torch.randperm(n, generator=generator)[:n_clusters].to(x.device)
@@ -151,8 +154,7 @@ def binarise(centroids: Tensor, n_keep: int) -> Tensor:
         tensor([[False,  True, False,  True]])
     """
     m, n = centroids.shape
-    if not 1 <= n_keep <= n:
-        raise ValueError(f"n_keep: expected 1 <= n_keep <= {n}, got {n_keep}")
+    n_keep = check_int("n_keep", n_keep, 1, n)
     top = torch.argsort(centroids, dim=1, descending=True, stable=True)[:, :n_keep]
     masks = torch.zeros(m, n, dtype=torch.bool, device=centroids.device)
     return masks.scatter_(1, top, True)
@@ -199,6 +201,9 @@ class TransformerInputSampling(PerturbationAttribution):
     ``Σ_j w_j m_j / Σ_j m_j`` (token-frequency correction; tokens no mask keeps get 0),
     not min-max normalised (normalise for display if wanted).
 
+    The model runs in eval mode for every call (dropout off; its modes are restored
+    afterwards), also in :meth:`activations`, :meth:`masks` and :meth:`scores`.
+
     Number of masks per image: ``min(n_masks, number of non-constant channels)``
     (``L·D`` for any real ViT). Cost per image: one full forward for the activations
     and the default target, then one forward per mask at ``int(tokens_ratio · N)``
@@ -228,27 +233,11 @@ class TransformerInputSampling(PerturbationAttribution):
     ) -> None:
         self.adapter = ViTAdapter(model)
         super().__init__(self.adapter.model)
-        if isinstance(n_masks, bool) or not isinstance(n_masks, int) or n_masks < 1:
-            raise ValueError(f"n_masks: expected an int >= 1, got {n_masks!r}")
-        if (
-            isinstance(tokens_ratio, bool)
-            or not isinstance(tokens_ratio, (int, float))
-            or not 0 < tokens_ratio <= 1
-        ):
-            raise ValueError(
-                f"tokens_ratio: expected a fraction in (0, 1], got {tokens_ratio!r}"
-            )
-        if (
-            isinstance(kmeans_iters, bool)
-            or not isinstance(kmeans_iters, int)
-            or kmeans_iters < 1
-        ):
-            raise ValueError(
-                f"kmeans_iters: expected an int >= 1, got {kmeans_iters!r}"
-            )
-        self.n_masks = n_masks
-        self.tokens_ratio = float(tokens_ratio)
-        self.kmeans_iters = kmeans_iters
+        self.n_masks = check_int("n_masks", n_masks, 1)
+        self.tokens_ratio = check_number(
+            "tokens_ratio", tokens_ratio, 0.0, 1.0, low_open=True
+        )
+        self.kmeans_iters = check_int("kmeans_iters", kmeans_iters, 1)
 
     def n_keep(self, num_patches: int) -> int:
         """Tokens each mask keeps: ``max(1, int(tokens_ratio · N))``.
@@ -285,6 +274,7 @@ class TransformerInputSampling(PerturbationAttribution):
         acts = torch.cat([o[:, p:] for o in outs], dim=-1)  # (B, N, L·D)
         return acts.detach(), logits.detach()
 
+    @evaluates_model
     def activations(self, images: Tensor) -> Tensor:
         """Output tokens of every block, concatenated, prefix tokens removed.
 
@@ -307,7 +297,7 @@ class TransformerInputSampling(PerturbationAttribution):
 
         Args:
             acts: (N, L·D) activations of one image.
-            seed: k-means seed.
+            seed: k-means seed (an int in ``[0, 2**64)``).
 
         Returns:
             (M, N) boolean masks, ``M = min(n_masks, non-constant channels)``.
@@ -317,6 +307,12 @@ class TransformerInputSampling(PerturbationAttribution):
             >>> tis = TransformerInputSampling(model)
             >>> masks = tis.masks_from_activations(tis.activations(images)[0], seed=0)
         """
+        seed = check_seed(seed)
+        if not isinstance(acts, Tensor) or acts.dim() != 2:
+            raise ValueError(
+                "acts: expected (N, L·D) activations of one image, got "
+                + (str(tuple(acts.shape)) if isinstance(acts, Tensor) else "no tensor")
+            )
         points = acts.T.float()  # (L·D, N): one point per channel
         varying = points.amax(dim=1) > points.amin(dim=1)
         points = points[varying]
@@ -329,10 +325,16 @@ class TransformerInputSampling(PerturbationAttribution):
         return binarise(centroids, self.n_keep(n)).to(acts.device)
 
     def _masks_and_probs(
-        self, images: Tensor, seed: int
+        self, images: Tensor, seed: int, show_progress: bool = False
     ) -> Tuple[List[Tensor], Tensor]:
         masks, probs = [], []
-        for i in range(images.shape[0]):
+        bar = tqdm(
+            range(images.shape[0]),
+            desc="TIS k-means",
+            disable=not show_progress,
+            unit="img",
+        )
+        for i in bar:
             acts, logits = self._activations_and_logits(images[i : i + 1])
             masks.append(self.masks_from_activations(acts[0], seed))
             probs.append(torch.softmax(logits[0].float(), dim=-1))
@@ -340,7 +342,10 @@ class TransformerInputSampling(PerturbationAttribution):
             return [], images.new_zeros(0, self.adapter.num_classes)
         return masks, torch.stack(probs)
 
-    def masks(self, images: Tensor, seed: Optional[int] = None) -> List[Tensor]:
+    @evaluates_model
+    def masks(
+        self, images: Tensor, seed: Optional[int] = None, show_progress: bool = False
+    ) -> List[Tensor]:
         """The TIS masks of every image.
 
         Each image gets its own forward pass (batch of one) and a k-means generator
@@ -350,6 +355,7 @@ class TransformerInputSampling(PerturbationAttribution):
         Args:
             images: (B, C, H, W) inputs.
             seed: k-means seed; None draws one from torch's global RNG.
+            show_progress: Show a tqdm bar over the images' k-means runs.
 
         Returns:
             A list of B boolean tensors (M_b, N).
@@ -361,9 +367,10 @@ class TransformerInputSampling(PerturbationAttribution):
             (torch.Size([1024, 196]), 98)
         """
         images, _ = unpack_inputs(images)
-        return self._masks_and_probs(images, _resolve_seed(seed))[0]
+        return self._masks_and_probs(images, _resolve_seed(seed), show_progress)[0]
 
     # ------------------------------------------------------------------ scoring
+    @evaluates_model
     def scores(
         self,
         images: Tensor,
@@ -445,6 +452,7 @@ class TransformerInputSampling(PerturbationAttribution):
 
     # --------------------------------------------------------------- attribute
     @log_usage()
+    @evaluates_model
     def attribute(
         self,
         inputs: Union[Tensor, Tuple[Tensor]],
@@ -462,7 +470,8 @@ class TransformerInputSampling(PerturbationAttribution):
                 explains the predicted class of each sample.
             perturbations_per_eval: Masked inputs per forward pass (batched across
                 masks and images).
-            show_progress: Show a tqdm bar over the forward passes.
+            show_progress: Show tqdm bars over the k-means runs of the images and
+                over the forward passes (off by default, as in Captum).
             seed: k-means seed; None draws one from torch's global RNG (so
                 ``torch.manual_seed`` makes calls reproducible). Every image uses the
                 same seed, so a batch equals per-sample calls.
@@ -497,7 +506,7 @@ class TransformerInputSampling(PerturbationAttribution):
                 f"{interpolate_mode!r}"
             )
         seed = _resolve_seed(seed)
-        masks, probs = self._masks_and_probs(images, seed)
+        masks, probs = self._masks_and_probs(images, seed, show_progress)
         if tgt is None:
             tgt = probs.argmax(dim=1).cpu()
         scores = self.scores(

@@ -18,7 +18,13 @@ from ..shapley.explainer import (
 )
 from ..shapley.games import SurrogateGame
 from ..vit import tokens_to_pixels
-from ._utils import TargetType, format_target, pack_output, unpack_inputs
+from ._utils import (
+    TargetType,
+    evaluates_model,
+    format_target,
+    pack_output,
+    unpack_inputs,
+)
 
 
 class ViTShapley(Attribution):
@@ -32,6 +38,8 @@ class ViTShapley(Attribution):
     ``Σ_i φ_i(x, y) = v_y(1) − v_y(0)`` for every class, where ``v(1)`` is the
     surrogate's probability on the full image (computed here, one forward) and
     ``v(0)`` its probability with every patch held out (image-independent, cached).
+
+    Both models run in eval mode for the call (their modes are restored afterwards).
 
     Cost per batch: one explainer forward and one surrogate forward. An explainer
     built with ``shared_blocks=k`` whose frozen trunk equals the surrogate's (checked,
@@ -124,6 +132,7 @@ class ViTShapley(Attribution):
             self._trunk_key = key
         return self._trunk_equal
 
+    @evaluates_model
     def shapley_values(self, inputs: Union[Tensor, Tuple[Tensor]]) -> Tensor:
         """Efficient Shapley values of every patch for every class.
 
@@ -162,6 +171,7 @@ class ViTShapley(Attribution):
         return efficient_normalization(raw, v1, v0.to(raw.device)), v1
 
     @log_usage()
+    @evaluates_model
     def attribute(
         self,
         inputs: Union[Tensor, Tuple[Tensor]],
@@ -197,6 +207,7 @@ class ViTShapley(Attribution):
             tokens_to_pixels(scores, grid, images, interpolate_mode), was_tuple
         )
 
+    @evaluates_model
     def attribute_all_classes(self, inputs: Union[Tensor, Tuple[Tensor]]) -> Tensor:
         """Shapley values of every patch for every class as (B, C, gh, gw) maps.
 

@@ -39,7 +39,16 @@ from tqdm.auto import tqdm
 from ..vit import ViTAdapter
 from ..vit.parts import input_normalization
 from ._fill import BaselinesType, apply_mask, fill_row, resolve_fill
-from ._utils import TargetType, format_target, pack_output, unpack_inputs
+from ._utils import (
+    TargetType,
+    check_int,
+    check_number,
+    check_seed,
+    evaluates_model,
+    format_target,
+    pack_output,
+    unpack_inputs,
+)
 
 #: A channel whose range is below this fraction of its magnitude counts as constant.
 _CONSTANT_RTOL = 1e-6
@@ -49,24 +58,16 @@ DEFAULT_FILL = "mean"
 
 
 def _resolve_seed(seed: Optional[int]) -> int:
-    if seed is None:  # drawn from torch's global RNG: torch.manual_seed reproduces it
+    """A validated seed in ``[0, 2**64)``; None draws one from torch's global RNG
+    (so ``torch.manual_seed`` reproduces it)."""
+    if seed is None:
         return int(torch.randint(0, 2**62, (1,)).item())
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"seed: expected an int or None, got {type(seed).__name__}")
-    return seed
+    return check_seed(seed)
 
 
 def _check_ppe(perturbations_per_eval: int) -> int:
-    if (
-        not isinstance(perturbations_per_eval, int)
-        or isinstance(perturbations_per_eval, bool)
-        or perturbations_per_eval < 1
-    ):
-        raise ValueError(
-            "perturbations_per_eval: expected a positive int (forward batch size), got "
-            f"{perturbations_per_eval!r}"
-        )
-    return perturbations_per_eval
+    """The forward batch size: an integer >= 1."""
+    return check_int("perturbations_per_eval", perturbations_per_eval, 1)
 
 
 def _chunks(n: int, size: int) -> Iterator[Tuple[int, int]]:
@@ -400,6 +401,9 @@ class ViTCX(PerturbationAttribution):
     ``"black"`` needs the model's input normalisation (``input_mean`` /
     ``input_std``, or the model's timm ``pretrained_cfg``).
 
+    The model runs in eval mode for every call (dropout off; its modes are restored
+    afterwards), also in :meth:`features`, :meth:`masks` and :meth:`scores`.
+
     Cost per image: one forward for the features and ``p(X)``, then ``2K`` forwards
     (``K`` when ``noise_std == 0``, where ``p(X + ε) = p(X)`` exactly), batched across
     masks and images. The number of masks ``K`` varies per image.
@@ -408,8 +412,9 @@ class ViTCX(PerturbationAttribution):
         model: A supported timm ViT (see :class:`captum_vit.vit.ViTAdapter`).
         layer: The module whose output gives the feature maps; it must output
             (B, P + N, D) tokens. Default: ``model.blocks[-1].norm1``.
-        distance_threshold: Dendrogram cut of the clustering (cosine distance); the
-            paper uses 0.1 for ViT/DeiT (0.05 for Swin). Larger gives fewer masks.
+        distance_threshold: Dendrogram cut of the clustering (cosine distance, in
+            [0, 2]); the paper uses 0.1 for ViT/DeiT (0.05 for Swin). Larger gives
+            fewer masks.
         noise_std: Standard deviation σ of the noise ``ε`` (0.1 in the paper); 0
             disables the debiasing noise.
         input_mean: Per-channel mean of the model's input normalisation (pixel
@@ -446,18 +451,12 @@ class ViTCX(PerturbationAttribution):
             raise TypeError(f"layer: expected an nn.Module, got {type(layer).__name__}")
         if not any(m is layer for m in self.adapter.model.modules()):
             raise ValueError("layer: the module is not part of the model")
-        if not isinstance(distance_threshold, (int, float)) or distance_threshold < 0:
-            raise ValueError(
-                "distance_threshold: expected a non-negative number (cosine distance), "
-                f"got {distance_threshold!r}"
-            )
-        if not isinstance(noise_std, (int, float)) or noise_std < 0:
-            raise ValueError(
-                f"noise_std: expected a non-negative number, got {noise_std!r}"
-            )
         self.layer = layer
-        self.distance_threshold = float(distance_threshold)
-        self.noise_std = float(noise_std)
+        # a cosine distance lies in [0, 2]: a cut above 2 would mean the same as 2
+        self.distance_threshold = check_number(
+            "distance_threshold", distance_threshold, 0.0, 2.0
+        )
+        self.noise_std = check_number("noise_std", noise_std, 0.0)
         self.normalization = input_normalization(self.adapter, input_mean, input_std)
 
     # ------------------------------------------------------------ mask generation
@@ -499,6 +498,7 @@ class ViTCX(PerturbationAttribution):
         feats = out[:, p:].reshape(b, gh, gw, -1).permute(0, 3, 1, 2)
         return feats.detach(), logits.detach()
 
+    @evaluates_model
     def features(self, images: Tensor) -> Tensor:
         """Feature maps of ``layer``, prefix tokens removed.
 
@@ -516,7 +516,8 @@ class ViTCX(PerturbationAttribution):
         images, _ = unpack_inputs(images)
         return self._features_and_logits(images)[0]
 
-    def masks(self, images: Tensor) -> List[Tensor]:
+    @evaluates_model
+    def masks(self, images: Tensor, show_progress: bool = False) -> List[Tensor]:
         """The ViT-CX masks of every image.
 
         Each image is processed with its own forward pass (batch of one), so an image's
@@ -524,6 +525,7 @@ class ViTCX(PerturbationAttribution):
 
         Args:
             images: (B, C, H, W) inputs.
+            show_progress: Show a tqdm bar over the images being clustered.
 
         Returns:
             A list of B tensors (K_b, H, W) with values in [0, 1].
@@ -535,12 +537,20 @@ class ViTCX(PerturbationAttribution):
             [63, 71]
         """
         images, _ = unpack_inputs(images)
-        return self._masks_and_probs(images)[0]
+        return self._masks_and_probs(images, show_progress)[0]
 
-    def _masks_and_probs(self, images: Tensor) -> Tuple[List[Tensor], Tensor]:
+    def _masks_and_probs(
+        self, images: Tensor, show_progress: bool = False
+    ) -> Tuple[List[Tensor], Tensor]:
         size = images.shape[-2:]
         masks, probs = [], []
-        for i in range(images.shape[0]):
+        bar = tqdm(
+            range(images.shape[0]),
+            desc="ViT-CX clustering",
+            disable=not show_progress,
+            unit="img",
+        )
+        for i in bar:
             feats, logits = self._features_and_logits(images[i : i + 1])
             masks.append(cluster_masks(feats[0], size, self.distance_threshold)[0])
             probs.append(torch.softmax(logits[0].float(), dim=-1))
@@ -549,6 +559,7 @@ class ViTCX(PerturbationAttribution):
         return masks, torch.stack(probs)
 
     # ------------------------------------------------------------------ scoring
+    @evaluates_model
     def scores(
         self,
         images: Tensor,
@@ -676,6 +687,7 @@ class ViTCX(PerturbationAttribution):
 
     # --------------------------------------------------------------- attribute
     @log_usage()
+    @evaluates_model
     def attribute(
         self,
         inputs: Union[Tensor, Tuple[Tensor]],
@@ -694,11 +706,12 @@ class ViTCX(PerturbationAttribution):
             perturbations_per_eval: Perturbed inputs per forward pass (batched across
                 masks and images); 64 keeps a ViT-B batch at 224 px near 40 MB of
                 inputs.
-            show_progress: Show a tqdm bar over the forward passes.
-            seed: Seed of the noise ``ε``; None draws one from torch's global RNG
-                (so ``torch.manual_seed`` makes calls reproducible). The same seed
-                gives every image the same noise stream, so a batch equals per-sample
-                calls.
+            show_progress: Show tqdm bars over the clustering of each image and
+                over the forward passes (off by default, as in Captum).
+            seed: Seed of the noise ``ε`` (an int in ``[0, 2**64)``); None draws one
+                from torch's global RNG (so ``torch.manual_seed`` makes calls
+                reproducible). The same seed gives every image the same noise stream,
+                so a batch equals per-sample calls.
             baselines: Fill ``B`` of the hidden pixels, Captum style: ``"mean"``
                 (default; each image's per-channel mean), ``"zero"`` (0 in the model's
                 input space, the reference code), ``"black"`` (black pixels in the
@@ -734,7 +747,7 @@ class ViTCX(PerturbationAttribution):
         seed = _resolve_seed(seed)
         with torch.no_grad():  # fail early on a bad fill, before the masks
             resolve_fill(baselines, images, self.normalization)
-        masks, probs = self._masks_and_probs(images)
+        masks, probs = self._masks_and_probs(images, show_progress)
         if tgt is None:
             tgt = probs.argmax(dim=1).cpu()
         scores = self.scores(

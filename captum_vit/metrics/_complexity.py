@@ -23,6 +23,7 @@ def _flat(attributions: Any) -> Tensor:
         raise ValueError(
             f"attributions: expected a batch (B, ...), got shape {tuple(attr.shape)}"
         )
+    _core.check_batch(attr, "attributions")
     attr = attr.reshape(attr.shape[0], -1).double()
     if not bool(torch.isfinite(attr).all()):
         raise ValueError("attributions: contains NaN or infinite values")
@@ -90,8 +91,7 @@ def effective_complexity(
         >>> from captum_vit.metrics import effective_complexity
         >>> effective_complexity(attr, eps=1e-3, normalize=True)
     """
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 0:
-        raise ValueError(f"eps: expected a non-negative number, got {eps!r}")
+    eps = _core.check_number("eps", eps, 0.0)
     a = _flat(attributions).abs()
     if normalize:
         top = a.max(dim=1, keepdim=True).values

@@ -31,6 +31,11 @@ from torch import Tensor
 
 
 from .._utils import BLUR_KERNEL, BLUR_SIGMA, gaussian_blur  # noqa: F401
+
+# check_batch and evaluates_argument are used by the metric modules as _core.<name>
+from .._guard import evaluates_argument  # noqa: F401
+from .._utils import check_batch, check_image_batch, check_int, check_number  # noqa
+from .._utils import check_seed as _shared_check_seed
 from .._utils import format_target as _shared_format_target
 
 try:  # tqdm is a dependency of the package; keep the import soft all the same
@@ -61,7 +66,8 @@ MAX_DEFAULT_STEPS = 224
 
 # --------------------------------------------------------------------- validation
 def check_inputs(inputs: Any) -> Tensor:
-    """A single floating-point input tensor with a batch dimension."""
+    """A single finite floating-point input tensor with a non-empty batch dimension
+    (an empty batch is an error, as in every method)."""
     if isinstance(inputs, tuple):
         if len(inputs) != 1:
             raise TypeError(
@@ -71,14 +77,12 @@ def check_inputs(inputs: Any) -> Tensor:
         inputs = inputs[0]
     if not isinstance(inputs, Tensor):
         raise TypeError(f"inputs: expected a tensor, got {type(inputs).__name__}")
-    if inputs.dim() < 2 or inputs.shape[0] == 0:
+    if inputs.dim() < 2:
         raise ValueError(
-            "inputs: expected a batch (B, ...) with B >= 1 and at least one feature "
-            f"dimension, got shape {tuple(inputs.shape)}"
+            "inputs: expected a batch (B, ...) with at least one feature dimension, "
+            f"got shape {tuple(inputs.shape)}"
         )
-    if not inputs.is_floating_point():
-        raise TypeError(f"inputs: expected a floating-point tensor, got {inputs.dtype}")
-    return inputs
+    return check_image_batch(inputs, "inputs")
 
 
 def unwrap(value: Any, name: str) -> Tensor:
@@ -101,15 +105,12 @@ def check_choice(value: Any, choices: Sequence[str], name: str) -> str:
 def check_positive_int(value: Any, name: str, allow_none: bool = True) -> Optional[int]:
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return int(value)
+    return check_int(name, value, 1)
 
 
 def check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
-    return int(seed)
+    """A seed: an integer in ``[0, 2**64)``."""
+    return _shared_check_seed(seed)
 
 
 def generator(seed: int, offset: int = 0) -> torch.Generator:
@@ -315,7 +316,7 @@ def make_baseline(baseline: BaselineType, inputs: Tensor, seed: int) -> Tensor:
     if isinstance(baseline, bool):
         raise TypeError("removal: expected a name, a number, a tensor or a callable")
     if isinstance(baseline, (int, float)):
-        return torch.full_like(inputs, float(baseline))
+        return torch.full_like(inputs, check_number("removal", baseline))
     if callable(baseline) and not isinstance(baseline, Tensor):
         with torch.no_grad():
             value = baseline(inputs)
@@ -336,6 +337,8 @@ def make_baseline(baseline: BaselineType, inputs: Tensor, seed: int) -> Tensor:
             f"{name}: baseline of shape {tuple(value.shape)} does not broadcast to the "
             f"inputs' shape {shape}"
         )
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{name}: contains NaN or infinite values")
     return value.to(device=inputs.device, dtype=inputs.dtype).expand(shape).contiguous()
 
 
@@ -707,7 +710,12 @@ def steps_to_counts(
     if fractions is not None:
         if n_steps is not None:
             raise ValueError("n_steps: give either n_steps or fractions, not both")
-        f = torch.as_tensor(fractions, dtype=torch.float64).flatten()
+        try:
+            f = torch.as_tensor(fractions, dtype=torch.float64).flatten()
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(
+                f"fractions: expected a sequence of numbers, got {fractions!r}"
+            ) from None
         if f.numel() < 2 or not bool(((f >= 0) & (f <= 1)).all()):
             raise ValueError(
                 "fractions: expected at least two fractions in [0, 1], got "

@@ -123,8 +123,7 @@ def _subset_correlations(
 
 
 def _check_size(n: Any, num: int, name: str) -> int:
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"{name}: expected an int subset size, got {n!r}")
+    n = _core.check_int(name, n)
     if not 1 <= n <= num:
         raise ValueError(
             f"{name}: subset size {n} must be between 1 and the number of features "
@@ -133,6 +132,7 @@ def _check_size(n: Any, num: int, name: str) -> int:
     return n
 
 
+@_core.evaluates_argument("forward_func")
 @fill_doc
 def faithfulness_correlation(
     forward_func: Callable,
@@ -199,6 +199,8 @@ def faithfulness_correlation(
     """
     _core.check_choice(correlation, _CORRELATIONS, "correlation")
     n_samples = _core.check_positive_int(n_samples, "n_samples", allow_none=False)
+    if subset_size is not None:  # range checked once F is known
+        _core.check_int("subset_size", subset_size, 1)
     if subsets is None and n_samples < 2:
         raise ValueError("n_samples: a correlation needs at least 2 subsets")
     setup = _core.prepare(
@@ -216,6 +218,8 @@ def faithfulness_correlation(
         show_progress=show_progress,
     )
     num = setup.num_features
+    if subset_size is not None:  # validated also when `subsets` overrides it
+        subset_size = _check_size(subset_size, num, "subset_size")
     if subsets is not None:
         provider: Any = _GivenSubsets(subsets, setup.batch, num)
     else:
@@ -231,6 +235,7 @@ def faithfulness_correlation(
     return _subset_correlations(setup, provider, 1, correlation)[:, 0]
 
 
+@_core.evaluates_argument("forward_func")
 @fill_doc
 def sensitivity_n(
     forward_func: Callable,
@@ -288,17 +293,18 @@ def sensitivity_n(
     n_samples = _core.check_positive_int(n_samples, "n_samples", allow_none=False)
     if n_samples < 2:
         raise ValueError("n_samples: a correlation needs at least 2 subsets")
-    single = isinstance(n, int) and not isinstance(n, bool)
+    single = not isinstance(n, (list, tuple, range)) and not (
+        isinstance(n, Tensor) and n.dim() > 0
+    )
     if single:
-        ns = [n]
+        ns = [n]  # validated below (an integer-like scalar)
     elif isinstance(n, Tensor):
         ns = n.flatten().tolist()
-    elif isinstance(n, (list, tuple, range)):
-        ns = list(n)
     else:
-        raise TypeError(f"n: expected an int or a sequence of ints, got {n!r}")
+        ns = list(n)
     if not ns:
         raise ValueError("n: expected at least one subset size")
+    ns = [_core.check_int("n", v, 1) for v in ns]  # range checked once F is known
     setup = _core.prepare(
         forward_func,
         inputs,

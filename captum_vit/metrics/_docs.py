@@ -7,10 +7,12 @@ _F = TypeVar("_F", bound=Callable)
 COMMON = {
     "forward_func": """forward_func: The model (or any callable) mapping a batch
             of inputs to (B, num_classes) outputs (logits). For token removal it
-            must be the timm ViT module itself. Pass a model in eval mode; it is
-            not changed.""",
-    "inputs": """inputs: (B, ...) input batch, (B, C, H, W) images for ViTs, or
-            a 1-tuple of it.""",
+            must be the timm ViT module itself. A module (also one wrapped by
+            ``torch.compile``) runs in eval mode and eagerly for the call, and its
+            modes are restored afterwards; a plain function is called as it is.""",
+    "inputs": """inputs: (B, ...) floating-point input batch with B >= 1 (an empty
+            batch is an error), (B, C, H, W) images for ViTs, or a 1-tuple of
+            it.""",
     "attributions": """attributions: Pixel-shaped attributions (the inputs' shape, or
             broadcastable to it such as (B, 1, H, W)), reduced to one score per
             feature by ``attribution_reduction``; or already feature-shaped,

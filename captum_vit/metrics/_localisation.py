@@ -32,6 +32,8 @@ def _size_of(attributions: Tensor) -> Tuple[int, int]:
 
 def _maps(attributions: Any, size: Tuple[int, int], interpolate_mode: str) -> Tensor:
     """(B, H, W) float maps at ``size``; channels summed."""
+    # checked even when no resampling is needed: an unused argument is still checked
+    _core.check_choice(interpolate_mode, ("nearest", "bilinear"), "interpolate_mode")
     attr = _core.unwrap(attributions, "attributions").detach()
     if attr.dim() == 4:
         attr = attr.sum(dim=1)
@@ -44,9 +46,6 @@ def _maps(attributions: Any, size: Tuple[int, int], interpolate_mode: str) -> Te
     if not bool(torch.isfinite(attr).all()):
         raise ValueError("attributions: contains NaN or infinite values")
     if _size_of(attr) != tuple(size):
-        _core.check_choice(
-            interpolate_mode, ("nearest", "bilinear"), "interpolate_mode"
-        )
         kw = {} if interpolate_mode == "nearest" else {"align_corners": False}
         attr = F.interpolate(attr[:, None], size=size, mode=interpolate_mode, **kw)[
             :, 0
@@ -69,7 +68,12 @@ def _format_boxes(boxes: BoxesType, batch: int, size: Tuple[int, int]) -> List[T
     elif isinstance(boxes, (list, tuple)):
         per = []
         for item in boxes:
-            t = torch.as_tensor(item, dtype=torch.float64)
+            try:
+                t = torch.as_tensor(item, dtype=torch.float64)
+            except (TypeError, ValueError, RuntimeError):
+                raise TypeError(
+                    f"boxes: expected numeric [x1, y1, x2, y2] boxes, got {item!r}"
+                ) from None
             if t.dim() == 1:
                 t = t[None]
             if t.dim() != 2 or t.shape[-1] != 4:
@@ -90,6 +94,8 @@ def _format_boxes(boxes: BoxesType, batch: int, size: Tuple[int, int]) -> List[T
         t = t.double()
         if t.shape[0] == 0:
             raise ValueError(f"boxes: sample {i} has no box")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"boxes: sample {i} has NaN or infinite coordinates")
         x1, y1, x2, y2 = t.unbind(-1)
         bad = (x1 < 0) | (y1 < 0) | (x2 > w) | (y2 > h)
         if bool(bad.any()):
@@ -119,6 +125,16 @@ def _box_masks(boxes: List[Tensor], size: Tuple[int, int], device) -> Tensor:
     return masks.to(device)
 
 
+def _image_size(image_size: Any) -> Tuple[int, int]:
+    """(H, W) as two positive ints."""
+    if isinstance(image_size, (str, bytes)) or not hasattr(image_size, "__len__"):
+        raise TypeError(f"image_size: expected (H, W), got {image_size!r}")
+    if len(image_size) != 2:
+        raise ValueError(f"image_size: expected (H, W), got {image_size!r}")
+    h, w = (_core.check_int("image_size", v, 1) for v in image_size)
+    return h, w
+
+
 def _ground_truth(
     attributions: Any,
     boxes: Optional[BoxesType],
@@ -127,8 +143,8 @@ def _ground_truth(
     need_boxes: bool = False,
 ) -> Tuple[Tensor, Optional[List[Tensor]], Tuple[int, int]]:
     """Ground-truth mask (B, H, W) bool, the boxes (if given), and (H, W)."""
-    attr = _core.unwrap(attributions, "attributions")
-    batch = attr.shape[0] if attr.dim() > 0 else 0
+    attr = _core.check_batch(_core.unwrap(attributions, "attributions"), "attributions")
+    batch = attr.shape[0]
     if (boxes is None) == (masks is None) and not need_boxes:
         raise ValueError("boxes/masks: give exactly one of boxes and masks")
     if need_boxes and boxes is None:
@@ -147,7 +163,7 @@ def _ground_truth(
                 raise ValueError("masks: expected a boolean or 0/1 mask")
             m = m != 0
         size = (int(m.shape[1]), int(m.shape[2]))
-        if image_size is not None and tuple(int(s) for s in image_size) != size:
+        if image_size is not None and _image_size(image_size) != size:
             raise ValueError(
                 f"image_size: {tuple(image_size)} differs from masks {size}"
             )
@@ -156,13 +172,7 @@ def _ground_truth(
         if boxes is not None:
             box_list = _format_boxes(boxes, batch, size)
     else:
-        size = (
-            tuple(int(s) for s in image_size)
-            if image_size is not None
-            else _size_of(attr)
-        )
-        if len(size) != 2 or min(size) < 1:
-            raise ValueError(f"image_size: expected (H, W), got {image_size!r}")
+        size = _image_size(image_size) if image_size is not None else _size_of(attr)
         box_list = _format_boxes(boxes, batch, size)
         gt = _box_masks(box_list, size, attr.device)
     if not bool(gt.flatten(1).any(dim=1).all()):
@@ -186,12 +196,8 @@ def _binarise(maps: Tensor, threshold: Union[str, float]) -> Tensor:
     if isinstance(threshold, str):
         _core.check_choice(threshold, ("mean",), "threshold")
         t = norm.flatten(1).mean(dim=1)[:, None, None]
-    elif isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
-        if not 0.0 <= float(threshold) <= 1.0:
-            raise ValueError(f"threshold: expected a value in [0, 1], got {threshold}")
-        t = float(threshold)
     else:
-        raise TypeError(f"threshold: expected 'mean' or a float, got {threshold!r}")
+        t = _core.check_number("threshold", threshold, 0.0, 1.0)
     return norm > t
 
 
@@ -258,10 +264,11 @@ def pointing_game(
     """
     _core.check_choice(ties, _TIES, "ties")
     seed = _core.check_seed(seed)
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)):
-        raise TypeError(f"tolerance: expected a number of pixels, got {tolerance!r}")
-    if tolerance < 0:
-        raise ValueError(f"tolerance: expected >= 0, got {tolerance}")
+    tolerance = _core.check_number("tolerance", tolerance, 0.0)
+    if max_box_fraction is not None:
+        max_box_fraction = _core.check_number(
+            "max_box_fraction", max_box_fraction, 0.0, 1.0, low_open=True
+        )
     gt, _, size = _ground_truth(attributions, boxes, masks, image_size)
     maps = _maps(attributions, size, interpolate_mode)
     b = maps.shape[0]
@@ -294,11 +301,6 @@ def pointing_game(
             hit[i] = reach[i].flatten()[where[int(j)]]
     out = hit.float()
     if max_box_fraction is not None:
-        if not 0.0 < float(max_box_fraction) <= 1.0:
-            raise ValueError(
-                f"max_box_fraction: expected a fraction in (0, 1], got "
-                f"{max_box_fraction}"
-            )
         frac = gt.flatten(1).float().mean(dim=1)
         out = torch.where(frac > float(max_box_fraction), float("nan"), out)
     return out
@@ -483,8 +485,9 @@ def box_iou(
         >>> from captum_vit.metrics import box_iou
         >>> box_iou(attr, boxes=gt_boxes, threshold=0.2)
     """
+    threshold = _core.check_number("threshold", threshold, 0.0, 1.0)
     _, box_list, size = _ground_truth(attributions, boxes, None, image_size, True)
-    on = _binarise(_maps(attributions, size, interpolate_mode), float(threshold))
+    on = _binarise(_maps(attributions, size, interpolate_mode), threshold)
     out = []
     for i in range(on.shape[0]):
         rows = torch.nonzero(on[i].any(dim=1)).flatten()

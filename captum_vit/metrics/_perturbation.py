@@ -72,6 +72,7 @@ def _curves(
     return {name: scores[i] for i, name in enumerate(directions)}
 
 
+@_core.evaluates_argument("forward_func")
 @fill_doc
 def insertion_deletion_curves(
     forward_func: Callable,
@@ -204,12 +205,31 @@ def area_under_curve(
     Returns:
         (B,) areas.
 
+    Raises:
+        ValueError: shapes that do not match, an empty batch, NaN or infinite values,
+            fractions outside [0, 1].
+
     Examples::
 
         >>> c = insertion_deletion_curves(model, images, attr)
         >>> area_under_curve(c.fractions, c.insertion)
     """
-    return _core.area(fractions, curves, area)
+    x = _core.unwrap(fractions, "fractions")
+    y = _core.unwrap(curves, "curves")
+    if x.dim() != 1 or x.numel() < 2:
+        raise ValueError(
+            f"fractions: expected an (S,) x-axis with S >= 2, got {tuple(x.shape)}"
+        )
+    if y.dim() != 2 or y.shape[1] != x.numel():
+        raise ValueError(
+            f"curves: expected (B, S) = (B, {x.numel()}) curves, got {tuple(y.shape)}"
+        )
+    _core.check_batch(y, "curves")
+    if not bool(torch.isfinite(x).all()) or not bool(((x >= 0) & (x <= 1)).all()):
+        raise ValueError("fractions: expected finite values in [0, 1]")
+    if not bool(torch.isfinite(y).all()):
+        raise ValueError("curves: contains NaN or infinite values")
+    return _core.area(x, y, area)
 
 
 def _single_curve_area(mode: str, kwargs: Dict[str, Any]) -> Tensor:
@@ -217,6 +237,7 @@ def _single_curve_area(mode: str, kwargs: Dict[str, Any]) -> Tensor:
     return _core.area(x, curves[mode], kwargs["area"])
 
 
+@_core.evaluates_argument("forward_func")
 @fill_doc
 def insertion(
     forward_func: Callable,
@@ -272,6 +293,7 @@ def insertion(
     return _single_curve_area("insertion", dict(locals()))
 
 
+@_core.evaluates_argument("forward_func")
 @fill_doc
 def deletion(
     forward_func: Callable,
@@ -326,6 +348,7 @@ def deletion(
     return _single_curve_area("deletion", dict(locals()))
 
 
+@_core.evaluates_argument("forward_func")
 @fill_doc
 def insertion_minus_deletion(
     forward_func: Callable,
@@ -474,6 +497,7 @@ def aopc(
 _ACC_MODES = ("positive", "negative", "deletion", "insertion")
 
 
+@_core.evaluates_argument("forward_func")
 @fill_doc
 def perturbation_accuracy(
     forward_func: Callable,

@@ -5,12 +5,38 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, Union
 
 import torch
+from captum.attr import GradientAttribution
 from captum.metrics import sensitivity_max
 from torch import Tensor
 
+from .._guard import require_autograd
+from .._utils import as_target, format_target
+from ..vit import ViTAdapter, is_supported_vit
 from . import _core
 
+#: Matrix norms by name (``torch.norm``); numbers, including ``inf``, are p-norms.
+_NORMS = ("fro", "nuc")
 
+
+def _check_target(target: Any, explainer: Any, inputs: Tensor) -> Any:
+    """Integer-like ``target`` as an int or a long tensor, never negative; checked
+    against the class count too when the explainer's forward function is a supported
+    ViT."""
+    t = as_target(target)
+    if t is None:
+        return None
+    owner = getattr(explainer, "__self__", explainer)  # a bound .attribute
+    model = getattr(owner, "forward_func", None)
+    if is_supported_vit(model):
+        classes = ViTAdapter(model).num_classes
+        checked = format_target(t, inputs.shape[0], classes)
+        return t if isinstance(t, int) else checked.to(inputs.device)
+    if (t < 0) if isinstance(t, int) else bool((t < 0).any()):
+        raise ValueError(f"target: class indices must be >= 0, got {target!r}")
+    return t if isinstance(t, int) else t.to(inputs.device)
+
+
+@_core.evaluates_argument("explainer")
 def max_sensitivity(
     explainer: Union[Callable[..., Any], Any],
     inputs: Tensor,
@@ -37,10 +63,12 @@ def max_sensitivity(
         explainer: An attributor with an ``attribute`` method, or a callable
             ``f(inputs, **kwargs) -> attributions``.
         inputs: (B, ...) input batch.
-        target: Target class(es), passed to the explainer (expanded by Captum).
+        target: Target class(es), passed to the explainer (expanded by Captum);
+            NumPy integers and arrays become an int or a long tensor.
         n_perturb_samples: Number of perturbations per example (TIS: 10).
         perturb_radius: L-infinity radius of the perturbations (TIS: 0.02).
-        norm_ord: Norm of the explanation difference (Captum's ``norm_ord``).
+        norm_ord: Norm of the explanation difference (Captum's ``norm_ord``):
+            ``"fro"``, ``"nuc"`` or a number (``inf`` allowed, NaN refused).
         max_examples_per_batch: Examples per explainer call (Captum semantics:
             at least B; None = all at once).
         seed: Seed of the perturbations.
@@ -62,10 +90,20 @@ def max_sensitivity(
     n_perturb_samples = _core.check_positive_int(
         n_perturb_samples, "n_perturb_samples", allow_none=False
     )
-    if isinstance(perturb_radius, bool) or not isinstance(perturb_radius, (int, float)):
-        raise TypeError(f"perturb_radius: expected a number, got {perturb_radius!r}")
-    if perturb_radius < 0:
-        raise ValueError(f"perturb_radius: expected >= 0, got {perturb_radius}")
+    perturb_radius = _core.check_number("perturb_radius", perturb_radius, 0.0)
+    max_examples_per_batch = _core.check_positive_int(
+        max_examples_per_batch, "max_examples_per_batch"
+    )
+    if not (isinstance(norm_ord, str) and norm_ord in _NORMS):
+        if isinstance(norm_ord, str):
+            raise ValueError(
+                f"norm_ord: expected one of {_NORMS} or a number, got {norm_ord!r}"
+            )
+        norm_ord = _core.check_number("norm_ord", norm_ord, allow_inf=True)
+    target = _check_target(target, explainer, inputs)
+    owner = getattr(explainer, "__self__", explainer)
+    if isinstance(owner, GradientAttribution):
+        require_autograd(type(owner).__name__)
     fn = getattr(explainer, "attribute", explainer)
     if not callable(fn):
         raise TypeError(

@@ -2,38 +2,17 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .._guard import eval_mode  # noqa: F401  (shared with the methods)
+from .._utils import check_int, check_number
+
 Device = Union[str, torch.device, None]
-
-
-@contextmanager
-def eval_mode(*modules: nn.Module) -> Iterator[None]:
-    """Put modules (and all their submodules) in eval mode; restore every flag after.
-
-    Each submodule's own ``training`` flag is restored, so mixed train/eval models come
-    back exactly as they were, also when the body raises. Models already in eval mode
-    are not touched at all (no overhead on the inference path).
-    """
-    saved: List[Tuple[nn.Module, bool]] = [
-        (m, m.training) for module in modules for m in module.modules()
-    ]
-    if not any(flag for _, flag in saved):
-        yield
-        return
-    try:
-        for m, _ in saved:
-            object.__setattr__(m, "training", False)
-        yield
-    finally:
-        for m, flag in saved:
-            object.__setattr__(m, "training", flag)
 
 
 def model_device(model: nn.Module, device: Device = None) -> torch.device:
@@ -132,19 +111,10 @@ def cosine_factor(step: int, total: int, warmup: int) -> float:
 
 
 def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
-    """Validate an integer hyper-parameter."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
-    return value
+    """Validate an integer hyper-parameter (integer-like, ``>= minimum``)."""
+    return check_int(name, value, minimum)
 
 
 def check_float(name: str, value: float, low: float, high: Optional[float] = None):
-    """Validate a float hyper-parameter in ``[low, high]``."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name}: expected a number, got {value!r}") from None
-    if not (v >= low and (high is None or v <= high)):
-        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name}: expected a value in {bound}, got {value!r}")
-    return v
+    """Validate a float hyper-parameter: finite, in ``[low, high]``."""
+    return check_number(name, value, low, high)

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from .._utils import check_int, check_number
 from ..vit import ViTAdapter
 
 __all__ = [
@@ -113,7 +114,8 @@ class ShapleyExplainer(nn.Module):
     Args:
         backbone: A supported timm ViT (see :class:`~captum_vit.vit.ViTAdapter`) with
             at least one prefix token; it becomes a submodule and is trained. Its
-            classifier head is not used (:meth:`from_surrogate` removes it).
+            classifier head is not used (:meth:`from_surrogate` removes it). The
+            explainer's other parts are created with the backbone's dtype and device.
         num_classes: Number of classes C (the surrogate's).
         num_heads: Heads of the extra attention block (default ``D // 64``, or a
             divisor of D for small widths).
@@ -147,28 +149,18 @@ class ShapleyExplainer(nn.Module):
             raise ValueError(
                 "backbone: the explainer needs a ViT with at least one prefix token"
             )
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int):
-            raise TypeError(f"num_classes: expected an int, got {type(num_classes)}")
-        if num_classes < 1:
-            raise ValueError(f"num_classes: expected >= 1, got {num_classes}")
+        num_classes = check_int("num_classes", num_classes, 1)
         dim = adapter.embed_dim
-        heads = _default_heads(dim) if num_heads is None else int(num_heads)
-        if heads < 1 or dim % heads:
-            raise ValueError(
-                f"num_heads: must divide the embedding width {dim}, got {num_heads}"
-            )
-        if not float(mlp_ratio) > 0:
-            raise ValueError(f"mlp_ratio: expected > 0, got {mlp_ratio}")
-        if (
-            isinstance(shared_blocks, bool)
-            or not isinstance(shared_blocks, int)
-            or not 0 <= shared_blocks <= adapter.num_layers
-        ):
-            raise ValueError(
-                f"shared_blocks: expected an int in 0..{adapter.num_layers} (the "
-                f"backbone's depth), got {shared_blocks!r}"
-            )
-        hidden = int(round(float(mlp_ratio) * dim))
+        heads = _default_heads(dim) if num_heads is None else None
+        if heads is None:
+            heads = check_int("num_heads", num_heads, 1, dim)
+            if dim % heads:
+                raise ValueError(
+                    f"num_heads: must divide the embedding width {dim}, got {heads}"
+                )
+        mlp_ratio = check_number("mlp_ratio", mlp_ratio, 0.0, low_open=True)
+        shared_blocks = check_int("shared_blocks", shared_blocks, 0, adapter.num_layers)
+        hidden = max(1, int(round(mlp_ratio * dim)))
         self.backbone = backbone
         self.attn_block = Block(dim, heads, mlp_ratio=float(mlp_ratio), qkv_bias=True)
         self.attn_block.norm1 = nn.Identity()
@@ -192,6 +184,12 @@ class ShapleyExplainer(nn.Module):
             "shared_blocks": int(shared_blocks),
         }
         self._surrogate = _SharedRef(None)
+        # the new parts follow the backbone's dtype and device (e.g. a float64 or GPU
+        # surrogate), so the explainer never mixes parameter types
+        ref = next((p for p in backbone.parameters() if p.is_floating_point()), None)
+        if ref is not None:
+            for part in (self.attn_block, self.norm, self.mlp):
+                part.to(device=ref.device, dtype=ref.dtype)
         frozen = set(shared_state_names(backbone, shared_blocks))
         for name, p in backbone.named_parameters():
             if name in frozen:
@@ -218,6 +216,8 @@ class ShapleyExplainer(nn.Module):
 
         The surrogate itself is not modified; it is remembered (not as a submodule, so
         it is neither saved nor trained) as the explainer's default :attr:`surrogate`.
+        The explainer has the surrogate's dtype and device (e.g.
+        ``from_surrogate(model.double())`` gives a float64 explainer).
 
         Args:
             surrogate: The fine-tuned surrogate (or the classifier).

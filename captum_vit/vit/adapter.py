@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from .._guard import unwrap_compiled
+
 SUPPORTED_FAMILIES = (
     "timm VisionTransformer (CLS, register tokens, avg/max pooling), "
     "VisionTransformerDistilled (DeiT distilled) and Eva (EVA-02)"
@@ -70,7 +72,8 @@ class ViTAdapter:
 
     Args:
         model: A timm ``VisionTransformer``, ``VisionTransformerDistilled`` or ``Eva``
-            (or a ``ViTAdapter``, returned as is by :meth:`of`).
+            (or a ``ViTAdapter``, returned as is by :meth:`of`); a model wrapped by
+            ``torch.compile`` is unwrapped to the original module.
 
     Raises:
         TypeError: if ``model`` is not one of the supported families, or uses attention
@@ -88,6 +91,7 @@ class ViTAdapter:
     def __init__(self, model: nn.Module) -> None:
         if isinstance(model, ViTAdapter):
             model = model.model
+        model = unwrap_compiled(model)  # torch.compile(model) -> model
         family = _family(model)
         if family is None:
             raise TypeError(
