@@ -22,7 +22,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from .._utils import gaussian_blur
+from .._utils import check_number, gaussian_blur
 from ..vit.parts import Normalization
 
 #: Fills known by name.
@@ -41,6 +41,8 @@ def check_baselines(baselines: BaselinesType, name: str = "baselines") -> None:
             f"{name}: expected a number, a tensor broadcastable to the inputs or one "
             f"of {FILLS}, got {type(baselines).__name__}"
         )
+    elif not isinstance(baselines, Tensor):
+        check_number(name, baselines)  # NaN / inf fills are refused
 
 
 def resolve_fill(
@@ -64,7 +66,7 @@ def resolve_fill(
 
     Raises:
         ValueError: an unknown name, ``"black"`` without a known normalisation, a
-            tensor that does not broadcast or is not finite.
+            tensor that does not broadcast, a number or tensor that is not finite.
         TypeError: any other kind of value.
     """
     check_baselines(baselines, name)

@@ -25,6 +25,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .._guard import unwrap_compiled
+from .._utils import check_int
 
 SUPPORTED_FAMILIES = (
     "timm VisionTransformer (CLS, register tokens, avg/max pooling), "
@@ -514,8 +515,7 @@ def resolve_layer_indices(
         return list(range(n))
     out = []
     for i in layers:
-        if not isinstance(i, int) or isinstance(i, bool):
-            raise TypeError(f"{name}: expected integer block indices, got {i!r}")
+        i = check_int(name, i)  # integer-like (NumPy, 0-d tensors) or an error
         j = i + n if i < 0 else i
         if not 0 <= j < n:
             raise ValueError(f"{name}: block index {i} out of range for {n} blocks")

@@ -17,16 +17,22 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch.nn as nn
 
+from .._utils import check_int, check_number
 from .adapter import _AFTER_BLOCKS, ViTAdapter
 
 Normalization = Tuple[Tuple[float, ...], Tuple[float, ...]]
 
 
 def _as_floats(value: object, name: str) -> Tuple[float, ...]:
+    """Finite numbers (one per channel, or one for all), or an error naming
+    ``name``."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name}: expected numbers, got {value!r}")
     try:
-        out = tuple(float(v) for v in value)  # type: ignore[union-attr]
+        items = list(value)  # type: ignore[call-overload]
     except TypeError:
-        out = (float(value),)  # type: ignore[arg-type]
+        items = [value]
+    out = tuple(check_number(name, v) for v in items)
     if not out:
         raise ValueError(f"{name}: expected one value per channel, got none")
     return out
@@ -104,9 +110,7 @@ def attention_input(model: Union[nn.Module, ViTAdapter], block: int) -> nn.Modul
     """
     adapter = ViTAdapter.of(model)
     n = adapter.num_layers
-    if isinstance(block, bool) or not isinstance(block, int) or not -n <= block < n:
-        raise ValueError(f"block: expected a block index in [{-n}, {n}), got {block!r}")
-    blk = adapter.blocks[block]
+    blk = adapter.blocks[check_int("block", block, -n, n - 1)]
     norm = getattr(blk, "norm1", None)
     if not isinstance(norm, nn.Module):
         raise TypeError(
