@@ -87,12 +87,13 @@ def _raw_attention(model: nn.Module, extras: Dict[str, Any]) -> Explain:
     from .attr import RawAttention
 
     m = RawAttention(model)
-    return lambda x, t: m.attribute(x)
+    return lambda x, t: m.attribute(x, target=t)  # validated, then ignored
 
 
 def _rise(model: nn.Module, extras: Dict[str, Any]) -> Explain:
     from .attr import RISE
 
+    # extras["rise_masks"]: fewer masks for quick runs (the paper uses 4000)
     m = RISE(model, n_masks=extras.get("rise_masks", 4000), **_normalization(extras))
     fill = extras.get("rise_fill", "zero")
     return lambda x, t: m.attribute(x, target=t, seed=0, baselines=fill)
@@ -229,10 +230,17 @@ METHODS: Dict[str, Method] = {
             _transformer_attribution,
             False,
             "Transformer Attribution, LRP (Chefer et al. 2021)",
+            needs_grad=True,
         ),
         Method("raw-attention", _raw_attention, False, "Last block's attention"),
         Method("rise", _rise, False, "RISE (Petsiuk et al. 2018)"),
-        Method("gradcam", _gradcam, False, "Grad-CAM on the last block's tokens"),
+        Method(
+            "gradcam",
+            _gradcam,
+            False,
+            "Grad-CAM on the last block's tokens",
+            needs_grad=True,
+        ),
         Method("vit-shapley", _vit_shapley, True, "ViT Shapley (Covert et al. 2023)"),
         Method("ig", _ig, True, "Integrated Gradients, 20 steps", needs_grad=True),
         Method(

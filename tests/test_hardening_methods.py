@@ -21,14 +21,18 @@ from conftest import make_model, model_state
 
 import captum_vit
 from captum_vit import (
+    RISE,
     AttentionRollout,
     GenAtt,
     PLUSWrapper,
+    RawAttention,
     SkipPLUSWrapper,
     TokenMask,
+    TransformerAttribution,
     TransformerInputSampling,
     ViTAdapter,
     ViTCX,
+    ViTGradCAM,
     ViTShapley,
 )
 from captum_vit.methods import METHODS
@@ -75,6 +79,10 @@ CLASSES: Dict[str, Tuple[Callable[[torch.nn.Module], Attribution], Dict[str, Any
     "PLUSWrapper": (lambda m: PLUSWrapper(IntegratedGradients(m)), {"n_steps": 4}),
     "SkipPLUSWrapper": (lambda m: SkipPLUSWrapper(GenAtt(m)), {}),
     "ViTShapley": (lambda m: ViTShapley(explainer_for(m)), {}),
+    "TransformerAttribution": (lambda m: TransformerAttribution(m), {}),
+    "RawAttention": (lambda m: RawAttention(m), {}),
+    "RISE": (lambda m: RISE(m, n_masks=8), {"seed": 0}),
+    "ViTGradCAM": (lambda m: ViTGradCAM(m), {}),
 }
 # Public classes that are not attribution methods (no attribute() call).
 NOT_METHODS = {"TokenMask", "ViTAdapter"}
@@ -93,6 +101,7 @@ def extras_for(model: torch.nn.Module) -> Dict[str, Any]:
     """Small settings and an (untrained) ViT Shapley explainer for the registry."""
     return {
         "tis_masks": 8,
+        "rise_masks": 8,
         "n_steps": 4,
         "shapley_explainer": explainer_for(model),
         "shapley_surrogate": model,
@@ -223,6 +232,7 @@ def test_genatt_on_a_model_compiled_in_place():
     model = make_model("cls")
     x = images()
     ref = GenAtt(model).attribute(x, target=TARGET)
+    refs = {name: run_class(name, model, x, TARGET) for name in sorted(CLASSES)}
     # aot_eager reproduces the failure of the default backend without a C compiler
     model.compile(backend="aot_eager")
     compiled_call = model._compiled_call_impl
@@ -232,6 +242,9 @@ def test_genatt_on_a_model_compiled_in_place():
         AttentionRollout(model).attribute(x),
         AttentionRollout(make_model("cls")).attribute(x),
     )
+    # every class: hooks (LRP, Grad-CAM, attention) still see every forward
+    for name in sorted(CLASSES):
+        assert torch.equal(run_class(name, model, x, TARGET), refs[name]), name
     assert model._compiled_call_impl is compiled_call  # still compiled afterwards
     assert model_state(model) == before
 
@@ -270,9 +283,14 @@ def _numeric_params(fn: Callable) -> List[Tuple[str, bool]]:
     return out
 
 
-def _bad_values(integer: bool) -> List[Any]:
+def _bad_values(integer: bool, negative: Any = -1) -> List[Any]:
     bad = [float("nan"), float("inf"), -float("inf"), np.float64("nan")]
-    return bad + ([-1, 1.5] if integer else [])
+    return bad + ([negative, 1.5] if integer else [])
+
+
+# block indices where negative values count from the end (Python indexing): the
+# out-of-range negative value used instead of -1 (the tiny model has 2 blocks)
+NEGATIVE_INDEX = {("RawAttention", "layer"): -3, ("ViTGradCAM", "block"): -3}
 
 
 # the smallest valid construction of every public class, for the constructor check
@@ -284,6 +302,10 @@ CONSTRUCT: Dict[str, Callable[..., Any]] = {
     "PLUSWrapper": lambda m, **kw: PLUSWrapper(Saliency(m), **kw),
     "SkipPLUSWrapper": lambda m, **kw: SkipPLUSWrapper(Saliency(m), **kw),
     "ViTShapley": lambda m, **kw: ViTShapley(explainer_for(m), **kw),
+    "TransformerAttribution": lambda m, **kw: TransformerAttribution(m, **kw),
+    "RawAttention": lambda m, **kw: RawAttention(m, **kw),
+    "RISE": lambda m, **kw: RISE(m, **kw),
+    "ViTGradCAM": lambda m, **kw: ViTGradCAM(m, **kw),
     "TokenMask": lambda m, **kw: TokenMask(m, **kw),
     "ViTAdapter": lambda m, **kw: ViTAdapter(m, **kw),
 }
@@ -297,7 +319,8 @@ def test_every_numeric_argument_rejects_nan_inf_and_out_of_range():
     for name in classes:
         cls = getattr(captum_vit, name)
         for param, integer in _numeric_params(cls.__init__):
-            for bad in _bad_values(integer):
+            negative = NEGATIVE_INDEX.get((name, param), -1)
+            for bad in _bad_values(integer, negative):
                 with pytest.raises((TypeError, ValueError), match=f"^{param}:"):
                     CONSTRUCT[name](model, **{param: bad})
                 checked.append((name, param))
@@ -323,9 +346,23 @@ def test_every_numeric_argument_rejects_nan_inf_and_out_of_range():
         "TransformerInputSampling.tokens_ratio",
         "TransformerInputSampling.kmeans_iters",
         "TransformerInputSampling.seed",
+        "ViTCX.baselines",
         "GenAtt.target",
         "ViTShapley.target",
         "PLUSWrapper.target",
+        "TransformerAttribution.start_layer",
+        "TransformerAttribution.target",
+        "RawAttention.layer",
+        "RawAttention.target",
+        "RISE.n_masks",
+        "RISE.grid_size",
+        "RISE.p",
+        "RISE.target",
+        "RISE.seed",
+        "RISE.perturbations_per_eval",
+        "RISE.baselines",
+        "ViTGradCAM.block",
+        "ViTGradCAM.target",
     } <= names
 
 
@@ -345,6 +382,18 @@ def test_every_numeric_argument_rejects_nan_inf_and_out_of_range():
         lambda m: ShapleyExplainer.from_surrogate(m, mlp_ratio=0.0),
         lambda m: ShapleyExplainer.from_surrogate(m, num_heads=2.5),
         lambda m: ShapleyExplainer.from_surrogate(m, num_heads=float("nan")),
+        lambda m: TransformerAttribution(m, start_layer=2),
+        lambda m: TransformerAttribution(m, start_layer=-1),
+        lambda m: RawAttention(m, layer=2),
+        lambda m: RawAttention(m, layer=-3),
+        lambda m: ViTGradCAM(m, block=2),
+        lambda m: ViTGradCAM(m, block=np.float64(-1.0)),
+        lambda m: RISE(m, p=0.0),
+        lambda m: RISE(m, p=1.5),
+        lambda m: RISE(m, n_masks=np.int64(0)),
+        lambda m: RISE(m, grid_size=0),
+        lambda m: RISE(m, input_mean=[float("nan")] * 3, input_std=[0.5] * 3),
+        lambda m: ViTCX(m, input_mean=[0.5] * 3, input_std=[float("inf")] * 3),
     ],
 )
 def test_out_of_range_constructor_arguments(make):
@@ -354,7 +403,8 @@ def test_out_of_range_constructor_arguments(make):
         str(err.value).split(":")[0]
         in (
             "discard_ratio start_layer distance_threshold noise_std tokens_ratio "
-            "n_masks mlp_ratio num_heads"
+            "n_masks mlp_ratio num_heads layer block p grid_size input_mean "
+            "input_std"
         ).split()
     )
 
@@ -363,8 +413,12 @@ def test_out_of_range_call_arguments():
     model = make_model("cls")
     x = images()
     vitcx, tis = ViTCX(model), TransformerInputSampling(model, n_masks=4)
+    rise = RISE(model, n_masks=4)
     bad_calls = {
         "seed": [
+            lambda: rise.attribute(x, seed=-1),
+            lambda: rise.attribute(x, seed=2**64),
+            lambda: rise.masks((32, 32), seed=float("nan")),
             lambda: vitcx.attribute(x, seed=-1),
             lambda: vitcx.attribute(x, seed=2**64),
             lambda: tis.attribute(x, seed=1.0),
@@ -375,6 +429,11 @@ def test_out_of_range_call_arguments():
         "perturbations_per_eval": [
             lambda: vitcx.scores(x, vitcx.masks(x), TARGET, perturbations_per_eval=0),
             lambda: tis.scores(x, tis.masks(x, seed=0), TARGET, 2.5),
+            lambda: rise.attribute(x, seed=0, perturbations_per_eval=0),
+        ],
+        "image_size": [
+            lambda: rise.masks((0, 32), seed=0),
+            lambda: rise.grids((32, float("inf")), seed=0),
         ],
         "baselines": [
             lambda: PLUSWrapper(IntegratedGradients(model)).attribute(
@@ -383,6 +442,10 @@ def test_out_of_range_call_arguments():
             lambda: PLUSWrapper(IntegratedGradients(model)).attribute(
                 x, target=1, baselines=torch.full_like(x, float("inf"))
             ),
+            lambda: rise.attribute(x, seed=0, baselines=float("nan")),
+            lambda: rise.attribute(x, seed=0, baselines=-float("inf")),
+            lambda: rise.attribute(x, seed=0, baselines=x[:1] * float("nan")),
+            lambda: vitcx.attribute(x, seed=0, baselines=np.float32("inf")),
         ],
         "inputs": [lambda: GenAtt(model).attribute(x * float("nan"))],
     }
@@ -397,6 +460,19 @@ def test_out_of_range_call_arguments():
     assert torch.equal(
         tis_np.attribute(x, seed=np.int64(0), perturbations_per_eval=np.int16(64)),
         tis.attribute(x, seed=0),
+    )
+    rise_np = RISE(model, n_masks=np.int64(4), grid_size=np.int32(7), p=np.float32(0.5))
+    assert torch.equal(
+        rise_np.attribute(x, seed=np.uint8(3), perturbations_per_eval=np.int64(3)),
+        rise.attribute(x, seed=3),
+    )
+    assert torch.equal(
+        RawAttention(model, layer=np.int64(-1)).attribute(x),
+        RawAttention(model).attribute(x),
+    )
+    assert torch.equal(
+        ViTGradCAM(model, block=torch.tensor(1)).attribute(x, target=TARGET),
+        ViTGradCAM(model).attribute(x, target=TARGET),
     )
 
 
@@ -468,6 +544,8 @@ def test_inference_mode_runs_or_says_autograd_is_needed():
         assert torch.equal(out, ref), name
     assert {n for n, m in METHODS.items() if m.needs_grad} >= {
         "genatt",
+        "transformer-attribution",
+        "gradcam",
         "ig",
         "ixg",
         "skipplus-ig",
@@ -477,6 +555,8 @@ def test_inference_mode_runs_or_says_autograd_is_needed():
         "GenAtt": lambda m: GenAtt(m),
         "PLUS(IG)": lambda m: PLUSWrapper(IntegratedGradients(m)),
         "SkipPLUS(GenAtt)": lambda m: SkipPLUSWrapper(GenAtt(m)),
+        "TransformerAttribution": lambda m: TransformerAttribution(m),
+        "ViTGradCAM": lambda m: ViTGradCAM(m),
     }
     for name, make in gradient.items():
         with torch.inference_mode(), pytest.raises(RuntimeError, match=message):
@@ -492,9 +572,11 @@ def test_inference_mode_runs_or_says_autograd_is_needed():
         "PLUS(FeatureAblation)": lambda m: PLUSWrapper(FeatureAblation(m)),
         "SkipPLUS(rollout)": lambda m: SkipPLUSWrapper(AttentionRollout(m)),
         "ViTShapley": lambda m: ViTShapley(extras["shapley_explainer"]),
+        "RawAttention": lambda m: RawAttention(m),
+        "RISE": lambda m: RISE(m, n_masks=8),
     }
     for name, make in perturbation.items():
-        kw = {"seed": 0} if name in ("ViTCX", "TIS") else {}
+        kw = {"seed": 0} if name in ("ViTCX", "TIS", "RISE") else {}
         ref = make(model).attribute(x, target=TARGET, **kw)
         with torch.inference_mode():
             out = make(model).attribute(x, target=TARGET, **kw)
@@ -535,6 +617,13 @@ def test_progress_bars_cover_clustering_and_kmeans(capsys):
     TransformerInputSampling(model, n_masks=4).attribute(x, seed=0, show_progress=True)
     err = capsys.readouterr().err
     assert "TIS k-means" in err and "2/2" in err
+    RISE(model, n_masks=4).attribute(x, seed=0, perturbations_per_eval=2)
+    assert capsys.readouterr().err == ""
+    RISE(model, n_masks=4).attribute(
+        x, seed=0, perturbations_per_eval=2, show_progress=True
+    )
+    err = capsys.readouterr().err
+    assert "RISE" in err and "8/8" in err  # 4 masks x 2 images
 
 
 def test_show_progress_defaults_to_false_everywhere():
@@ -552,7 +641,8 @@ def test_show_progress_defaults_to_false_everywhere():
             if "show_progress" in params:
                 assert params["show_progress"].default is False, (name, attr)
                 found.append((name, attr))
-    assert ("ViTCX", "masks") in found and (
-        "TransformerInputSampling",
-        "masks",
-    ) in found
+    assert {
+        ("ViTCX", "masks"),
+        ("TransformerInputSampling", "masks"),
+        ("RISE", "attribute"),
+    } <= set(found)

@@ -12,7 +12,14 @@ from torch import Tensor
 
 from ..vit import ViTAdapter, tokens_to_pixels
 from ..vit.parts import attention_input
-from ._utils import TargetType, format_target, pack_output, unpack_inputs
+from ._utils import (
+    TargetType,
+    evaluates_model,
+    format_target,
+    pack_output,
+    require_autograd,
+    unpack_inputs,
+)
 
 
 class ViTGradCAM(GradientAttribution):
@@ -29,7 +36,10 @@ class ViTGradCAM(GradientAttribution):
     ``torch.autograd.grad`` w.r.t. the activations only (no parameter ``.grad`` is
     written). The default layer is the last block's ``norm1``: the output of the
     last block would give zero gradients on patch tokens of CLS-pooled models (the
-    head reads only the CLS token).
+    head reads only the CLS token). The model runs in eval mode (and eagerly, if
+    compiled) for the call, its modes restored afterwards. Grad-CAM needs autograd:
+    it cannot run inside ``torch.inference_mode()`` (``torch.no_grad()`` around the
+    call is fine).
 
     Args:
         model: A supported timm ViT (see :class:`captum_vit.vit.ViTAdapter`).
@@ -58,6 +68,7 @@ class ViTGradCAM(GradientAttribution):
         self.layer = layer
 
     @log_usage()
+    @evaluates_model
     def attribute(
         self,
         inputs: Union[Tensor, Tuple[Tensor]],
@@ -82,6 +93,8 @@ class ViTGradCAM(GradientAttribution):
         Raises:
             ValueError: bad image size or target, or a ``layer`` whose output is not
                 token-shaped.
+            RuntimeError: inside ``torch.inference_mode()`` (Grad-CAM needs
+                autograd).
 
         Examples::
 
@@ -89,6 +102,7 @@ class ViTGradCAM(GradientAttribution):
         """
         images, was_tuple = unpack_inputs(inputs)
         grid = self.adapter.check_images(images)
+        require_autograd(type(self).__name__)
         b = images.shape[0]
         t_count = self.adapter.num_prefix_tokens + grid[0] * grid[1]
         if target is not None:

@@ -13,7 +13,14 @@ from torch import Tensor
 from ..vit import ViTAdapter, record_attention, tokens_to_pixels
 from ..vit.adapter import resolve_layer_indices
 from ._rollout import _FUSIONS, fuse_heads
-from ._utils import TargetType, check_choice, pack_output, unpack_inputs
+from ._utils import (
+    TargetType,
+    check_choice,
+    evaluates_model,
+    format_target,
+    pack_output,
+    unpack_inputs,
+)
 
 
 class RawAttention(Attribution):
@@ -26,8 +33,10 @@ class RawAttention(Attribution):
     the CLS row, the mean of the CLS and distillation rows for distilled DeiT, the
     mean of the pooled rows for average-pooled models (see
     :meth:`captum_vit.vit.ViTAdapter.readout_weights`). Class-agnostic: ``target`` is
-    accepted and ignored. One forward pass, the attention module temporarily on the
-    explicit (unfused) path.
+    validated and then ignored. One forward pass without gradients (so it also runs
+    inside ``torch.inference_mode()``), the attention module temporarily on the
+    explicit (unfused) path and the model in eval mode (and eager, if compiled), all
+    restored afterwards.
 
     Args:
         model: A supported timm ViT (see :class:`captum_vit.vit.ViTAdapter`).
@@ -48,6 +57,7 @@ class RawAttention(Attribution):
         self.head_fusion = check_choice("head_fusion", head_fusion, _FUSIONS)
 
     @log_usage()
+    @evaluates_model
     def attribute(
         self,
         inputs: Union[Tensor, Tuple[Tensor]],
@@ -59,7 +69,8 @@ class RawAttention(Attribution):
         Args:
             inputs: (B, C, H, W) images (or a 1-tuple of them).
             target: Ignored (attention does not depend on the class); accepted so
-                the call fits any Captum loop.
+                the call fits any Captum loop, and validated like every other
+                method's (an out-of-range class is an error).
             interpolate_mode: ``"nearest"`` keeps maps patch-constant (exact for
                 :func:`captum_vit.patch_scores`); ``"bilinear"`` for display.
 
@@ -72,6 +83,8 @@ class RawAttention(Attribution):
         """
         images, was_tuple = unpack_inputs(inputs)
         grid = self.adapter.check_images(images)
+        if target is not None:
+            format_target(target, images.shape[0], self.adapter.num_classes)
         with torch.no_grad(), record_attention(
             self.adapter, layers=[self.layer]
         ) as rec:

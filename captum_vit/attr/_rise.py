@@ -30,14 +30,28 @@ from tqdm.auto import tqdm
 from ..vit import ViTAdapter, is_supported_vit
 from ..vit.parts import input_normalization
 from ._fill import BaselinesType, apply_mask, fill_row, resolve_fill
-from ._utils import TargetType, format_target, pack_output, unpack_inputs
+from ._utils import (
+    TargetType,
+    as_target,
+    check_int,
+    check_number,
+    check_seed,
+    evaluates_model,
+    format_target,
+    pack_output,
+    unpack_inputs,
+)
 from ._vitcx import _check_ppe, _chunks, _resolve_seed
 
 
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    return value
+def _image_size(image_size: Sequence[int]) -> Tuple[int, int]:
+    """(H, W) as two integers >= 1, or an error naming ``image_size``."""
+    if isinstance(image_size, (str, bytes)) or not hasattr(image_size, "__len__"):
+        raise TypeError(f"image_size: expected (H, W), got {image_size!r}")
+    if len(image_size) != 2:
+        raise ValueError(f"image_size: expected (H, W), got {image_size!r}")
+    h, w = (check_int("image_size", v, 1) for v in image_size)
+    return h, w
 
 
 def rise_grids(
@@ -123,7 +137,9 @@ class RISE(PerturbationAttribution):
     normalised inputs that is the normalisation mean, see ``baselines``).
 
     Any classifier works; a supported timm ViT has its image size validated by the
-    adapter.
+    adapter. The model runs in eval mode (and eagerly, if compiled) for the call,
+    its modes restored afterwards; no gradient is taken, so RISE also runs inside
+    ``torch.inference_mode()``.
 
     Args:
         forward_func: The model (or a callable) mapping (B, C, H, W) images to
@@ -156,17 +172,20 @@ class RISE(PerturbationAttribution):
         self.adapter = (
             ViTAdapter(forward_func) if is_supported_vit(forward_func) else None
         )
-        self.n_masks = _positive_int(n_masks, "n_masks")
-        self.grid_size = _positive_int(grid_size, "grid_size")
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
-            raise ValueError(f"p: expected a probability in (0, 1], got {p!r}")
-        self.p = float(p)
-        self.normalization = input_normalization(forward_func, input_mean, input_std)
+        self.n_masks = check_int("n_masks", n_masks, 1)
+        self.grid_size = check_int("grid_size", grid_size, 1)
+        self.p = check_number("p", p, 0.0, 1.0, low_open=True)
+        self.normalization = input_normalization(
+            self.adapter if self.adapter is not None else forward_func,
+            input_mean,
+            input_std,
+        )
 
     def grids(self, image_size: Sequence[int], seed: int) -> Tuple[Tensor, Tensor]:
         """The (grids, shifts) of the masks for images of ``image_size``."""
-        gen = torch.Generator().manual_seed(int(seed))
-        return rise_grids(self.n_masks, self.grid_size, self.p, image_size, gen)
+        size = _image_size(image_size)
+        gen = torch.Generator().manual_seed(check_seed(seed))
+        return rise_grids(self.n_masks, self.grid_size, self.p, size, gen)
 
     def masks(self, image_size: Sequence[int], seed: int) -> Tensor:
         """All (N, H, W) masks for ``seed`` (memory: N·H·W floats).
@@ -175,10 +194,12 @@ class RISE(PerturbationAttribution):
 
             >>> masks = RISE(model, n_masks=100).masks((224, 224), seed=0)
         """
-        grids, shifts = self.grids(image_size, seed)
-        return rise_masks(grids, shifts, image_size)
+        size = _image_size(image_size)
+        grids, shifts = self.grids(size, seed)
+        return rise_masks(grids, shifts, size)
 
     @log_usage()
+    @evaluates_model
     def attribute(
         self,
         inputs: Union[Tensor, Tuple[Tensor]],
@@ -195,8 +216,10 @@ class RISE(PerturbationAttribution):
             target: Class index: an int, a per-sample list or 1-D tensor; None
                 explains the predicted class of each sample.
             perturbations_per_eval: Masked images per forward pass.
-            show_progress: Show a tqdm bar over the forward passes.
-            seed: Seed of the masks; None draws one from torch's global RNG.
+            show_progress: Show a tqdm bar over the forward passes (off by
+                default, as in Captum).
+            seed: Seed of the masks (an int in ``[0, 2**64)``); None draws one from
+                torch's global RNG (so ``torch.manual_seed`` reproduces it).
             baselines: Fill of the hidden pixels: ``"zero"`` (default, the
                 reference code), ``"mean"``, ``"black"``, ``"blur"``, a number or
                 a tensor broadcastable to the inputs (see
@@ -208,7 +231,10 @@ class RISE(PerturbationAttribution):
             ``E[P_t · M(u)] / p``).
 
         Raises:
-            ValueError: bad inputs, target, fill or ``perturbations_per_eval``.
+            ValueError: bad inputs (also an empty batch), target, fill, seed or
+                ``perturbations_per_eval``.
+            TypeError: non-floating-point inputs (e.g. uint8 images), a target that
+                is not integer-like.
 
         Examples::
 
@@ -221,20 +247,22 @@ class RISE(PerturbationAttribution):
             raise ValueError(
                 f"inputs: expected (B, C, H, W) images, got {tuple(images.shape)}"
             )
+        b, _, h, w = images.shape
+        tgt = None
+        if target is not None and self.adapter is not None:
+            tgt = format_target(target, b, self.adapter.num_classes)
+        elif target is not None:  # the classes are known after the first forward
+            as_target(target)
         ppe = _check_ppe(perturbations_per_eval)
         seed = _resolve_seed(seed)
-        b, _, h, w = images.shape
         with torch.no_grad():
             fill = resolve_fill(baselines, images, self.normalization)
-            tgt = None
-            if target is not None and self.adapter is not None:
-                tgt = format_target(target, b, self.adapter.num_classes)
             if target is None:
                 preds = [
                     self.forward_func(images[lo:hi]).argmax(dim=1)
                     for lo, hi in _chunks(b, ppe)
                 ]
-                tgt = torch.cat(preds).cpu() if preds else torch.zeros(0).long()
+                tgt = torch.cat(preds).cpu()
             grids, shifts = self.grids((h, w), seed)
             sal = images.new_zeros(b, h, w, dtype=torch.float32)
             bar = tqdm(

@@ -13,7 +13,15 @@ from torch import Tensor
 
 from ..vit import ViTAdapter, record_attention, tokens_to_pixels
 from ..vit.lrp import check_lrp_support, lrp_trace, propagate
-from ._utils import TargetType, format_target, pack_output, unpack_inputs
+from ._utils import (
+    TargetType,
+    check_int,
+    evaluates_model,
+    format_target,
+    pack_output,
+    require_autograd,
+    unpack_inputs,
+)
 
 
 def relevance_rollout(
@@ -57,7 +65,9 @@ class TransformerAttribution(GradientAttribution):
     and the relevance of patch j is the row of ``C`` that the head reads (the CLS
     row; for distilled DeiT the mean of the CLS and distillation rows; the mean of
     the pooled rows for average-pooled models), at column j. The model is neither
-    copied nor modified.
+    copied nor modified; it runs in eval mode (and eagerly, if compiled) for the
+    call, its modes restored afterwards. The method needs autograd: it cannot run
+    inside ``torch.inference_mode()`` (``torch.no_grad()`` around the call is fine).
 
     Families: timm ``VisionTransformer`` (CLS, registers, average pooling) and
     ``VisionTransformerDistilled``. Other blocks (Eva, parallel blocks, gated
@@ -78,16 +88,12 @@ class TransformerAttribution(GradientAttribution):
         self.adapter = ViTAdapter(model)
         super().__init__(self.adapter.model)
         check_lrp_support(self.adapter, type(self).__name__)
-        n = self.adapter.num_layers
-        if isinstance(start_layer, bool) or not isinstance(start_layer, int):
-            raise TypeError(f"start_layer: expected an int, got {start_layer!r}")
-        if not 0 <= start_layer < n:
-            raise ValueError(
-                f"start_layer: expected 0 <= start_layer < {n}, got {start_layer}"
-            )
-        self.start_layer = start_layer
+        self.start_layer = check_int(
+            "start_layer", start_layer, 0, self.adapter.num_layers - 1
+        )
 
     @log_usage()
+    @evaluates_model
     def attribute(
         self,
         inputs: Union[Tensor, Tuple[Tensor]],
@@ -111,6 +117,8 @@ class TransformerAttribution(GradientAttribution):
 
         Raises:
             ValueError: bad image size or target.
+            RuntimeError: inside ``torch.inference_mode()`` (the method needs
+                autograd; ``torch.no_grad()`` around the call is fine).
 
         Examples::
 
@@ -118,6 +126,7 @@ class TransformerAttribution(GradientAttribution):
         """
         images, was_tuple = unpack_inputs(inputs)
         grid = self.adapter.check_images(images)
+        require_autograd(type(self).__name__)
         b = images.shape[0]
         if target is not None:
             t = format_target(target, b, self.adapter.num_classes)

@@ -4,6 +4,7 @@
 from .._guard import evaluates_model, model_call, require_autograd  # noqa: F401
 from .._utils import (  # noqa: F401
     TargetType,
+    as_target,
     check_choice,
     check_image_batch,
     check_int,
