@@ -38,16 +38,31 @@ def _attr() -> torch.Tensor:
     return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
 
 
+def logit_weighted_inputs(model: torch.nn.Module):
+    """A plain-function explainer (no attributor to put the model in eval mode):
+    the inputs weighted per channel by the first three logits."""
+
+    def explain(inputs: torch.Tensor, target: Any = None) -> torch.Tensor:
+        return model(inputs)[:, :3, None, None] * inputs
+
+    return explain
+
+
 def metric_calls(model: torch.nn.Module, x: torch.Tensor, attr: torch.Tensor):
     """A small valid keyword call of every metric in ``metrics.__all__``:
     ``{name: (function, kwargs)}`` (see :func:`_kind` for the kinds of metric)."""
     common = dict(forward_func=model, inputs=x, attributions=attr)
     curves = torch.rand(2, 5, generator=torch.Generator().manual_seed(2))
+    fractions = (0.25, 0.5)
     return {
         "insertion": (metrics.insertion, {**common, "target": TARGET, "n_steps": 4}),
         "deletion": (metrics.deletion, {**common, "target": TARGET, "n_steps": 4}),
         "insertion_deletion_curves": (
             metrics.insertion_deletion_curves,
+            {**common, "target": TARGET, "n_steps": 4},
+        ),
+        "insertion_minus_deletion": (
+            metrics.insertion_minus_deletion,
             {**common, "target": TARGET, "n_steps": 4},
         ),
         "aopc": (metrics.aopc, {**common, "target": TARGET, "n_steps": 4}),
@@ -62,6 +77,25 @@ def metric_calls(model: torch.nn.Module, x: torch.Tensor, attr: torch.Tensor):
         "sensitivity_n": (
             metrics.sensitivity_n,
             {**common, "target": TARGET, "n": 2, "n_samples": 8},
+        ),
+        "sensitivity_n_sweep": (
+            metrics.sensitivity_n_sweep,
+            {**common, "target": TARGET, "fractions": fractions, "n_samples": 4},
+        ),
+        "road": (metrics.road, {**common, "target": TARGET, "fractions": fractions}),
+        "road_curves": (
+            metrics.road_curves,
+            {**common, "target": TARGET, "fractions": fractions},
+        ),
+        "model_parameter_randomization": (
+            metrics.model_parameter_randomization,
+            dict(
+                model=model,
+                explainer=logit_weighted_inputs(model),
+                inputs=x,
+                target=TARGET,
+                layers=["head", "blocks.1"],
+            ),
         ),
         "max_sensitivity": (
             metrics.max_sensitivity,
@@ -89,13 +123,14 @@ def metric_calls(model: torch.nn.Module, x: torch.Tensor, attr: torch.Tensor):
             metrics.area_under_curve,
             dict(fractions=torch.linspace(0, 1, 5), curves=curves),
         ),
+        "ssim": (metrics.ssim, dict(x=attr[:, 0], y=attr[:, 1])),
     }
 
 
 def _kind(kwargs: Dict[str, Any]) -> str:
-    """ "model" (takes ``forward_func``), "explainer" (takes an attributor) or "free"
-    (no model)."""
-    if "forward_func" in kwargs:
+    """ "model" (takes ``forward_func`` or ``model``), "explainer" (takes only an
+    attributor) or "free" (no model)."""
+    if "forward_func" in kwargs or "model" in kwargs:
         return "model"
     if "explainer" in kwargs:
         return "explainer"
@@ -182,6 +217,9 @@ def test_empty_batches_are_errors_in_every_metric():
         if name == "area_under_curve":
             kwargs["curves"] = kwargs["curves"][:0]
             where = "curves"
+        elif name == "ssim":
+            kwargs["x"], kwargs["y"] = kwargs["x"][:0], kwargs["y"][:0]
+            where = "x"
         else:
             where = "inputs" if _kind(kwargs) != "free" else "attributions"
         with pytest.raises(ValueError, match=f"^{where}: .*empty batch"):
@@ -219,6 +257,22 @@ def test_every_numeric_metric_argument_rejects_nan_inf_and_out_of_range():
         "pixel_accuracy.threshold",
         "box_iou.threshold",
         "effective_complexity.eps",
+        "insertion_minus_deletion.n_steps",
+        "insertion_minus_deletion.removal",
+        "aopc.n_steps",
+        "aopc.seed",
+        "sensitivity_n_sweep.n_samples",
+        "sensitivity_n_sweep.target",
+        "road.noise",
+        "road.seed",
+        "road.max_examples_per_batch",
+        "road_curves.noise",
+        "road_curves.target",
+        "model_parameter_randomization.target",
+        "model_parameter_randomization.seed",
+        "ssim.data_range",
+        "ssim.window",
+        "ssim.sigma",
     } <= checked
 
 
@@ -252,6 +306,11 @@ def test_out_of_range_metric_arguments():
             lambda: call(
                 "area_under_curve", fractions=torch.tensor([0, nan, 0.5, 0.7, 1])
             ),
+            lambda: call("road", fractions=[0.1, nan]),
+            lambda: call("road_curves", fractions=[0.5, 0.2]),
+            lambda: call("sensitivity_n_sweep", fractions=[nan]),
+            lambda: call("sensitivity_n_sweep", fractions=["a"]),
+            lambda: call("sensitivity_n_sweep", fractions=[0.0, 0.5]),
         ],
         "curves": [
             lambda: call("area_under_curve", curves=torch.full((2, 5), float("inf")))
@@ -271,7 +330,26 @@ def test_out_of_range_metric_arguments():
             lambda: call("insertion", removal=torch.full_like(x, nan)),
             lambda: call("insertion", removal=lambda z: z * nan),
         ],
-        "inputs": [lambda: call("deletion", inputs=x * nan)],
+        "inputs": [
+            lambda: call("deletion", inputs=x * nan),
+            lambda: call("road", inputs=x * nan),
+            lambda: call("model_parameter_randomization", inputs=x * nan),
+        ],
+        "noise": [
+            lambda: call("road", noise=-0.1),
+            lambda: metrics.NoisyLinearImputation(noise=nan),
+            lambda: metrics.NoisyLinearImputation(noise=float("inf")),
+            lambda: metrics.NoisyLinearImputation(noise="0.1"),
+        ],
+        "target": [
+            lambda: call("model_parameter_randomization", target=[1, 99]),
+            lambda: call("model_parameter_randomization", target=[1.0, 3.0]),
+        ],
+        "x": [lambda: call("ssim", x=attr[:, 0] * nan)],
+        "y": [lambda: call("ssim", y=attr[:, 1:3])],
+        "data_range": [lambda: call("ssim", data_range=0.0)],
+        "sigma": [lambda: call("ssim", sigma=-1.0)],
+        "window": [lambda: call("ssim", window=0)],
         # ignored arguments are checked all the same
         "subset_size": [
             lambda: call(
@@ -302,7 +380,13 @@ def test_out_of_range_metric_arguments():
 def test_metrics_take_integer_like_targets():
     model = make_model("cls")
     calls = metric_calls(model, images(), _attr())
-    for name in ("insertion", "perturbation_accuracy", "max_sensitivity"):
+    for name in (
+        "insertion",
+        "perturbation_accuracy",
+        "max_sensitivity",
+        "road",
+        "model_parameter_randomization",
+    ):
         fn, kwargs = calls[name]
         key = "labels" if "labels" in kwargs else "target"
         ref = fn(**kwargs)

@@ -4,9 +4,11 @@ Every model-based metric follows Captum's ``captum.metrics`` convention,
 ``metric(forward_func, inputs, attributions, target=None,
 additional_forward_args=None, **knobs) -> (B,) tensor``, runs under
 ``torch.no_grad()``, batches its forward passes (``max_examples_per_batch``) and is
-reproducible with ``seed``. A model passed as ``forward_func`` runs in eval mode (and
-eagerly, if compiled) for the call, its modes restored afterwards; an empty batch, NaN
-and out-of-range arguments are errors naming the argument. Feature units are the patch
+reproducible with ``seed``. A model passed as ``forward_func`` (or as the ``model`` or
+``explainer`` of :func:`max_sensitivity` and :func:`model_parameter_randomization`)
+runs in eval mode (and eagerly, if compiled) for the call, its modes restored
+afterwards; an empty batch, NaN and out-of-range arguments are errors naming the
+argument. Feature units are the patch
 grid of a timm ViT (removed by true token removal by default) or a Captum-style
 ``feature_mask`` with a pixel baseline for any model. Localisation and complexity
 metrics need no model.

@@ -350,6 +350,7 @@ class SensitivityNCurve(NamedTuple):
     mean: Tensor
 
 
+@_core.evaluates_argument("forward_func")
 @fill_doc
 def sensitivity_n_sweep(
     forward_func: Callable,
@@ -411,7 +412,12 @@ def sensitivity_n_sweep(
     n_samples = _core.check_positive_int(n_samples, "n_samples", allow_none=False)
     if n_samples < 2:
         raise ValueError("n_samples: a correlation needs at least 2 subsets")
-    f = torch.as_tensor(fractions, dtype=torch.float64).flatten()
+    try:
+        f = torch.as_tensor(fractions, dtype=torch.float64).flatten()
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(
+            f"fractions: expected a sequence of numbers, got {fractions!r}"
+        ) from None
     if f.numel() < 1 or not bool(((f > 0) & (f <= 1)).all()):
         raise ValueError(
             f"fractions: expected at least one fraction in (0, 1], got {f.tolist()}"

@@ -114,13 +114,7 @@ class NoisyLinearImputation:
     """
 
     def __init__(self, noise: float = 0.01) -> None:
-        if (
-            isinstance(noise, bool)
-            or not isinstance(noise, (int, float))
-            or not noise >= 0
-        ):
-            raise ValueError(f"noise: expected a number >= 0, got {noise!r}")
-        self.noise = float(noise)
+        self.noise = _core.check_number("noise", noise, 0.0)
 
     def __repr__(self) -> str:
         return f"NoisyLinearImputation(noise={self.noise})"

@@ -412,6 +412,7 @@ _AOPC_MODES = ("deletion", "insertion", "positive", "negative")
 _AOPC_SCORES = ("probability", "logit", "accuracy")
 
 
+@_core.evaluates_argument("forward_func")
 @fill_doc
 def aopc(
     forward_func: Callable,

@@ -87,22 +87,35 @@ def ssim(
     Args:
         x: (B, H, W) maps.
         y: (B, H, W) maps.
-        data_range: Range L of the values (1 for maps in [0, 1]).
-        window: Window size (odd).
-        sigma: Standard deviation of the Gaussian weights.
+        data_range: Range L of the values (1 for maps in [0, 1]), > 0.
+        window: Window size (an even size is reduced by one), >= 1.
+        sigma: Standard deviation of the Gaussian weights, > 0.
 
     Returns:
         (B,) SSIM values in [-1, 1] (1 for identical maps).
+
+    Raises:
+        ValueError: maps of different or wrong shapes, an empty batch, NaN or
+            infinite values, out-of-range ``data_range``, ``window`` or ``sigma``.
 
     Examples::
 
         >>> ssim(maps, maps)          # ones
     """
-    if x.shape != y.shape or x.dim() != 3:
+    x, y = _core.unwrap(x, "x"), _core.unwrap(y, "y")
+    if x.dim() != 3:
+        raise ValueError(f"x: expected (B, H, W) maps, got shape {tuple(x.shape)}")
+    if y.shape != x.shape:
         raise ValueError(
-            f"x, y: expected two (B, H, W) batches of one shape, got {tuple(x.shape)} "
-            f"and {tuple(y.shape)}"
+            f"y: expected the shape of x, {tuple(x.shape)}, got {tuple(y.shape)}"
         )
+    for name, t in (("x", x), ("y", y)):
+        _core.check_batch(t, name)
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name}: contains NaN or infinite values")
+    data_range = _core.check_number("data_range", data_range, 0.0, low_open=True)
+    window = _core.check_int("window", window, 1)
+    sigma = _core.check_number("sigma", sigma, 0.0, low_open=True)
     x, y = x.double(), y.double()
     size = min(window, x.shape[-2], x.shape[-1])
     size -= 1 - size % 2  # odd
@@ -137,6 +150,8 @@ def _randomise(params: List[nn.Parameter], gen: torch.Generator) -> None:
         data.copy_((mean + std * z).to(dtype=data.dtype, device=data.device))
 
 
+@_core.evaluates_argument("model")
+@_core.evaluates_argument("explainer")
 def model_parameter_randomization(
     model: nn.Module,
     explainer: Union[Callable[..., Any], Any],
@@ -168,6 +183,8 @@ def model_parameter_randomization(
     changed in place, since the explainer holds it, and restored exactly afterwards
     (parameter values bit for bit; ``requires_grad``, ``.grad`` and train/eval
     modes as found), also when the explainer raises or the call is interrupted.
+    The model (and any model the explainer holds) runs in eval mode, and eagerly if
+    compiled, for the whole test.
 
     Args:
         model: The timm ViT the explainer explains (the module it holds).
@@ -191,7 +208,10 @@ def model_parameter_randomization(
         A :class:`RandomizationResult` ``(layers, spearman, ssim)``.
 
     Raises:
-        ValueError: unknown group names, bad mode, maps of the wrong shape.
+        ValueError: unknown group names, bad mode, maps of the wrong shape, an
+            empty batch or non-finite inputs, a target out of range.
+        TypeError: non-floating-point inputs (e.g. uint8 images), a target that
+            is not integer-like.
 
     Examples::
 
@@ -202,11 +222,12 @@ def model_parameter_randomization(
         >>> res.layers                  # ['head', 'blocks.11', ..., 'embedding']
         >>> res.spearman.mean(0)        # should fall towards 0
     """
+    from ..vit import ViTAdapter
     from ..vit.parts import parameter_groups
 
     _core.check_choice(mode, _MODES, "mode")
     seed = _core.check_seed(seed)
-    inputs = _core.unwrap(inputs, "inputs")
+    inputs = _core.check_inputs(inputs)
     fn = getattr(explainer, "attribute", explainer)
     if not callable(fn):
         raise TypeError(
@@ -221,6 +242,9 @@ def model_parameter_randomization(
         )
     batch = inputs.shape[0]
     if target is not None:
+        # checked here, before any parameter changes; passed on as given
+        num_classes = ViTAdapter.of(model).num_classes
+        _core.format_target(target, batch, num_classes, inputs.device, "target")
         kwargs["target"] = target
 
     def explain() -> Tensor:

@@ -48,6 +48,7 @@ def _pixel_mask(inputs: Tensor) -> Tensor:
     return torch.arange(h * w, device=inputs.device).reshape(1, 1, h, w)
 
 
+@_core.evaluates_argument("forward_func")
 @fill_doc
 def road_curves(
     forward_func: Callable,
@@ -163,6 +164,7 @@ def road_curves(
     return RoadCurves(fractions=x, morf=out.get("morf"), lerf=out.get("lerf"))
 
 
+@_core.evaluates_argument("forward_func")
 @fill_doc
 def road(
     forward_func: Callable,
