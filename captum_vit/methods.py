@@ -1,21 +1,30 @@
 """Named explanation methods with uniform construction, for the command line and the
 evaluation tables.
 
-Each entry builds, for a model, a function ``explain(inputs, target) -> attributions``
-with Captum's shapes. Methods that need extra trained parts (ViT Shapley's explainer)
-raise :class:`MethodUnavailable` when those parts are not there.
+Each entry builds, for a model, a function ``explain(inputs, target, seeds=None) ->
+attributions`` with Captum's shapes. ``seeds`` (one int per image) seeds the random
+choices of methods that make them per image, so an image's map never depends on the
+batch or the process it was computed in; seeded methods that are already per-image
+reproducible (TIS, ViT-CX: the same seed for every image) ignore it. Methods that need
+extra trained parts (ViT Shapley's explainer) raise :class:`MethodUnavailable` when
+those parts are not there.
+
+Builders read options from ``extras``: ``tis_masks``, ``n_steps``, ``show_progress``
+(tqdm bars inside the methods that have them; False unless the caller asks, as in
+Captum), and the trained parts (``shapley_explainer``, ``shapley_surrogate``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-Explain = Callable[[Tensor, Tensor], Tensor]
+#: ``explain(inputs, target, seeds=None) -> attributions``.
+Explain = Callable[..., Tensor]
 
 
 class MethodUnavailable(RuntimeError):
@@ -31,34 +40,43 @@ class Method:
     signed: bool
     description: str
     options: Dict[str, Any] = field(default_factory=dict)
+    #: Whether the method evaluates the model on perturbed inputs (its forward
+    #: passes run under ``--amp`` autocast).
+    perturbation: bool = False
+
+
+def _progress(extras: Dict[str, Any]) -> bool:
+    return bool(extras.get("show_progress", False))
 
 
 def _rollout(model: nn.Module, extras: Dict[str, Any]) -> Explain:
     from .attr import AttentionRollout
 
     m = AttentionRollout(model)
-    return lambda x, t: m.attribute(x)
+    return lambda x, t, seeds=None: m.attribute(x)
 
 
 def _genatt(model: nn.Module, extras: Dict[str, Any]) -> Explain:
     from .attr import GenAtt
 
     m = GenAtt(model)
-    return lambda x, t: m.attribute(x, target=t)
+    return lambda x, t, seeds=None: m.attribute(x, target=t)
 
 
 def _vitcx(model: nn.Module, extras: Dict[str, Any]) -> Explain:
     from .attr import ViTCX
 
     m = ViTCX(model)
-    return lambda x, t: m.attribute(x, target=t, seed=0)
+    sp = _progress(extras)
+    return lambda x, t, seeds=None: m.attribute(x, target=t, seed=0, show_progress=sp)
 
 
 def _tis(model: nn.Module, extras: Dict[str, Any]) -> Explain:
     from .attr import TransformerInputSampling
 
     m = TransformerInputSampling(model, n_masks=extras.get("tis_masks", 1024))
-    return lambda x, t: m.attribute(x, target=t, seed=0)
+    sp = _progress(extras)
+    return lambda x, t, seeds=None: m.attribute(x, target=t, seed=0, show_progress=sp)
 
 
 def _ig(model: nn.Module, extras: Dict[str, Any]) -> Explain:
@@ -66,7 +84,9 @@ def _ig(model: nn.Module, extras: Dict[str, Any]) -> Explain:
 
     m = IntegratedGradients(model)
     steps = extras.get("n_steps", 20)
-    return lambda x, t: m.attribute(x, target=t, n_steps=steps, internal_batch_size=64)
+    return lambda x, t, seeds=None: m.attribute(
+        x, target=t, n_steps=steps, internal_batch_size=64
+    )
 
 
 def _ixg(model: nn.Module, extras: Dict[str, Any]) -> Explain:
@@ -74,7 +94,9 @@ def _ixg(model: nn.Module, extras: Dict[str, Any]) -> Explain:
 
     m = InputXGradient(model)
     # inputs that already require grad spare Captum's "set automatically" warning
-    return lambda x, t: m.attribute(x.detach().requires_grad_(True), target=t)
+    return lambda x, t, seeds=None: m.attribute(
+        x.detach().requires_grad_(True), target=t
+    )
 
 
 def _skipplus_ig(model: nn.Module, extras: Dict[str, Any]) -> Explain:
@@ -84,7 +106,9 @@ def _skipplus_ig(model: nn.Module, extras: Dict[str, Any]) -> Explain:
 
     m = SkipPLUSWrapper(IntegratedGradients(model))
     steps = extras.get("n_steps", 20)
-    return lambda x, t: m.attribute(x, target=t, n_steps=steps, internal_batch_size=64)
+    return lambda x, t, seeds=None: m.attribute(
+        x, target=t, n_steps=steps, internal_batch_size=64
+    )
 
 
 def _skipplus_ixg(model: nn.Module, extras: Dict[str, Any]) -> Explain:
@@ -93,7 +117,7 @@ def _skipplus_ixg(model: nn.Module, extras: Dict[str, Any]) -> Explain:
     from .attr import SkipPLUSWrapper
 
     m = SkipPLUSWrapper(InputXGradient(model))
-    return lambda x, t: m.attribute(x, target=t)
+    return lambda x, t, seeds=None: m.attribute(x, target=t)
 
 
 def _leave_one_out(model: nn.Module, extras: Dict[str, Any]) -> Explain:
@@ -104,14 +128,21 @@ def _leave_one_out(model: nn.Module, extras: Dict[str, Any]) -> Explain:
 
     adapter = ViTAdapter(model)
     m = FeatureAblation(model)
+    sp = _progress(extras)
 
-    def explain(x: Tensor, t: Tensor) -> Tensor:
+    def explain(x: Tensor, t: Tensor, seeds: Optional[Sequence[int]] = None) -> Tensor:
         gh, gw = adapter.check_images(x)
         ph, pw = adapter.patch_size
-        ids = torch.arange(gh * gw).reshape(1, 1, gh, gw)
+        ids = torch.arange(gh * gw, device=x.device).reshape(1, 1, gh, gw)
         mask = ids.repeat_interleave(ph, 2).repeat_interleave(pw, 3)
         mask = mask[..., : x.shape[-2], : x.shape[-1]].expand_as(x[:1]).contiguous()
-        return m.attribute(x, target=t, feature_mask=mask, perturbations_per_eval=64)
+        return m.attribute(
+            x,
+            target=t,
+            feature_mask=mask,
+            perturbations_per_eval=64,
+            show_progress=sp,
+        )
 
     return explain
 
@@ -120,26 +151,49 @@ def _vit_shapley(model: nn.Module, extras: Dict[str, Any]) -> Explain:
     explainer = extras.get("shapley_explainer")
     if explainer is None:
         raise MethodUnavailable(
-            "vit-shapley needs a trained explainer for this model (shipped only for "
-            "the embedded default; train one with captum_vit.shapley)"
+            "vit-shapley needs a ViT Shapley explainer trained for this model; one is "
+            "shipped only for the embedded default model with its shipped weights "
+            "(train one with captum_vit.shapley)"
         )
     from .attr import ViTShapley
 
     m = ViTShapley(explainer, extras.get("shapley_surrogate"))
-    return lambda x, t: m.attribute(x, target=t)
+    return lambda x, t, seeds=None: m.attribute(x, target=t)
 
 
 def _random(model: nn.Module, extras: Dict[str, Any]) -> Explain:
-    """Random patch scores: the floor any method should beat."""
+    """Random patch scores: the floor any method should beat.
+
+    With ``seeds`` every image draws its scores from its own seed (the same map for
+    the same image in any batch or process); without, successive calls continue one
+    stream seeded with ``extras["seed"]``.
+    """
     from .vit import ViTAdapter, tokens_to_pixels
 
     adapter = ViTAdapter(model)
     gen = torch.Generator().manual_seed(int(extras.get("seed", 0)))
 
-    def explain(x: Tensor, t: Tensor) -> Tensor:
+    def explain(x: Tensor, t: Tensor, seeds: Optional[Sequence[int]] = None) -> Tensor:
         grid = adapter.check_images(x)
-        scores = torch.rand(x.shape[0], grid[0] * grid[1], generator=gen)
-        return tokens_to_pixels(scores, grid, x)
+        n = grid[0] * grid[1]
+        if seeds is None:
+            scores = torch.rand(x.shape[0], n, generator=gen)
+        else:
+            if len(seeds) != x.shape[0]:
+                raise ValueError(
+                    f"seeds: expected {x.shape[0]} per-image seeds, got {len(seeds)}"
+                )
+            scores = (
+                torch.stack(
+                    [
+                        torch.rand(n, generator=torch.Generator().manual_seed(int(s)))
+                        for s in seeds
+                    ]
+                )
+                if len(seeds)
+                else torch.zeros(0, n)
+            )
+        return tokens_to_pixels(scores.to(x.device), grid, x)
 
     return explain
 
@@ -149,26 +203,42 @@ METHODS: Dict[str, Method] = {
     for m in [
         Method("rollout", _rollout, False, "Attention rollout (Abnar & Zuidema 2020)"),
         Method("genatt", _genatt, False, "GenAtt (Chefer et al. 2021)"),
-        Method("vitcx", _vitcx, False, "ViT-CX (Xie et al. 2023)"),
-        Method("tis", _tis, False, "Transformer Input Sampling (Englebert 2023)"),
+        Method("vitcx", _vitcx, False, "ViT-CX (Xie et al. 2023)", perturbation=True),
+        Method(
+            "tis",
+            _tis,
+            False,
+            "Transformer Input Sampling (Englebert 2023)",
+            perturbation=True,
+        ),
         Method("vit-shapley", _vit_shapley, True, "ViT Shapley (Covert et al. 2023)"),
         Method("ig", _ig, True, "Integrated Gradients, 20 steps"),
         Method("skipplus-ig", _skipplus_ig, True, "SkipPLUS(IG) (Mehri et al. 2024)"),
         Method("ixg", _ixg, True, "Input x Gradient"),
         Method("skipplus-ixg", _skipplus_ixg, True, "SkipPLUS(IxG)"),
-        Method("leave-one-out", _leave_one_out, True, "FeatureAblation per patch"),
+        Method(
+            "leave-one-out",
+            _leave_one_out,
+            True,
+            "FeatureAblation per patch",
+            perturbation=True,
+        ),
         Method("random", _random, False, "Random patch scores (baseline)"),
     ]
 }
 
 
-def default_model_extras() -> Dict[str, Any]:
+def default_model_extras(device: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
     """Trained parts shipped for the embedded default model (its ViT Shapley
-    explainer and surrogate), or ``{}`` on an install without them."""
+    explainer and surrogate) on ``device``, or ``{}`` on an install without them.
+
+    They belong to the default model's *shipped* weights: pass them only with that
+    model (``captum_vit.models.load_model("default")`` does so).
+    """
     from . import zoo
 
     try:
-        explainer, surrogate = zoo.load_default_explainer()
+        explainer, surrogate = zoo.load_default_explainer(device)
     except FileNotFoundError:
         return {}
     return {"shapley_explainer": explainer, "shapley_surrogate": surrogate}
@@ -180,16 +250,18 @@ def method_names() -> List[str]:
 
 
 def resolve_methods(names: Optional[List[str]]) -> List[Method]:
-    """Look up method names (``None`` or ``["all"]`` = every method).
+    """Look up method names (``None`` or a list containing ``"all"`` = every method;
+    repeated names count once, in the order first given).
 
     Raises:
         ValueError: naming the unknown method(s) and the known ones.
     """
-    if not names or names == ["all"]:
-        return list(METHODS.values())
-    unknown = [n for n in names if n not in METHODS]
+    names = list(names or ["all"])
+    unknown = [n for n in names if n not in METHODS and n != "all"]
     if unknown:
         raise ValueError(
             f"unknown method(s) {unknown}; known: {', '.join(METHODS)} (or 'all')"
         )
-    return [METHODS[n] for n in names]
+    if "all" in names:
+        return list(METHODS.values())
+    return [METHODS[n] for n in dict.fromkeys(names)]
