@@ -97,7 +97,8 @@ COLUMN_DEFINITIONS: Dict[str, str] = {
     ),
     "seconds": (
         "wall-clock seconds per image of the explanation alone (not the metrics), "
-        "on this run's machine and device"
+        "on this run's machine and device; timed per chunk, so its interval is over "
+        "chunks"
     ),
 }
 
@@ -218,6 +219,7 @@ def _score_chunk(
 ) -> Dict[str, Any]:
     """Explain one chunk of images and score it with every metric."""
     device = inputs.device
+
     def method_amp():
         return autocast(device, cfg.amp) if method.perturbation else nullcontext()
 
@@ -384,25 +386,10 @@ def run_evaluation(
         "evaluate" + (f" (rank 0 of {ctx.world_size})" if ctx.world_size > 1 else ""),
         show_progress and ctx.is_main,
     )
+    job = _EvalJob(built, by_name, model_, cfg, removal, settings, store, dataset)
     try:
         for (start, positions, left), batch in zip(work, loader):
-            _evaluate_batch(
-                batch,
-                start,
-                positions,
-                left,
-                built,
-                by_name,
-                model_,
-                cfg,
-                removal,
-                settings,
-                store,
-                dataset,
-                device,
-                log,
-                bar,
-            )
+            job.run(batch, start, positions, left, log, bar)
             bar.update(len(positions))
     finally:
         bar.close()
@@ -414,81 +401,80 @@ def run_evaluation(
     )
 
 
-def _evaluate_batch(
-    batch,
-    start,
-    positions,
-    left,
-    built,
-    by_name,
-    model_,
-    cfg,
-    removal,
-    settings,
-    store,
-    dataset,
-    device,
-    log,
-    bar,
-) -> None:
-    """Score the pending methods on one loaded chunk and append their records."""
-    ok = batch["ok"]
-    skipped = {
-        k: e for k, e, o in zip(batch["key"], batch["error"], ok.tolist()) if not o
-    }
-    for k, e in skipped.items():
-        (log or note)(f"warning: skipped {k}: {e}")
-    idx = ok.nonzero().flatten()
-    keys = [batch["key"][int(i)] for i in idx]
-    inputs = batch["image"][idx].to(device, non_blocking=True)
-    if cfg.target == "label":
-        target = batch["label"][idx].to(device)
-    else:
-        target = predicted(model_, inputs) if len(keys) else batch["label"][idx]
-    gt = distractor = None
-    if dataset.has_ground_truth:
-        gt = (batch["gt"][idx], batch["has_gt"][idx])
-    if dataset.has_distractor:
-        distractor = (
-            batch["distractor"][idx].to(device),
-            batch["gt_distractor"][idx],
-            batch["has_gt"][idx].clone().fill_(True),
-        )
-    seeds = [image_seed(cfg.seed, k) for k in keys]
-    for name in left:
-        bar.set_postfix_str(name, refresh=False)
-        t0 = time.time()
-        if keys:
-            rec = _score_chunk(
-                model_,
-                built[name],
-                by_name[name],
-                inputs,
-                target,
-                cfg,
-                removal,
-                seeds,
-                gt,
-                distractor,
+@dataclass
+class _EvalJob:
+    """What stays the same for every chunk of one evaluation."""
+
+    built: Dict[str, Callable[..., Tensor]]
+    by_name: Dict[str, Method]
+    model: torch.nn.Module
+    cfg: EvalConfig
+    removal: Any
+    settings: dict
+    store: RecordStore
+    dataset: ItemDataset
+
+    def run(self, batch: Dict[str, Any], start: int, positions, left, log, bar):
+        """Score the pending methods ``left`` on one loaded chunk and append one
+        record per method."""
+        cfg, dataset = self.cfg, self.dataset
+        device = next(self.model.parameters()).device
+        ok = batch["ok"]
+        skipped = {
+            k: e for k, e, o in zip(batch["key"], batch["error"], ok.tolist()) if not o
+        }
+        for k, e in skipped.items():
+            (log or note)(f"warning: skipped {k}: {e}")
+        idx = ok.nonzero().flatten()
+        keys = [batch["key"][int(i)] for i in idx]
+        inputs = batch["image"][idx].to(device, non_blocking=True)
+        if cfg.target == "label" or not keys:
+            target = batch["label"][idx].to(device)
+        else:
+            target = predicted(self.model, inputs)
+        gt = distractor = None
+        if dataset.has_ground_truth:
+            gt = (batch["gt"][idx], batch["has_gt"][idx])
+        if dataset.has_distractor:
+            distractor = (
+                batch["distractor"][idx].to(device),
+                batch["gt_distractor"][idx],
+                batch["gt_distractor"][idx].flatten(1).any(1),
             )
-        else:  # every image of the chunk was unreadable
-            rec = {}
-        rec.update(
-            method=name,
-            start=start,
-            keys=keys,
-            targets=[int(t) for t in target.cpu()],
-            skipped=skipped,
-            wall=[t0, time.time()],
-            settings=settings,
-        )
-        store.append(rec)
-        if log is not None:
-            secs = rec.get("seconds", [float("nan")])[0] if keys else float("nan")
-            log(
-                f"{name}: images {positions[0]}-{positions[-1]} done "
-                f"({format_seconds(secs)} s/image)"
+        seeds = [image_seed(cfg.seed, k) for k in keys]
+        for name in left:
+            bar.set_postfix_str(name, refresh=False)
+            t0 = time.time()
+            rec: Dict[str, Any] = {}
+            if keys:  # else every image of the chunk was unreadable
+                rec = _score_chunk(
+                    self.model,
+                    self.built[name],
+                    self.by_name[name],
+                    inputs,
+                    target,
+                    cfg,
+                    self.removal,
+                    seeds,
+                    gt,
+                    distractor,
+                )
+            rec.update(
+                method=name,
+                start=start,
+                keys=keys,
+                targets=[int(t) for t in target.cpu()],
+                skipped=skipped,
+                wall=[t0, time.time()],
+                settings=self.settings,
             )
+            self.store.append(rec)
+            if log is not None:
+                secs = rec["seconds"][0] if keys else float("nan")
+                log(
+                    f"{name}: images {positions[0]}-{positions[-1]} done "
+                    f"({format_seconds(secs)} s/image)"
+                )
 
 
 # ------------------------------------------------------------------------- report
@@ -599,7 +585,14 @@ def write_tables(
         table[name] = {
             key: mean_ci([v for r in rows for v in r.get(key, [])])
             for key, _, _ in columns
+            if key != "seconds"
         }
+        if any(k == "seconds" for k, _, _ in columns):
+            # timed per chunk: the mean over images, the interval over chunks
+            per_chunk = [r["seconds"][0] for r in rows]
+            sizes = [len(r["keys"]) for r in rows]
+            mean = float(np.average(per_chunk, weights=sizes))
+            table[name]["seconds"] = (mean, mean_ci(per_chunk)[1])
         weights = np.asarray([len(r["keys"]) for r in rows], dtype=np.float64)
         curves[name] = {
             d: np.average([r[f"curve_{d}"] for r in rows], axis=0, weights=weights)
@@ -638,13 +631,20 @@ def _report(
     else:
         what = f"{data.get('images')} images of `{data.get('name') or 'the data'}`"
     target = "its label" if settings.get("target") == "label" else "the predicted class"
+    removal = {
+        "tokens": "dropping their tokens",
+        "black": "black pixels",
+        "mean": "each image's mean colour",
+        "blur": "a blurred copy of the image",
+        "uniform": "uniform noise",
+    }.get(str(settings.get("removal")), str(settings.get("removal")))
     amp = settings.get("amp") or "off"
     lines = [
         "# captum-vit evaluate",
         "",
         f"Model `{model.get('model')}` ({model.get('weights')} weights) on {what}; "
-        f"each image explained for {target}; patches removed by "
-        f"{settings.get('removal')} removal; AMP {amp}.",
+        f"each image explained for {target}; metrics remove patches by {removal}; "
+        f"AMP {amp}.",
         "",
     ]
     head = "| method | n | " + " | ".join(

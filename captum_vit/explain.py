@@ -21,6 +21,7 @@ import io
 import os
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
@@ -178,24 +179,12 @@ def run_explain(
         "explain" + (f" (rank 0 of {ctx.world_size})" if ctx.world_size > 1 else ""),
         show_progress and ctx.is_main,
     )
+    job = _ExplainJob(
+        built, by_name, model, target, amp, seed, png, settings, store, out
+    )
     try:
         for (start, positions, left), batch in zip(work, loader):
-            _explain_batch(
-                batch,
-                start,
-                left,
-                built,
-                by_name,
-                model,
-                target,
-                amp,
-                seed,
-                png,
-                settings,
-                store,
-                out,
-                log,
-            )
+            job.run(batch, start, left, log)
             bar.update(len(positions))
     finally:
         bar.close()
@@ -205,73 +194,87 @@ def run_explain(
     return write_manifest(out, list(built), settings)
 
 
-def _explain_batch(
-    batch,
-    start,
-    left,
-    built,
-    by_name,
-    loaded,
-    target,
-    amp,
-    seed,
-    png,
-    settings,
-    store,
-    out,
-    log,
-) -> None:
-    """Run the pending methods on one chunk, save maps, append records."""
-    device = next(loaded.model.parameters()).device
-    ok = batch["ok"]
-    idx = ok.nonzero().flatten()
-    keys = [batch["key"][int(i)] for i in idx]
-    skipped = {
-        k: e for k, e, o in zip(batch["key"], batch["error"], ok.tolist()) if not o
-    }
-    for k, e in skipped.items():
-        (log or note)(f"warning: skipped {k}: {e}")
-    inputs = batch["image"][idx].to(device, non_blocking=True)
-    if target == "pred":
-        t = predicted(loaded.model, inputs) if keys else batch["label"][idx]
-    elif target == "label":
-        t = batch["label"][idx].to(device)
-    else:
-        t = torch.full((len(keys),), int(target), dtype=torch.long, device=device)
-    seeds = [image_seed(seed, k) for k in keys]
-    maps: Dict[str, np.ndarray] = {}
-    rows: Dict[str, List[dict]] = {}
-    for name in left:
-        method = by_name[name]
-        seconds = float("nan")
-        if keys:
-            ctx_amp = autocast(device, amp) if method.perturbation else nullcontext()
-            synchronize(device)
-            t0 = time.perf_counter()
-            with ctx_amp:
-                attr = built[name](inputs, t, seeds=seeds)
-            synchronize(device)
-            seconds = (time.perf_counter() - t0) / len(keys)
-            maps[name] = attr.detach().float().sum(1).cpu().numpy()
-        rows[name] = [
-            {"file": k, "target": int(ti), "seconds": seconds, "status": "ok"}
-            for k, ti in zip(keys, t.tolist())
-        ] + [
-            {"file": k, "target": None, "seconds": None, "status": f"skipped: {e}"}
-            for k, e in skipped.items()
-        ]
-    for i, key in enumerate(keys):
-        merged = _save_maps(
-            map_path(out, key), {name: m[i] for name, m in maps.items()}
-        )
-        if png:
-            _draw(out, key, inputs[i], merged, by_name, loaded, int(t[i]))
-    for name in left:
-        store.append(
-            {"method": name, "start": start, "rows": rows[name], "settings": settings}
-        )
-        if log is not None:
-            log(f"{name}: images {start}-{start + len(ok) - 1} done")
+@dataclass
+class _ExplainJob:
+    """What stays the same for every chunk of one explain run."""
+
+    built: Dict[str, Callable[..., Tensor]]
+    by_name: Dict[str, Method]
+    loaded: Any
+    target: Union[str, int]
+    amp: Optional[str]
+    seed: int
+    png: bool
+    settings: dict
+    store: RecordStore
+    out: Path
+
+    def run(self, batch: Dict[str, Any], start: int, left: List[str], log) -> None:
+        """Run the pending methods on one chunk, save the maps, append records."""
+        model = self.loaded.model
+        device = next(model.parameters()).device
+        ok = batch["ok"]
+        idx = ok.nonzero().flatten()
+        keys = [batch["key"][int(i)] for i in idx]
+        skipped = {
+            k: e for k, e, o in zip(batch["key"], batch["error"], ok.tolist()) if not o
+        }
+        for k, e in skipped.items():
+            (log or note)(f"warning: skipped {k}: {e}")
+        inputs = batch["image"][idx].to(device, non_blocking=True)
+        if self.target == "pred" and keys:
+            t = predicted(model, inputs)
+        elif self.target in ("pred", "label"):
+            t = batch["label"][idx].to(device)
+        else:
+            t = torch.full((len(keys),), int(self.target), device=device)
+        seeds = [image_seed(self.seed, k) for k in keys]
+        maps: Dict[str, np.ndarray] = {}
+        rows: Dict[str, List[dict]] = {}
+        for name in left:
+            seconds = float("nan")
+            if keys:
+                perturbation = self.by_name[name].perturbation
+                amp = autocast(device, self.amp) if perturbation else nullcontext()
+                synchronize(device)
+                t0 = time.perf_counter()
+                with amp:
+                    attr = self.built[name](inputs, t, seeds=seeds)
+                synchronize(device)
+                seconds = (time.perf_counter() - t0) / len(keys)
+                maps[name] = attr.detach().float().sum(1).cpu().numpy()
+            rows[name] = [
+                {"file": k, "target": int(ti), "seconds": seconds, "status": "ok"}
+                for k, ti in zip(keys, t.tolist())
+            ] + [
+                {"file": k, "target": None, "seconds": None, "status": f"skipped: {e}"}
+                for k, e in skipped.items()
+            ]
+        for i, key in enumerate(keys):
+            merged = _save_maps(
+                map_path(self.out, key), {name: m[i] for name, m in maps.items()}
+            )
+            if self.png:
+                _draw(
+                    self.out,
+                    key,
+                    inputs[i],
+                    merged,
+                    self.by_name,
+                    self.loaded,
+                    int(t[i]),
+                )
+        for name in left:
+            self.store.append(
+                {
+                    "method": name,
+                    "start": start,
+                    "rows": rows[name],
+                    "settings": self.settings,
+                }
+            )
+            if log is not None:
+                log(f"{name}: images {start}-{start + len(ok) - 1} done")
 
 
 def _draw(out, key, x, maps, by_name, loaded, target) -> None:
