@@ -195,10 +195,16 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def logits_of(output: Any) -> torch.Tensor:
+    """The logits of a model's output (Hugging Face models return an object with a
+    ``logits`` field)."""
+    return getattr(output, "logits", output)
+
+
 def predicted(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """The model's predicted class per image, (B,) long."""
     with torch.no_grad():
-        return model(inputs).argmax(-1)
+        return logits_of(model(inputs)).argmax(-1)
 
 
 def make_progress(total: int, desc: str, enabled: bool):

@@ -434,7 +434,7 @@ def _explain_target(args: argparse.Namespace) -> Any:
 
 def _explain_few(args: argparse.Namespace, ctx: Any) -> int:
     """Explain given files or a few embedded scenes into one comparison grid."""
-    from ._jobs import autocast, check_amp, image_seed, synchronize
+    from ._jobs import autocast, check_amp, image_seed, logits_of, synchronize
     from .data import DataError, SceneDataset, read_image
     from .methods import MethodUnavailable, resolve_methods
     from .viz import comparison_grid
@@ -474,7 +474,7 @@ def _explain_few(args: argparse.Namespace, ctx: Any) -> int:
         ]
     inputs = inputs.to(ctx.device)
     with torch.no_grad():
-        probs = loaded.model(inputs).softmax(-1)
+        probs = logits_of(loaded.model(inputs)).softmax(-1)
     pred = probs.argmax(-1)
     names = loaded.class_names
     if args.target == "pred":

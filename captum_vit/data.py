@@ -692,6 +692,9 @@ class ImageDataset(ItemDataset):
         masks_dir: A folder of PNG masks named like the images (same relative path
             or same stem, ``.png``); nonzero pixels are the object.
         root: The data folder (for descriptions).
+        transform: Another image transform than ``preprocessing``'s eval one (e.g.
+            ``preprocessing.train_transform(hflip=0.5)`` for training); it cannot be
+            combined with boxes or masks.
     """
 
     def __init__(
@@ -701,11 +704,17 @@ class ImageDataset(ItemDataset):
         boxes: Optional[Dict[str, List[Box]]] = None,
         masks_dir: Optional[PathLike] = None,
         root: Optional[PathLike] = None,
+        transform: Optional[Callable] = None,
     ) -> None:
         if not entries:
             raise DataError("no images")
+        if transform is not None and (boxes is not None or masks_dir is not None):
+            raise ValueError(
+                "transform: boxes and masks follow the model's eval preprocessing only"
+            )
         self.entries = list(entries)
         self.preprocessing = preprocessing
+        self.transform = transform if transform is not None else preprocessing
         self.boxes = boxes
         self.masks_dir = Path(masks_dir) if masks_dir is not None else None
         self.root = Path(root) if root is not None else None
@@ -723,6 +732,7 @@ class ImageDataset(ItemDataset):
         class_map: Optional[PathLike] = None,
         boxes: Optional[PathLike] = None,
         masks: Optional[PathLike] = None,
+        transform: Optional[Callable] = None,
     ) -> "ImageDataset":
         """Build a dataset from a folder (the ``--data`` family of options).
 
@@ -761,7 +771,7 @@ class ImageDataset(ItemDataset):
         box_map = read_boxes(boxes, entries) if boxes is not None else None
         if masks is not None and not Path(masks).is_dir():
             raise DataError(f"--masks {str(masks)!r}: no such folder")
-        return cls(entries, preprocessing, box_map, masks, root=r)
+        return cls(entries, preprocessing, box_map, masks, root=r, transform=transform)
 
     @classmethod
     def from_files(
@@ -809,7 +819,7 @@ class ImageDataset(ItemDataset):
                 else None
             ),
             "masks": self.masks_dir is not None,
-            "preprocessing": self.preprocessing.describe(),
+            "preprocessing": " ".join(repr(self.transform).split()),
         }
 
     def _mask_for(self, entry: ImageEntry, size: Tuple[int, int]) -> Optional[Tensor]:
@@ -851,7 +861,7 @@ class ImageDataset(ItemDataset):
         h, w = self.preprocessing.input_size
         try:
             im = read_image(e.path)
-            item["image"] = self.preprocessing(im).float()
+            item["image"] = self.transform(im).float()
             if self.has_ground_truth:
                 gt = self._mask_for(e, (im.height, im.width))
                 item["gt"] = (

@@ -386,3 +386,20 @@ def test_scene_dataset_matches_the_zoo_scenes():
         assert item["distractor"] == int(scenes.distractor_labels[i])
         x0, y0, x1, y1 = scenes.boxes[i, 0].tolist()
         assert torch.equal(item["gt"], boxes_to_mask([(x0, y0, x1, y1)], (64, 64)))
+
+
+def test_training_transform_extends_the_models_preprocessing(tmp_path: Path):
+    """A training augmentation built from the model's preprocessing (same size and
+    normalisation) can replace the eval transform of a dataset; boxes cannot follow
+    a random transform, so combining them is refused."""
+    _write_scenes(tmp_path / "data", n=2)
+    pre = Preprocessing.for_timm(timm.create_model("test_vit", pretrained=False))
+    train = pre.train_transform(hflip=1.0, color_jitter=None, scale=(1.0, 1.0))
+    data = ImageDataset.from_folder(tmp_path / "data", pre, transform=train)
+    item = data[0]
+    assert item["ok"] and item["image"].shape == (3, 160, 160)
+    eval_x = ImageDataset.from_folder(tmp_path / "data", pre)[0]["image"]
+    assert not torch.equal(item["image"], eval_x)
+    assert "RandomHorizontalFlip" in data.describe()["preprocessing"]
+    with pytest.raises(ValueError, match="transform: boxes and masks"):
+        ImageDataset(data.entries, pre, boxes={}, transform=train)
