@@ -128,9 +128,10 @@ def plan(
 ) -> Tuple[List[Tuple[int, List[int], List[str]]], int, int]:
     """Decide what this rank computes.
 
-    Rank 0 reads the records (every rank gets its reading, so all agree even while
-    others start writing), checks their settings, and the chunks with methods left
-    to do are split over the ranks by position.
+    Every rank's settings must be equal (same model, data and options). Rank 0
+    reads the records (every rank gets its reading, so all agree even while others
+    start writing), checks their settings, and the chunks with methods left to do
+    are split over the ranks by position.
 
     Returns:
         ``(work, reused, total)``: this rank's ``(start, positions, methods)``
@@ -149,7 +150,20 @@ def plan(
             return str(exc), []
         return None, sorted(done_keys(records))
 
-    error, done_list = ctx.broadcast(read() if ctx.is_main else None)
+    ranks = ctx.all_gather(settings)
+    if any(other != settings for other in ranks):
+        bad = next(r for r, other in enumerate(ranks) if other != settings)
+        keys = sorted(k for k in settings if ranks[bad].get(k) != settings.get(k))
+        exc = SettingsMismatch(
+            f"the processes disagree on the settings ({', '.join(keys[:5])} differ "
+            f"between rank {ctx.rank} and rank {bad}): every rank must see the same "
+            "model, data and options"
+        )
+        exc.all_ranks = True  # type: ignore[attr-defined]
+        raise exc
+    error, done_list = ctx.broadcast(
+        read() if ctx.is_main or not ctx.distributed else None
+    )
     if error is not None:
         exc = SettingsMismatch(error)
         exc.all_ranks = True  # type: ignore[attr-defined]

@@ -382,9 +382,11 @@ def cmd_explain(args: argparse.Namespace, ctx: Any) -> int:
     if args.data is not None:
         return _explain_folder(args, ctx)
     if ctx.world_size > 1:
-        raise CLIError(
+        exc = CLIError(
             "explain without --data runs in one process; use --data DIR under torchrun"
         )
+        exc.all_ranks = True  # type: ignore[attr-defined]
+        raise exc
     return _explain_few(args, ctx)
 
 

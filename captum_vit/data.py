@@ -341,6 +341,9 @@ class Preprocessing:
         """A one-line description (stored with the records of a run)."""
         return " ".join(repr(self.transform).split())
 
+    def __repr__(self) -> str:
+        return f"Preprocessing({self.describe()})"
+
     def train_transform(self, **augment: Any) -> Callable:
         """A training transform at this model's size, mean, std and interpolation.
 
@@ -819,7 +822,11 @@ class ImageDataset(ItemDataset):
                 else None
             ),
             "masks": self.masks_dir is not None,
-            "preprocessing": " ".join(repr(self.transform).split()),
+            "preprocessing": (
+                self.preprocessing.describe()
+                if self.transform is self.preprocessing
+                else " ".join(repr(self.transform).split())
+            ),
         }
 
     def _mask_for(self, entry: ImageEntry, size: Tuple[int, int]) -> Optional[Tensor]:

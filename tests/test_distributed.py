@@ -258,3 +258,41 @@ def _key_list(text: str) -> List[tuple]:
 
 def _keys(files: Dict[str, str]) -> set:
     return {k for text in files.values() for k in _key_list(text)}
+
+
+def test_plan_splits_what_is_left_over_any_number_of_ranks(tmp_path):
+    """The work left after some records is split by position: for every process
+    count, the ranks' shares are disjoint and cover exactly what is not done."""
+    from captum_vit._jobs import RecordStore, chunks_of, plan
+    from captum_vit.distributed import DistContext
+
+    settings = {"command": "evaluate", "seed": 1}
+    store = RecordStore(tmp_path, rank=0)
+    for method, start in [("a", 0), ("b", 0), ("a", 6)]:
+        store.append({"method": method, "start": start, "settings": settings})
+    chunks = chunks_of(10, 3)  # starts 0, 3, 6, 9
+    expected = {(m, c[0]) for c in chunks for m in "ab"} - {
+        ("a", 0),
+        ("b", 0),
+        ("a", 6),
+    }
+    for world in (1, 2, 3, 5):
+        got = []
+        for rank in range(world):
+            ctx = DistContext(rank=rank, world_size=world)
+            work, reused, total = plan(ctx, store, settings, ["a", "b"], chunks)
+            got += [(m, start) for start, _, left in work for m in left]
+            assert (reused, total) == (3 + 3 + 3, 20)
+        assert sorted(got) == sorted(expected) and len(got) == len(set(got))
+
+
+def test_ranks_that_disagree_on_settings_are_refused(tmp_path):
+    from captum_vit._jobs import RecordStore, SettingsMismatch, plan
+    from captum_vit.distributed import DistContext
+
+    class TwoRanks(DistContext):
+        def all_gather(self, obj):
+            return [obj, {**obj, "data": "another folder"}]
+
+    with pytest.raises(SettingsMismatch, match="processes disagree on the settings"):
+        plan(TwoRanks(), RecordStore(tmp_path), {"data": "x"}, ["m"], [[0]])
