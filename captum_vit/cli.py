@@ -1,180 +1,499 @@
-"""The ``captum-vit`` command (also ``python -m captum_vit``).
+"""The ``captum-vit`` command (also ``python -m captum_vit``, also under torchrun).
 
-``captum-vit explain`` explains images (or, with none given, a few embedded
-Fashion-MNIST scenes) with every method and writes a comparison grid PNG.
+``captum-vit explain`` explains images (given files, the embedded Fashion-MNIST scenes,
+or with ``--data`` a whole folder, saved as arrays plus a manifest);
+``captum-vit evaluate`` scores every method with every metric on the embedded scenes or
+on the user's images. Both load any model the same way (:mod:`captum_vit.models`),
+read data through :mod:`captum_vit.data`, and run on one CPU, one GPU or, launched as
+``torchrun --nproc_per_node=N -m captum_vit -- evaluate ...``, on many
+(:mod:`captum_vit.distributed`).
+
+Every flag is checked when the command line is read: a bad value ends the command
+with exit status 2 and one line, ``captum-vit <command>: error: --flag ...``; so do
+unreadable files, unknown models and unavailable weights. Progress bars are on by
+default (``--quiet`` turns them off).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
-import torch.nn as nn
 from torch import Tensor
+
+COMMANDS = ("explain", "evaluate")
 
 
 class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
-# --------------------------------------------------------------------------- models
-class LoadedModel:
-    """A model with what the command needs around it."""
+class _UsageError(Exception):
+    """A command-line error found by the parser."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        name: str,
-        class_names: Sequence[str],
-        mean: Sequence[float],
-        std: Sequence[float],
-        extras: Optional[Dict[str, Any]] = None,
-    ) -> None:
-        self.model, self.name = model, name
-        self.class_names = list(class_names)
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.extras = extras or {}
-
-    @property
-    def input_size(self) -> Tuple[int, int]:
-        from .vit import ViTAdapter
-
-        return ViTAdapter.of(self.model).image_size
-
-    def normalise(self, images01: Tensor) -> Tensor:
-        m = torch.tensor(self.mean).view(1, -1, 1, 1)
-        s = torch.tensor(self.std).view(1, -1, 1, 1)
-        return (images01 - m) / s
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
 
 
-def load_model(
-    name: str, checkpoint: Optional[str], random_weights: bool
-) -> LoadedModel:
-    """Build the default model or a timm model (pretrained, checkpoint or random)."""
-    if name == "default":
-        from . import zoo
+def _tidy(message: str) -> str:
+    """argparse's ``argument --a/--b: msg`` as ``--a: msg``, on one line."""
+    m = re.match(r"argument ([^:]+): (.*)", message, re.S)
+    if m:
+        flag = m.group(1).split("/")[0]
+        message = f"{flag}: {m.group(2)}"
+    return " ".join(message.split())
 
-        from .methods import default_model_extras
 
-        default = zoo.load_default_model(weights=checkpoint)
-        extras = default_model_extras()
-        return LoadedModel(
-            default.model, "default", default.class_names, zoo.MEAN, zoo.STD, extras
-        )
-    import timm
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (raised, printed by :func:`main`)."""
 
-    if not timm.is_model(name):
-        raise CLIError(
-            f"unknown model {name!r}: use 'default' or a timm model name "
-            "(see timm.list_models())"
-        )
-    pretrained = not random_weights and checkpoint is None
-    try:
-        model = timm.create_model(name, pretrained=pretrained)
-    except Exception as exc:  # no network / no cached weights
-        raise CLIError(
-            f"could not load pretrained weights for {name!r} ({type(exc).__name__}); "
-            "pass --checkpoint PATH or --random-weights"
-        ) from exc
-    if checkpoint is not None:
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(self.prog, _tidy(message))
+
+
+# ------------------------------------------------------------------ flag types
+def _int_at_least(low: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
         try:
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-            state = state.get("state_dict", state) if isinstance(state, dict) else state
-            model.load_state_dict(state)
-        except Exception as exc:
-            raise CLIError(f"cannot load checkpoint {checkpoint!r}: {exc}") from exc
-    model.eval()
-    cfg = timm.data.resolve_model_data_config(model)
-    names = [f"class {i}" for i in range(model.num_classes)]
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {v}")
+        return v
+
+    parse.__name__ = what
+    return parse
+
+
+_positive = _int_at_least(1, "a positive integer")
+_two_or_more = _int_at_least(2, "an integer >= 2")
+_non_negative = _int_at_least(0, "an integer >= 0")
+
+
+def _device(text: str) -> str:
+    from .distributed import env_world, parse_device
+
     try:
-        from timm.data import ImageNetInfo, infer_imagenet_subset
-
-        subset = infer_imagenet_subset(model)
-        if subset is not None:
-            info = ImageNetInfo(subset)
-            names = [info.index_to_description(i) for i in range(model.num_classes)]
-    except Exception:  # class names are a nicety: keep "class i" on any failure
-        names = [f"class {i}" for i in range(model.num_classes)]
-    return LoadedModel(model, name, names, cfg["mean"], cfg["std"])
+        parse_device(text, env_world()[2])
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[-1]) from None
+    return text
 
 
-# --------------------------------------------------------------------------- images
-def read_images(paths: Sequence[str], size: Tuple[int, int]) -> Tensor:
-    """Read image files as a (B, 3, H, W) batch in [0, 1], resized with a note."""
-    from PIL import Image, UnidentifiedImageError
-
-    out = []
-    for p in paths:
+def _target(choices: Sequence[str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text in choices:
+            return text
         try:
-            with Image.open(p) as im:
-                im = im.convert("RGB")
-                if (im.height, im.width) != size:
-                    print(
-                        f"note: {p} is {im.width}x{im.height}; resized to the model's "
-                        f"input {size[1]}x{size[0]}"
-                    )
-                    im = im.resize((size[1], size[0]), Image.BILINEAR)
-                t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
-        except (OSError, UnidentifiedImageError) as exc:
-            raise CLIError(f"cannot read image {p!r}: {exc}") from exc
-        out.append(t.view(size[0], size[1], 3).permute(2, 0, 1).float() / 255.0)
-    return torch.stack(out)
-
-
-def default_images(n: int, size: Tuple[int, int]) -> Tuple[Tensor, List[str]]:
-    """Embedded held-out scenes (resized for non-default models)."""
-    from . import zoo
-
-    scenes = zoo.make_scenes(n, split="test", seed=0)
-    images = torch.as_tensor(scenes.images)
-    if tuple(images.shape[-2:]) != size:
-        print(f"note: embedded scenes resized to the model's input {size[1]}x{size[0]}")
-        images = torch.nn.functional.interpolate(
-            images, size=size, mode="bilinear", align_corners=False
+            v = int(text)
+        except ValueError:
+            v = -1
+        if "N" in choices and v >= 0:
+            return str(v)
+        raise argparse.ArgumentTypeError(
+            f"expected {' or '.join(repr(c) for c in choices if c != 'N')}"
+            + (" or a class index >= 0" if "N" in choices else "")
+            + f", got {text!r}"
         )
-    labels = [zoo.CLASS_NAMES[int(i)] for i in scenes.labels]
-    return images, [f"scene {i} ({lab})" for i, lab in enumerate(labels)]
+
+    return parse
+
+
+def _existing_file(text: str) -> str:
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"{text!r}: no such file")
+    return text
+
+
+def _existing_dir(text: str) -> str:
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: no such folder")
+    return text
+
+
+def _checkpoint(text: str) -> str:
+    return _existing_file(text)
+
+
+# ------------------------------------------------------------------ parser
+def _add_common(p: argparse.ArgumentParser, default_out: str, batch: int) -> None:
+    p.add_argument(
+        "--method",
+        "--methods",
+        dest="methods",
+        nargs="+",
+        default=["all"],
+        metavar="NAME",
+        help="method name(s), or 'all' (default)",
+    )
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--model",
+        default="default",
+        help="'default' (embedded), a timm name, hf:ID_OR_DIR or torchvision:NAME",
+    )
+    g.add_argument(
+        "--checkpoint",
+        type=_checkpoint,
+        default=None,
+        help="weights: a state_dict, a timm training checkpoint or .safetensors",
+    )
+    g.add_argument(
+        "--use-ema", action="store_true", help="use a checkpoint's EMA weights"
+    )
+    g.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="random weights (seeded; no download)",
+    )
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--data",
+        type=_existing_dir,
+        default=None,
+        help="an ImageFolder tree, or a folder of images (with --labels)",
+    )
+    g.add_argument(
+        "--labels", type=_existing_file, default=None, help="CSV file,label for --data"
+    )
+    g.add_argument(
+        "--class-map",
+        type=_existing_file,
+        default=None,
+        help="JSON {folder: class index} for an ImageFolder tree",
+    )
+    g.add_argument(
+        "--n",
+        type=_positive,
+        default=None,
+        help="number of images (embedded scenes to generate, or a seeded subset of "
+        "--data; default: all of --data)",
+    )
+    g.add_argument(
+        "--batch-size",
+        "--chunk",
+        dest="batch_size",
+        type=_positive,
+        default=batch,
+        help=f"images per batch and per resumable record (default {batch})",
+    )
+    g.add_argument(
+        "--workers",
+        type=_non_negative,
+        default=None,
+        help="DataLoader worker processes (default: up to 4 per process)",
+    )
+    g = p.add_argument_group("run")
+    g.add_argument(
+        "--device",
+        type=_device,
+        default=None,
+        help="cpu, cuda or cuda:K (default: the process's GPU if any, else cpu)",
+    )
+    g.add_argument(
+        "--amp",
+        choices=["bf16", "fp16"],
+        default=None,
+        help="autocast the forward passes of perturbation methods (and metrics)",
+    )
+    g.add_argument("--tis-masks", type=_positive, default=1024, help="TIS n_masks")
+    g.add_argument(
+        "--rise-masks", type=_positive, default=4000, help="RISE n_masks (paper: 4000)"
+    )
+    g.add_argument("--ig-steps", type=_positive, default=20, help="IG n_steps")
+    g.add_argument(
+        "--seed", type=_non_negative, default=1234, help="seed of per-image choices"
+    )
+    g.add_argument(
+        "--quiet", action="store_true", help="no progress bars or per-image lines"
+    )
+    g.add_argument("--out", default=default_out, help="output folder")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``captum-vit`` argument parser (errors raise instead of exiting)."""
+    ap = _Parser(
+        prog="captum-vit",
+        description="Explain Vision Transformers with Captum.",
+        epilog="Under torchrun put '--' before the command: torchrun "
+        "--nproc_per_node=2 -m captum_vit -- evaluate ...",
+    )
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    ex = sub.add_parser(
+        "explain",
+        help="explain images with one or all methods",
+        description="Explain image files, the embedded scenes, or with --data a "
+        "whole folder (maps saved as .npz plus manifest.csv; resumable).",
+    )
+    ex.add_argument(
+        "images", nargs="*", help="image files (default: embedded scenes or --data)"
+    )
+    ex.add_argument(
+        "--target",
+        type=_target(["pred", "label", "N"]),
+        default="pred",
+        help="'pred' (default), 'label' or a class index",
+    )
+    ex.add_argument(
+        "--png",
+        action="store_true",
+        help="with --data: also draw one PNG per image",
+    )
+    _add_common(ex, "out", 8)
+    ex.set_defaults(func=cmd_explain, parser=ex)
+    ev = sub.add_parser(
+        "evaluate",
+        help="score every method with every metric",
+        description="Score methods on the embedded held-out scenes or on --data.",
+    )
+    ev.add_argument(
+        "--target",
+        type=_target(["label", "pred"]),
+        default=None,
+        help="explain the 'label' (default when the data has labels) or the 'pred'",
+    )
+    ev.add_argument(
+        "--boxes",
+        type=_existing_file,
+        default=None,
+        help="CSV file,x0,y0,x1,y1 (pixels of the original images) for pointing",
+    )
+    ev.add_argument(
+        "--masks",
+        type=_existing_dir,
+        default=None,
+        help="folder of PNG masks named like the images, for pointing",
+    )
+    ev.add_argument(
+        "--removal",
+        default="tokens",
+        choices=["tokens", "black", "mean", "blur", "uniform"],
+        help="how metrics remove patches",
+    )
+    ev.add_argument(
+        "--curve-steps", type=_positive, default=16, help="points per curve - 1"
+    )
+    ev.add_argument(
+        "--faith-samples",
+        type=_two_or_more,
+        default=64,
+        help="random subsets for the correlations",
+    )
+    _add_common(ev, "out/evaluate", 10)
+    ev.set_defaults(func=cmd_evaluate, parser=ev)
+    return ap
+
+
+def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Cross-flag checks, then the output folder: all before any work."""
+    from .evaluate import writable_dir
+    from .methods import resolve_methods
+
+    try:
+        resolve_methods(args.methods)
+    except ValueError as exc:
+        parser.error(f"--method: {exc}")
+    if args.checkpoint is not None and args.random_weights:
+        parser.error("--random-weights: cannot be combined with --checkpoint")
+    if args.use_ema and args.checkpoint is None:
+        parser.error("--use-ema: needs --checkpoint")
+    if args.data is None:
+        for flag in ("labels", "class_map", "boxes", "masks", "png"):
+            if getattr(args, flag, None):
+                parser.error(f"--{flag.replace('_', '-')}: needs --data")
+    if getattr(args, "boxes", None) and getattr(args, "masks", None):
+        parser.error("--masks: give --boxes or --masks, not both")
+    if args.labels and args.class_map:
+        parser.error("--class-map: applies to ImageFolder trees, not to --labels")
+    if args.command == "explain" and args.images:
+        if args.data is not None:
+            parser.error("--data: give image files or --data, not both")
+        if args.n is not None:
+            parser.error("--n: applies to the embedded scenes or --data, not to files")
+    if args.amp == "fp16":
+        from .distributed import env_world, parse_device
+
+        if parse_device(args.device, env_world()[2]).type != "cuda":
+            parser.error(
+                "--amp: fp16 needs a CUDA device (CPU autocast runs bf16); use --amp "
+                "bf16 or --device cuda"
+            )
+    try:
+        writable_dir(args.out)
+    except OSError as exc:
+        parser.error(f"--out: cannot write to {args.out}: {exc}")
+
+
+# ------------------------------------------------------------------ shared setup
+def _load(args: argparse.Namespace, device: torch.device):
+    """Load the model and check that the methods can serve it."""
+    from .models import load_model
+    from .vit import ViTAdapter
+
+    loaded = load_model(
+        args.model,
+        args.checkpoint,
+        random_weights=args.random_weights,
+        use_ema=args.use_ema,
+        device=device,
+    )
+    try:
+        ViTAdapter(loaded.model)
+    except TypeError as exc:
+        raise CLIError(f"--model {args.model}: not supported ({exc})") from exc
+    return loaded
+
+
+def _dataset(args: argparse.Namespace, loaded: Any, default_n: int):
+    """The data source of a command: --data (with its annotations) or the scenes."""
+    from .data import ImageDataset, SceneDataset
+
+    if args.data is None:
+        return SceneDataset(
+            args.n or default_n,
+            loaded.preprocessing,
+            seed=args.seed,
+            default_model=loaded.source == "default" and loaded.input_size == (64, 64),
+        )
+    data = ImageDataset.from_folder(
+        args.data,
+        loaded.preprocessing,
+        labels=args.labels,
+        class_map=args.class_map,
+        boxes=getattr(args, "boxes", None),
+        masks=getattr(args, "masks", None),
+    )
+    return data.subset(args.n, args.seed) if args.n is not None else data
+
+
+def _workers(args: argparse.Namespace, world: int) -> int:
+    if args.workers is not None:
+        return args.workers
+    return max(0, min(4, (os.cpu_count() or 1) // max(1, world) - 1))
 
 
 # --------------------------------------------------------------------------- explain
-def cmd_explain(args: argparse.Namespace) -> int:
+def cmd_explain(args: argparse.Namespace, ctx: Any) -> int:
+    if args.data is not None:
+        return _explain_folder(args, ctx)
+    if ctx.world_size > 1:
+        exc = CLIError(
+            "explain without --data runs in one process; use --data DIR under torchrun"
+        )
+        exc.all_ranks = True  # type: ignore[attr-defined]
+        raise exc
+    return _explain_few(args, ctx)
+
+
+def _explain_folder(args: argparse.Namespace, ctx: Any) -> int:
+    from ._jobs import check_job
+    from .data import DataError
+    from .explain import run_explain
+    from .models import ModelError
+
+    def setup():
+        loaded = _load(args, ctx.device)
+        data = _dataset(args, loaded, 0)
+        check_job(data, loaded.num_classes, _explain_target(args), ctx.world_size)
+        return loaded, data
+
+    loaded, data = ctx.agree(setup, (CLIError, ModelError, DataError, ValueError))
+    rows = run_explain(
+        args.out,
+        args.methods,
+        model=loaded,
+        dataset=data,
+        ctx=ctx,
+        target=_explain_target(args),
+        batch_size=args.batch_size,
+        tis_masks=args.tis_masks,
+        rise_masks=args.rise_masks,
+        n_steps=args.ig_steps,
+        amp=args.amp,
+        seed=args.seed,
+        png=args.png,
+        workers=_workers(args, ctx.world_size),
+        show_progress=not args.quiet,
+    )
+    if ctx.is_main and rows is not None:
+        n_ok = sum(r["status"] == "ok" for r in rows)
+        n_skip = len(rows) - n_ok
+        print(
+            f"{len(data)} images: {n_ok} maps written to {Path(args.out) / 'maps'}"
+            + (f", {n_skip} (method, image) skipped" if n_skip else "")
+        )
+        print(f"wrote {Path(args.out) / 'manifest.csv'}")
+    return 0
+
+
+def _explain_target(args: argparse.Namespace) -> Any:
+    return args.target if args.target in ("pred", "label") else int(args.target)
+
+
+def _explain_few(args: argparse.Namespace, ctx: Any) -> int:
+    """Explain given files or a few embedded scenes into one comparison grid."""
+    from ._jobs import autocast, check_amp, image_seed, logits_of, synchronize
+    from .data import DataError, SceneDataset, read_image
     from .methods import MethodUnavailable, resolve_methods
     from .viz import comparison_grid
 
-    try:
-        methods = resolve_methods(args.method)
-    except ValueError as exc:
-        raise CLIError(str(exc)) from exc
-    loaded = load_model(args.model, args.checkpoint, args.random_weights)
+    methods = resolve_methods(args.methods)
+    check_amp(ctx.device, args.amp)
+    loaded = _load(args, ctx.device)
+    pre = loaded.preprocessing
     size = loaded.input_size
     if args.images:
-        images01 = read_images(args.images, size)
-        labels = [Path(p).name for p in args.images]
+        xs, labels = [], []
+        for p in args.images:
+            try:
+                im = read_image(p)
+            except DataError as exc:
+                raise CLIError(str(exc)) from exc
+            if (im.height, im.width) != size:
+                print(
+                    f"note: {p} is {im.width}x{im.height}; resized to the model's "
+                    f"input {size[1]}x{size[0]}"
+                )
+            xs.append(pre(im).float())
+            labels.append(Path(p).name)
+        inputs = torch.stack(xs)
     else:
-        images01, labels = default_images(args.n, size)
-    inputs = loaded.normalise(images01)
+        default = loaded.source == "default" and size == (64, 64)
+        scenes = SceneDataset(args.n or 4, pre, seed=0, default_model=default)
+        if not default:
+            w, h = size[1], size[0]
+            print(f"note: embedded scenes resized to the model's input {w}x{h}")
+        items = [scenes[i] for i in range(len(scenes))]
+        inputs = torch.stack([it["image"] for it in items])
+        from .zoo import CLASS_NAMES
+
+        labels = [
+            f"scene {i} ({CLASS_NAMES[it['label']]})" for i, it in enumerate(items)
+        ]
+    inputs = inputs.to(ctx.device)
     with torch.no_grad():
-        probs = loaded.model(inputs).softmax(-1)
+        probs = logits_of(loaded.model(inputs)).softmax(-1)
     pred = probs.argmax(-1)
+    names = loaded.class_names
     if args.target == "pred":
         target = pred
+    elif args.target == "label":
+        if args.images:
+            raise CLIError("--target label: image files have no labels; use --data")
+        target = torch.tensor([it["label"] for it in items], device=ctx.device)
     else:
-        try:
-            t = int(args.target)
-        except ValueError:
-            raise CLIError(
-                f"--target: expected an integer or 'pred', got {args.target!r}"
-            )
-        if not 0 <= t < len(loaded.class_names):
-            raise CLIError(
-                f"--target: class {t} out of range [0, {len(loaded.class_names)})"
-            )
+        t = int(args.target)
+        if t >= len(names):
+            raise CLIError(f"--target: class {t} out of range [0, {len(names)})")
         target = torch.full_like(pred, t)
-    names = loaded.class_names
     for i, label in enumerate(labels):
         top = probs[i].topk(min(3, probs.shape[1]))
         tops = ", ".join(
@@ -183,115 +502,147 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"{label}: top: {tops}; explaining '{names[int(target[i])]}'")
     maps: Dict[str, Tensor] = {}
     signed: Dict[str, bool] = {}
-    extras = dict(loaded.extras, tis_masks=args.tis_masks)
+    extras = dict(
+        loaded.extras,
+        tis_masks=args.tis_masks,
+        rise_masks=args.rise_masks,
+        n_steps=args.ig_steps,
+        show_progress=not args.quiet,
+    )
+    seeds = [image_seed(args.seed, lab) for lab in labels]
     for method in methods:
         try:
             explain = method.build(loaded.model, extras)
         except MethodUnavailable as exc:
             print(f"{method.name}: skipped ({exc})")
             continue
+        amp = autocast(ctx.device, args.amp) if method.perturbation else _null()
+        synchronize(ctx.device)
         t0 = time.perf_counter()
-        attr = explain(inputs, target)
+        with amp:
+            attr = explain(inputs, target, seeds=seeds)
+        synchronize(ctx.device)
         dt = time.perf_counter() - t0
-        maps[method.name] = attr.detach()
+        maps[method.name] = attr.detach().float().cpu()
         signed[method.name] = method.signed
-        print(f"{method.name}: {dt:.2f} s ({dt / len(inputs):.2f} s/image)")
+        from .evaluate import format_seconds
+
+        print(
+            f"{method.name}: {format_seconds(dt)} s "
+            f"({format_seconds(dt / len(inputs))} s/image)"
+        )
     out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CLIError(f"--out: cannot create {out}: {exc}") from exc
     path = out / "explain_grid.png"
     titles = [f"{lab}\n→ {names[int(target[i])]}" for i, lab in enumerate(labels)]
+    images01 = pre.denormalise(inputs.float().cpu())
     comparison_grid(images01, maps, path=str(path), row_titles=titles, signed=signed)
     print(f"wrote {path}")
     return 0
 
 
-# -------------------------------------------------------------------------- evaluate
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import EvalConfig, run_evaluation, writable_dir
-    from .methods import resolve_methods
+def _null():
+    from contextlib import nullcontext
 
-    if args.n <= 0:
-        raise CLIError(f"--n: expected a positive number of scenes, got {args.n}")
-    try:
-        resolve_methods(args.methods)
-    except ValueError as exc:
-        raise CLIError(str(exc)) from exc
+    return nullcontext()
+
+
+# -------------------------------------------------------------------------- evaluate
+def cmd_evaluate(args: argparse.Namespace, ctx: Any) -> int:
+    from ._jobs import check_job
+    from .data import DataError
+    from .evaluate import EvalConfig, run_evaluation
+    from .models import ModelError
+
+    def setup():
+        loaded = _load(args, ctx.device)
+        data = _dataset(args, loaded, 200)
+        target = args.target or ("label" if data.has_labels else "pred")
+        check_job(data, loaded.num_classes, target, ctx.world_size)
+        return loaded, data, target
+
+    loaded, data, target = ctx.agree(
+        setup, (CLIError, ModelError, DataError, ValueError)
+    )
     cfg = EvalConfig(
-        n=args.n,
+        n=len(data),
+        seed=args.seed,
         removal=args.removal,
-        chunk=args.chunk,
+        chunk=args.batch_size,
         tis_masks=args.tis_masks,
+        rise_masks=args.rise_masks,
         curve_steps=args.curve_steps,
         faith_samples=args.faith_samples,
         sensitivity_samples=args.faith_samples,
         n_steps=args.ig_steps,
+        target=target,
+        amp=args.amp,
     )
-    try:
-        out = writable_dir(args.out)
-    except OSError as exc:
-        raise CLIError(f"--out: cannot write to {args.out}: {exc}") from exc
-    run_evaluation(str(out), args.methods, cfg)
-    print((out / "results.md").read_text(), end="")
-    print(f"wrote {out / 'results.md'}, {out / 'results.csv'}, {out / 'curves.png'}")
+    run_evaluation(
+        args.out,
+        args.methods,
+        cfg,
+        show_progress=not args.quiet,
+        model=loaded,
+        dataset=data,
+        ctx=ctx,
+        workers=_workers(args, ctx.world_size),
+    )
+    if ctx.is_main:
+        out = Path(args.out)
+        print((out / "results.md").read_text(), end="")
+        print(
+            f"wrote {out / 'results.md'}, {out / 'results.csv'}, {out / 'curves.png'}"
+        )
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="captum-vit", description="Explain Vision Transformers with Captum."
-    )
-    sub = ap.add_subparsers(dest="command", required=True)
-    ex = sub.add_parser("explain", help="explain images with one or all methods")
-    ex.add_argument("images", nargs="*", help="image files (default: embedded scenes)")
-    ex.add_argument(
-        "--method", nargs="+", default=["all"], help="method name(s) or 'all'"
-    )
-    ex.add_argument("--target", default="pred", help="class index or 'pred'")
-    ex.add_argument("--model", default="default", help="'default' or a timm name")
-    ex.add_argument("--checkpoint", default=None, help="state_dict file for --model")
-    ex.add_argument(
-        "--random-weights",
-        action="store_true",
-        help="timm model with random weights (no download)",
-    )
-    ex.add_argument("--n", type=int, default=4, help="embedded scenes to explain")
-    ex.add_argument("--tis-masks", type=int, default=1024, help="TIS n_masks")
-    ex.add_argument("--out", default="out", help="output directory for PNGs")
-    ex.set_defaults(func=cmd_explain)
-    ev = sub.add_parser(
-        "evaluate", help="score every method on held-out embedded scenes"
-    )
-    ev.add_argument("--methods", nargs="+", default=["all"], help="names or 'all'")
-    ev.add_argument("--n", type=int, default=200, help="number of held-out scenes")
-    ev.add_argument(
-        "--removal",
-        default="tokens",
-        choices=["tokens", "black", "mean", "blur", "uniform"],
-        help="how metrics remove patches",
-    )
-    ev.add_argument("--chunk", type=int, default=10, help="scenes per resumable chunk")
-    ev.add_argument("--tis-masks", type=int, default=1024, help="TIS n_masks")
-    ev.add_argument("--ig-steps", type=int, default=20, help="IG n_steps")
-    ev.add_argument("--curve-steps", type=int, default=16, help="points per curve - 1")
-    ev.add_argument(
-        "--faith-samples", type=int, default=64, help="subsets for correlations"
-    )
-    ev.add_argument("--out", default="out/evaluate", help="output directory")
-    ev.set_defaults(func=cmd_evaluate)
-    return ap
+# ------------------------------------------------------------------------------ main
+def _command_of(argv: Sequence[str]) -> Optional[str]:
+    return next((a for a in argv if a in COMMANDS), None)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
+    """Run the command line; returns the exit status (2 for user errors, printed as
+    one line ``captum-vit <command>: error: ...``).
+
+    A leading ``--`` is ignored, so ``torchrun ... -m captum_vit -- evaluate ...``
+    keeps torchrun's own parser away from the command's options.
+    """
+    from .data import DataError
+    from .distributed import init_distributed
+    from .models import ModelError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    parser = build_parser()
+    command = _command_of(argv)
+    prog = f"captum-vit {command}" if command else "captum-vit"
     try:
-        return func(args)
-    except CLIError as exc:
-        print(f"captum-vit: error: {exc}", file=sys.stderr)
+        args = parser.parse_args(argv)
+        _check_args(args, args.parser)
+    except _UsageError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    func: Callable[[argparse.Namespace, Any], int] = args.func
+    ctx = None
+    try:
+        ctx = init_distributed(args.device)
+        return func(args, ctx)
+    except (CLIError, ModelError, DataError, ValueError, OSError) as exc:
+        if os.environ.get("CAPTUM_VIT_TRACEBACK"):
+            raise
+        quiet_rank = (
+            ctx is not None and ctx.rank != 0 and getattr(exc, "all_ranks", False)
+        )
+        if not quiet_rank:
+            rank = f" (rank {ctx.rank})" if ctx is not None and ctx.rank else ""
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            print(f"{prog}: error{rank}: {text}", file=sys.stderr)
+        return 2
+    finally:
+        if ctx is not None:
+            ctx.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

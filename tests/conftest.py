@@ -65,3 +65,26 @@ def model_state(model: nn.Module) -> List[tuple]:
             (name, p.requires_grad, p.grad is None, float(p.detach().double().sum()))
         )
     return state
+
+
+def write_scene_folder(root, n: int = 4, classes=("right", "left"), seed: int = 21):
+    """An ImageFolder of ``n`` embedded scenes saved as PNGs (class folders taken in
+    turn) and its boxes rows ``[key, x0, y0, x1, y1]`` (the main item's box)."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from captum_vit import zoo
+
+    root = Path(root)
+    sc = zoo.make_scenes(n, split="test", seed=seed)
+    rows = []
+    for i in range(n):
+        cls = classes[i % len(classes)]
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        key = f"{cls}/scene{i}.png"
+        img = (sc.images[i].transpose(1, 2, 0) * 255).round().astype(np.uint8)
+        Image.fromarray(img).save(root / key)
+        rows.append([key, *sc.boxes[i, 0].tolist()])
+    return rows

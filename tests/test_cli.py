@@ -90,3 +90,162 @@ def test_module_entry_point(tmp_path: Path):
         check=False,
     )
     assert res.returncode == 0 and "--method" in res.stdout
+
+
+# ------------------------------------------------------------ flags, in process
+def cli(capsys, *args: str):
+    """Run the command in this process: (exit status, stdout, stderr)."""
+    from captum_vit.cli import main
+
+    rc = main(list(args))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+BAD_FLAGS = [
+    (["--n", "0"], "--n: expected a positive integer, got 0"),
+    (["--n", "-2"], "--n: expected a positive integer, got -2"),
+    (["--n", "many"], "--n: expected a positive integer, got 'many'"),
+    (["--tis-masks", "0"], "--tis-masks: expected a positive integer"),
+    (["--rise-masks", "0"], "--rise-masks: expected a positive integer"),
+    (["--ig-steps", "0"], "--ig-steps: expected a positive integer"),
+    (["--batch-size", "0"], "--batch-size: expected a positive integer"),
+    (["--workers", "-1"], "--workers: expected an integer >= 0"),
+    (["--seed", "-1"], "--seed: expected an integer >= 0"),
+    (["--device", "gpu0"], "--device: expected cpu, cuda or cuda:K, got 'gpu0'"),
+    (["--amp", "int8"], "--amp: invalid choice: 'int8'"),
+    (["--amp", "fp16", "--device", "cpu"], "--amp: fp16 needs a CUDA device"),
+    (["--checkpoint", "missing.pth"], "--checkpoint: 'missing.pth': no such file"),
+    (["--data", "no/such/dir"], "--data: 'no/such/dir': no such folder"),
+    (["--method", "all", "nosuch"], "--method: unknown method(s) ['nosuch']"),
+    (["--use-ema"], "--use-ema: needs --checkpoint"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+]
+EVALUATE_ONLY = [
+    (["--chunk", "0"], "--batch-size: expected a positive integer"),
+    (["--curve-steps", "0"], "--curve-steps: expected a positive integer"),
+    (["--faith-samples", "0"], "--faith-samples: expected an integer >= 2"),
+    (["--faith-samples", "1"], "--faith-samples: expected an integer >= 2"),
+    (["--removal", "smudge"], "--removal: invalid choice: 'smudge'"),
+    (["--target", "7"], "--target: expected 'label' or 'pred', got '7'"),
+]
+EXPLAIN_ONLY = [
+    (["--target", "cat"], "--target: expected 'pred' or 'label' or a class index"),
+    (["--png"], "--png: needs --data"),
+]
+
+
+@pytest.mark.parametrize(
+    "command,args,message",
+    [(c, a, m) for c in ("explain", "evaluate") for a, m in BAD_FLAGS]
+    + [("evaluate", a, m) for a, m in EVALUATE_ONLY]
+    + [("explain", a, m) for a, m in EXPLAIN_ONLY],
+)
+def test_every_flag_is_checked_at_parse_time(capsys, tmp_path, command, args, message):
+    if "--device" in args and "cuda" in args and torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    rc, out, err = cli(capsys, command, *args, "--out", str(tmp_path / "o"))
+    assert rc == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"captum-vit {command}: error: ")
+    assert message in err
+    assert not (tmp_path / "o").exists() or message.startswith("--out")
+
+
+def test_cuda_device_without_cuda(capsys, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    rc, _, err = cli(capsys, "evaluate", "--device", "cuda:1", "--out", str(tmp_path))
+    assert rc == 2 and err.startswith("captum-vit evaluate: error: --device: CUDA is")
+
+
+def test_out_is_checked_before_any_work(capsys, tmp_path, monkeypatch):
+    import captum_vit.models
+
+    def no_work(*a, **k):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(captum_vit.models, "load_model", no_work)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for command in ("explain", "evaluate"):
+        rc, _, err = cli(capsys, command, "--out", str(blocker))
+        assert rc == 2 and err.count("\n") == 1
+        assert err.startswith(f"captum-vit {command}: error: --out: cannot write")
+
+
+def test_method_and_methods_on_both_commands_and_all_with_names():
+    from captum_vit.cli import build_parser
+    from captum_vit.methods import method_names, resolve_methods
+
+    parser = build_parser()
+    for command in ("explain", "evaluate"):
+        for flag in ("--method", "--methods"):
+            args = parser.parse_args([command, flag, "rollout", "genatt"])
+            assert args.methods == ["rollout", "genatt"]
+    args = parser.parse_args(["explain", "--method", "all", "genatt"])
+    assert [m.name for m in resolve_methods(args.methods)] == method_names()
+    dup = [m.name for m in resolve_methods(["genatt", "rollout", "genatt"])]
+    assert dup == ["genatt", "rollout"]
+
+
+def test_unsupported_model_and_offline_pretrained_are_one_line(
+    capsys, tmp_path, monkeypatch
+):
+    from captum_vit import models
+
+    rc, _, err = cli(
+        capsys,
+        "explain",
+        "--model",
+        "test_resnet",
+        "--random-weights",
+        "--n",
+        "1",
+        "--out",
+        str(tmp_path),
+    )
+    assert rc == 2 and err.count("\n") == 1
+    assert err.startswith(
+        "captum-vit explain: error: --model test_resnet: not supported"
+    )
+    monkeypatch.setattr(models, "_reachable", lambda *a, **k: False)
+    rc, _, err = cli(capsys, "evaluate", "--model", "test_vit", "--out", str(tmp_path))
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "could not be fetched" in err and "--checkpoint PATH" in err
+
+
+def test_vit_shapley_is_never_swapped_in_for_another_checkpoint(capsys, tmp_path):
+    from captum_vit import zoo
+
+    rc, out, err = cli(
+        capsys,
+        "explain",
+        "--checkpoint",
+        str(zoo.DEFAULT_WEIGHTS),
+        "--n",
+        "1",
+        "--method",
+        "vit-shapley",
+        "rollout",
+        "--quiet",
+        "--out",
+        str(tmp_path),
+    )
+    assert rc == 0, err
+    assert "vit-shapley: skipped (vit-shapley needs a ViT Shapley explainer" in out
+    assert re.search(r"^rollout: [0-9.]+ s", out, re.M)
+
+
+def test_progress_bars_by_default_quiet_turns_them_off(capsys, tmp_path):
+    args = ["explain", "--n", "1", "--method", "tis", "--tis-masks", "4"]
+    rc, _, err = cli(capsys, *args, "--out", str(tmp_path))
+    assert rc == 0 and "TIS: 100%" in err
+    rc, _, err = cli(capsys, *args, "--quiet", "--out", str(tmp_path))
+    assert rc == 0 and "TIS" not in err and "%" not in err
+
+
+def test_leading_double_dash_is_ignored(capsys):
+    """torchrun ... -m captum_vit -- evaluate ...: the command sees a leading --."""
+    rc, out, err = cli(capsys, "--", "evaluate", "--n", "0")
+    assert rc == 2 and err.startswith("captum-vit evaluate: error: --n:")

@@ -17,6 +17,8 @@ from captum_vit.methods import method_names
 SMALL = [
     "--tis-masks",
     "8",
+    "--rise-masks",
+    "8",
     "--ig-steps",
     "2",
     "--curve-steps",
@@ -82,8 +84,41 @@ def test_interrupted_run_resumes(tmp_path: Path):
     keys = [(r["method"], r["start"]) for r in records]
     assert len(keys) == len(set(keys)) == 6  # nothing recomputed, nothing missing
     assert records[0] == first
-    assert not any("random: scenes 0-1" in line for line in done)
+    assert any("genatt: images 0-1 done" in line for line in done)
+    assert not any("random: images 0-1" in line for line in done)
     assert table["random"]["n"][0] == 6 and table["genatt"]["n"][0] == 6
+    report = (tmp_path / "results.md").read_text()
+    assert "Resumed: 2 of 12 (method, image) results were reused" in report
+
+
+def test_report_numbers_read_well():
+    from captum_vit.evaluate import format_mean_ci, format_seconds
+
+    # seconds: two significant digits, the CI with as many decimals as it needs
+    assert format_mean_ci(0.004213, 0.00031, significant=2) == "0.0042 ± 0.0003"
+    assert format_mean_ci(12.34, 0.5, significant=2) == "12.3 ± 0.5"
+    assert format_mean_ci(8.12e-5, 1.3e-6, significant=2) == "0.000081 ± 0.000001"
+    # metrics: 3 decimals, more when the CI is narrower; never "-0.000" or "± 0"
+    assert format_mean_ci(0.51234, 0.031) == "0.512 ± 0.031"
+    assert format_mean_ci(0.51234, 0.00004) == "0.51234 ± 0.00004"
+    assert format_mean_ci(-0.0001, 0.012) == "0.000 ± 0.012"
+    assert format_mean_ci(1.0, 0.0) == "1.000 (all equal)"
+    assert format_mean_ci(0.5, 1e-12, max_decimals=6) == "0.500000 ± <0.000001"
+    assert format_mean_ci(float("nan"), float("nan")) == "n/a"
+    assert format_seconds(0.00345) == "0.0034" and format_seconds(-0.0) == "0"
+
+
+def test_results_md_defines_every_column_and_the_interval(tmp_path: Path):
+    cfg = EvalConfig(n=3, chunk=3, tis_masks=8, curve_steps=2, faith_samples=4)
+    cfg.sensitivity_samples = 4
+    run_evaluation(str(tmp_path), ["random"], cfg)
+    report = (tmp_path / "results.md").read_text()
+    assert "95 % confidence interval" in report and "Student t" in report
+    for _, header, _ in METRICS:
+        assert f"- **{header}**: " in report
+    assert "- **n**: " in report
+    assert "-0.000" not in report and "± 0.000 " not in report
+    assert "Resumed" not in report  # a fresh run reuses nothing
 
 
 def test_mean_ci_matches_t_interval():
@@ -96,7 +131,11 @@ def test_evaluate_bad_input(tmp_path: Path):
     res = run_cli("evaluate", "--methods", "rollout", "bogus", "--out", str(tmp_path))
     assert res.returncode == 2 and "unknown method(s) ['bogus']" in res.stderr
     res = run_cli("evaluate", "--n", "0", "--out", str(tmp_path))
-    assert res.returncode == 2 and "--n: expected a positive number" in res.stderr
+    assert res.returncode == 2
+    assert (
+        res.stderr
+        == "captum-vit evaluate: error: --n: expected a positive integer, got 0\n"
+    )
     blocked = tmp_path / "file"
     blocked.write_text("not a directory")
     res = run_cli("evaluate", "--n", "2", "--out", str(blocked / "sub"))
@@ -130,3 +169,122 @@ def test_black_removal_means_black_pixels():
         grey = model(torch.zeros_like(inputs)).softmax(-1)[torch.arange(2), target]
     assert torch.allclose(curves.deletion[:, -1], expected, atol=1e-5)
     assert not torch.allclose(expected, grey, atol=1e-3)
+
+
+# ------------------------------------------------------------- user folders
+def cli(capsys, *args):
+    from captum_vit.cli import main
+
+    rc = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+FAST = ["--curve-steps", "2", "--faith-samples", "4", "--workers", "0", "--quiet"]
+
+
+def test_evaluate_folder_skips_a_corrupt_image_and_reports_it(tmp_path, capsys):
+    from conftest import write_scene_folder
+
+    rows = write_scene_folder(tmp_path / "data", n=3)
+    (tmp_path / "data" / "left" / "broken.png").write_bytes(b"\x89PNG broken")
+    boxes = tmp_path / "boxes.csv"
+    with boxes.open("w", newline="") as fh:
+        csv.writer(fh).writerows(rows)  # no header line: also accepted
+    out = tmp_path / "out"
+    rc, stdout, err = cli(
+        capsys,
+        "evaluate",
+        "--data",
+        tmp_path / "data",
+        "--boxes",
+        boxes,
+        "--methods",
+        "rollout",
+        "random",
+        *FAST,
+        "--out",
+        out,
+    )
+    assert rc == 0, err
+    assert "warning: skipped left/broken.png: cannot read image" in err
+    table = {r["method"]: r for r in csv.DictReader((out / "results.csv").open())}
+    assert table["rollout"]["n"] == "3" and "pointing" in table["rollout"]
+    report = (out / "results.md").read_text()
+    assert "Skipped: 1 unreadable image(s)" in report and "left/broken.png" in report
+    records = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
+    assert any("left/broken.png" in r["skipped"] for r in records)
+
+
+@pytest.mark.parametrize(
+    "setup,args,message",
+    [
+        ("empty", [], "no images found"),
+        (
+            "tree",
+            ["--class-map", "{map}"],
+            "labels outside the model's 10 classes: [12]",
+        ),
+        (
+            "tree",
+            ["--boxes", "{ghost}"],
+            "--boxes '{ghost}': 1 file name(s) match no image",
+        ),
+        ("tree", ["--n", "9"], "--n 9: the data has only 2 image(s)"),
+        ("flat", ["--target", "label"], "--target label: the data has no labels"),
+    ],
+)
+def test_evaluate_folder_bad_input_one_line(tmp_path, capsys, setup, args, message):
+    from conftest import write_scene_folder
+
+    data = tmp_path / "data"
+    data.mkdir()
+    if setup == "tree":
+        write_scene_folder(data, n=2)
+    elif setup == "flat":
+        from PIL import Image
+
+        Image.new("RGB", (64, 64)).save(data / "a.png")
+    (tmp_path / "map.json").write_text(json.dumps({"left": 3, "right": 12}))
+    (tmp_path / "ghost.csv").write_text("file,x0,y0,x1,y1\nghost.png,0,0,9,9\n")
+    sub = {"{map}": str(tmp_path / "map.json"), "{ghost}": str(tmp_path / "ghost.csv")}
+    args = [sub.get(a, a) for a in args]
+    message = message.replace("{ghost}", sub["{ghost}"])
+    rc, _, err = cli(
+        capsys,
+        "evaluate",
+        "--data",
+        data,
+        "--methods",
+        "random",
+        *args,
+        *FAST,
+        "--out",
+        tmp_path / "out",
+    )
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("captum-vit evaluate: error: ") and message in err
+
+
+def test_evaluate_resume_with_other_settings_is_one_line(tmp_path, capsys):
+    base = ["evaluate", "--n", "2", "--methods", "random", *FAST]
+    assert cli(capsys, *base, "--out", tmp_path)[0] == 0
+    rc, _, err = cli(capsys, *base, "--removal", "blur", "--out", tmp_path)
+    assert rc == 2 and err.count("\n") == 1
+    assert (
+        "holds records made with other settings (removal: tokens then, blur now)" in err
+    )
+
+
+def test_amp_bf16_runs_perturbation_methods_and_metrics_on_cpu(tmp_path, capsys):
+    """bf16 autocast is a precision change, not another method: the table stays
+    close to the float32 one (the differences are measured by benchmarks/scale.py)."""
+    base = ["evaluate", "--n", "2", "--methods", "tis", "--tis-masks", "8", *FAST]
+    assert cli(capsys, *base, "--out", tmp_path / "f32")[0] == 0
+    rc, _, err = cli(capsys, *base, "--amp", "bf16", "--out", tmp_path / "bf16")
+    assert rc == 0, err
+    a = next(csv.DictReader((tmp_path / "f32" / "results.csv").open()))
+    b = next(csv.DictReader((tmp_path / "bf16" / "results.csv").open()))
+    for key in ("insertion", "deletion", "aopc"):
+        assert abs(float(a[key]) - float(b[key])) < 0.05, key
+    assert "AMP bf16" in (tmp_path / "bf16" / "results.md").read_text()

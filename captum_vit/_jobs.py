@@ -1,0 +1,266 @@
+"""What the resumable, sharded dataset jobs (evaluate, explain a folder) share.
+
+A job splits its images into fixed chunks (``chunk`` consecutive dataset positions,
+the same for any number of processes) and runs every method on every chunk. Each
+(method, chunk) result is one JSON line in the rank's own records file
+(``records.jsonl`` for rank 0, ``records.rank{R}.jsonl`` for the others), written and
+flushed as soon as it is done. On start, rank 0 reads every records file in the folder
+and tells the ranks what is done; what is left is split over the ranks by position, so
+a job killed at any point and started again, with any number of processes, skips
+finished work and loses none. Records made with other settings stop the job with a
+one-line :class:`SettingsMismatch`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, Iterator, List, Optional, Sequence, Set, Tuple
+
+import torch
+
+from .distributed import DistContext, shard
+
+
+class SettingsMismatch(ValueError):
+    """Records in the output folder were made with other settings."""
+
+
+def image_seed(seed: int, key: str) -> int:
+    """A seed for one image from the run's seed and the image's key: the same
+    wherever (rank, batch, run) the image is processed."""
+    digest = hashlib.sha256(f"{int(seed)}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % (2**63)
+
+
+def chunks_of(n: int, size: int) -> List[List[int]]:
+    """Dataset positions ``0..n-1`` in consecutive chunks of ``size``."""
+    return [list(range(s, min(s + size, n))) for s in range(0, n, size)]
+
+
+class RecordStore:
+    """The records files of one output folder, as seen by one rank.
+
+    Args:
+        out: The output folder.
+        rank: This process's rank (selects the file it appends to).
+    """
+
+    def __init__(self, out: Path, rank: int = 0) -> None:
+        self.out = Path(out)
+        self.rank = int(rank)
+
+    def path(self, rank: Optional[int] = None) -> Path:
+        r = self.rank if rank is None else rank
+        return self.out / ("records.jsonl" if r == 0 else f"records.rank{r}.jsonl")
+
+    def files(self) -> List[Path]:
+        """Every records file in the folder (any earlier number of processes)."""
+        return sorted(self.out.glob("records*.jsonl"))
+
+    def read(self) -> List[dict]:
+        """All records of all files; lines cut by an interruption are ignored."""
+        out: List[dict] = []
+        for path in self.files():
+            with path.open() as fh:
+                for line in fh:
+                    line = line.strip()
+                    if not line:
+                        continue
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError:  # a line cut by an interruption
+                        continue
+                    if isinstance(rec, dict):
+                        out.append(rec)
+        return out
+
+    def append(self, record: dict) -> None:
+        """Append one record and flush it to disk at once."""
+        with self.path().open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+            fh.flush()
+
+
+def check_settings(records: Sequence[dict], settings: dict, out: Path) -> None:
+    """Raise :class:`SettingsMismatch` if any record was made with other settings.
+
+    The message names at most five differing settings, with both values.
+    """
+    for rec in records:
+        other = rec.get("settings")
+        if other == settings:
+            continue
+        other = other if isinstance(other, dict) else {}
+        keys = sorted(set(other) | set(settings))
+        diff = [
+            f"{k}: {_short(other.get(k))} then, {_short(settings.get(k))} now"
+            for k in keys
+            if other.get(k) != settings.get(k)
+        ]
+        raise SettingsMismatch(
+            f"--out {str(out)!r} holds records made with other settings ("
+            + "; ".join(diff[:5])
+            + ("; ..." if len(diff) > 5 else "")
+            + "); use another --out, or the same settings to resume"
+        )
+
+
+def _short(v: Any) -> str:
+    s = json.dumps(v) if not isinstance(v, str) else v
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
+def done_keys(records: Sequence[dict]) -> Set[Tuple[str, int]]:
+    """``(method, chunk start)`` of every record."""
+    return {(r["method"], int(r["start"])) for r in records if "method" in r}
+
+
+def plan(
+    ctx: DistContext,
+    store: RecordStore,
+    settings: dict,
+    methods: Sequence[str],
+    chunks: Sequence[Sequence[int]],
+) -> Tuple[List[Tuple[int, List[int], List[str]]], int, int]:
+    """Decide what this rank computes.
+
+    Every rank's settings must be equal (same model, data and options). Rank 0
+    reads the records (every rank gets its reading, so all agree even while others
+    start writing), checks their settings, and the chunks with methods left to do
+    are split over the ranks by position.
+
+    Returns:
+        ``(work, reused, total)``: this rank's ``(start, positions, methods)``
+        items, and over all ranks the (method, image) results found done and the
+        number requested.
+
+    Raises:
+        SettingsMismatch: on every rank, when records of other settings exist.
+    """
+
+    def read() -> Tuple[Optional[str], List[Tuple[str, int]]]:
+        records = store.read()
+        try:
+            check_settings(records, settings, store.out)
+        except SettingsMismatch as exc:
+            return str(exc), []
+        return None, sorted(done_keys(records))
+
+    ranks = ctx.all_gather(settings)
+    if any(other != settings for other in ranks):
+        bad = next(r for r, other in enumerate(ranks) if other != settings)
+        keys = sorted(k for k in settings if ranks[bad].get(k) != settings.get(k))
+        exc = SettingsMismatch(
+            f"the processes disagree on the settings ({', '.join(keys[:5])} differ "
+            f"between rank {ctx.rank} and rank {bad}): every rank must see the same "
+            "model, data and options"
+        )
+        exc.all_ranks = True  # type: ignore[attr-defined]
+        raise exc
+    error, done_list = ctx.broadcast(
+        read() if ctx.is_main or not ctx.distributed else None
+    )
+    if error is not None:
+        exc = SettingsMismatch(error)
+        exc.all_ranks = True  # type: ignore[attr-defined]
+        raise exc
+    done = set(done_list)
+    pending = []
+    reused = total = 0
+    for positions in chunks:
+        start = positions[0]
+        left = [m for m in methods if (m, start) not in done]
+        reused += (len(methods) - len(left)) * len(positions)
+        total += len(methods) * len(positions)
+        if left:
+            pending.append((start, list(positions), left))
+    return shard(pending, ctx.rank, ctx.world_size), reused, total
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, amp: Optional[str]) -> Iterator[None]:
+    """``torch.autocast`` for ``amp`` in ``{"bf16", "fp16"}``; nothing for None."""
+    if amp is None:
+        yield
+        return
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield
+
+
+def check_amp(device: torch.device, amp: Optional[str]) -> None:
+    """Raise ValueError (naming ``--amp``) for a precision the device cannot run."""
+    if amp not in (None, "bf16", "fp16"):
+        raise ValueError(f"--amp: expected bf16 or fp16, got {amp!r}")
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError(
+            "--amp fp16 needs a CUDA device (CPU autocast runs bf16): use --amp bf16 "
+            "or --device cuda"
+        )
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work (for honest timings)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The logits of a model's output (Hugging Face models return an object with a
+    ``logits`` field)."""
+    return getattr(output, "logits", output)
+
+
+def predicted(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """The model's predicted class per image, (B,) long."""
+    with torch.no_grad():
+        return logits_of(model(inputs)).argmax(-1)
+
+
+def make_progress(total: int, desc: str, enabled: bool):
+    """A tqdm bar counting images (images/s and ETA), or a do-nothing stand-in."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="img",
+        disable=not enabled,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+
+
+def note(line: str) -> None:
+    """Print a line to stderr without breaking a tqdm bar."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(line, file=sys.stderr)
+
+
+def check_job(dataset: Any, num_classes: int, target: Any, world_size: int) -> None:
+    """The checks every dataset job makes before any work (same on every rank).
+
+    Raises:
+        ValueError: ``target="label"`` on data without labels, labels outside the
+            model's classes, a class index out of range, or more processes than
+            images.
+    """
+    if target == "label":
+        if not dataset.has_labels:
+            raise ValueError(
+                "--target label: the data has no labels; use --target pred, or give "
+                "labels (an ImageFolder tree or --labels CSV)"
+            )
+        dataset.check_labels(num_classes)
+    elif target != "pred" and not 0 <= int(target) < num_classes:
+        raise ValueError(f"--target: class {target} out of range [0, {num_classes})")
+    if world_size > len(dataset):
+        raise ValueError(
+            f"more processes ({world_size}) than images ({len(dataset)}): use at most "
+            "one process per image"
+        )

@@ -1,0 +1,703 @@
+"""Model loading shared by every command: ``--model`` and ``--checkpoint``.
+
+:func:`load_model` turns a model name into a ready :class:`LoadedModel` (model in eval
+mode on its device, class names, the model's :class:`~captum_vit.data.Preprocessing`):
+
+- ``default``: the embedded Fashion-MNIST-scenes ViT (with its shipped ViT Shapley
+  parts, only while its shipped weights are used);
+- a timm name (``vit_base_patch16_224``): ``timm.create_model``;
+- ``hf:ID_OR_DIR``: ``transformers.AutoModelForImageClassification`` from a hub id or
+  a local ``save_pretrained`` folder, preprocessing from its image processor;
+- ``torchvision:NAME``: ``torchvision.models.get_model``, preprocessing from the
+  weights' transforms (ImageNet defaults otherwise).
+
+Weights come from ``--checkpoint PATH`` (:func:`read_checkpoint`: a plain
+``state_dict``, timm training checkpoints with ``state_dict`` / ``state_dict_ema`` /
+``model`` keys, ``module.`` prefixes, ``.safetensors``; always ``weights_only=True``),
+``random_weights=True``, or the library's pretrained weights (looked up in the local
+cache first; without network the call fails at once with a one-line
+:class:`ModelError` instead of retrying downloads). A checkpoint whose classifier head
+has another number of classes than the architecture's default builds the model with
+the checkpoint's number. Every problem is one line: missing file, not a checkpoint,
+keys that do not fit (counts and at most five names).
+
+Examples::
+
+    >>> from captum_vit.models import load_model
+    >>> loaded = load_model("vit_small_patch16_224", checkpoint="my_vit.pth")
+    >>> loaded.num_classes, loaded.input_size
+    (37, (224, 224))
+    >>> x = loaded.preprocessing(read_image("cat.jpg"))[None]
+    >>> logits = loaded.model(x)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from urllib.parse import urlparse
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from .data import Preprocessing
+
+#: ImageNet normalisation (timm / torchvision defaults).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_EMA_KEYS = ("state_dict_ema", "model_ema", "ema")
+_PLAIN_KEYS = ("state_dict", "model", "module", "net", "weights")
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+class ModelError(ValueError):
+    """A model or checkpoint problem, stated in one line."""
+
+
+@dataclass
+class LoadedModel:
+    """A model with what the commands need around it.
+
+    Attributes:
+        model: The ``nn.Module`` in eval mode on its device.
+        name: The ``--model`` string it was loaded from.
+        source: ``"default"``, ``"timm"``, ``"hf"`` or ``"torchvision"``.
+        class_names: Name of every output class.
+        preprocessing: The model's input pipeline.
+        checkpoint: The checkpoint file, if any.
+        weights: ``"shipped"`` (the embedded default's), ``"pretrained"``,
+            ``"checkpoint"`` or ``"random"``.
+        extras: Trained parts that methods can use (the default model's ViT Shapley
+            explainer and surrogate, only with its shipped weights).
+    """
+
+    model: nn.Module
+    name: str
+    source: str
+    class_names: List[str]
+    preprocessing: Preprocessing
+    checkpoint: Optional[str] = None
+    weights: str = "random"
+    extras: Dict[str, Any] = field(default_factory=dict)
+    checkpoint_digest: Optional[str] = None
+
+    @property
+    def num_classes(self) -> int:
+        """Number of output classes."""
+        return len(self.class_names)
+
+    @property
+    def input_size(self) -> Tuple[int, int]:
+        """(H, W) of the model's input (from its preprocessing)."""
+        return self.preprocessing.input_size
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's parameters."""
+        p = next(self.model.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def normalise(self, images01: Tensor) -> Tensor:
+        """Normalise (B, 3, H, W) images in [0, 1] for the model."""
+        return self.preprocessing.normalise(images01)
+
+    def describe(self) -> Dict[str, Any]:
+        """What identifies the model's numbers (stored with the records of a run)."""
+        return {
+            "model": self.name,
+            "weights": self.weights,
+            "checkpoint_sha256": self.checkpoint_digest,
+            "num_classes": self.num_classes,
+        }
+
+
+# ----------------------------------------------------------------- checkpoints
+def _is_state_dict(obj: Any) -> bool:
+    return (
+        isinstance(obj, dict)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
+    )
+
+
+def _strip_prefixes(state: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if state and all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix) :]: v for k, v in state.items()}
+                changed = True
+    return state
+
+
+def read_checkpoint(
+    path: Union[str, Path], use_ema: bool = False
+) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
+    """Read the weights of a checkpoint file, whatever the usual layout.
+
+    Accepts ``torch.save(model.state_dict(), p)``, timm training checkpoints (a dict
+    with ``state_dict`` and optionally ``state_dict_ema``, ``args``, ``epoch``, ...),
+    dicts under ``model`` / ``module``, the embedded zoo format (``config`` +
+    ``state_dict``) and ``.safetensors`` files. ``module.`` (DDP) and ``_orig_mod.``
+    (``torch.compile``) prefixes are removed. Loading always uses
+    ``weights_only=True`` (``argparse.Namespace``, which timm stores as ``args``, is
+    the one allowed non-tensor class).
+
+    Args:
+        path: The checkpoint file.
+        use_ema: Prefer the EMA weights (``state_dict_ema``) when both are present.
+
+    Returns:
+        ``(state_dict, meta)``: the tensors, and the other top-level entries of the
+        file (e.g. ``config`` of the zoo format, ``arch`` of timm checkpoints).
+
+    Raises:
+        ModelError: missing file, not a checkpoint, or no weights in it (one line).
+
+    Examples::
+
+        >>> state, meta = read_checkpoint("train/model_best.pth.tar", use_ema=True)
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"--checkpoint {str(p)!r}: no such file")
+    if p.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+
+            return _strip_prefixes(dict(load_file(str(p)))), {}
+        except Exception as exc:
+            raise ModelError(
+                f"--checkpoint {str(p)!r}: not a readable .safetensors file "
+                f"({_first_line(exc)})"
+            ) from exc
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        msg = _first_line(exc)
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise ModelError(
+                f"--checkpoint {str(p)!r}: holds objects other than tensors, which "
+                "are not loaded (weights_only=True); save model.state_dict() instead"
+            ) from exc
+        raise ModelError(
+            f"--checkpoint {str(p)!r}: not a PyTorch checkpoint ({msg})"
+        ) from exc
+    if _is_state_dict(obj):
+        return _strip_prefixes(obj), {}
+    if isinstance(obj, dict):
+        order = _EMA_KEYS + _PLAIN_KEYS if use_ema else _PLAIN_KEYS + _EMA_KEYS
+        for key in order:
+            if _is_state_dict(obj.get(key)):
+                meta = {k: v for k, v in obj.items() if not _is_state_dict(v)}
+                return _strip_prefixes(obj[key]), meta
+    kind = type(obj).__name__
+    keys = f" with keys {sorted(map(str, obj))[:5]}" if isinstance(obj, dict) else ""
+    raise ModelError(
+        f"--checkpoint {str(p)!r}: no weights found (a {kind}{keys}; expected a "
+        "state_dict or a dict with 'state_dict', 'state_dict_ema' or 'model')"
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def file_digest(path: Union[str, Path]) -> str:
+    """SHA-256 of a file (hex), read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def classifier_name(model: nn.Module) -> Optional[str]:
+    """Module name of the classifier head (the layer whose output are the logits).
+
+    timm models name it through ``get_classifier()``; otherwise the last
+    ``nn.Linear`` of the module tree.
+    """
+    head = None
+    if hasattr(model, "get_classifier"):
+        try:
+            head = model.get_classifier()
+        except Exception:  # pragma: no cover - odd custom models
+            head = None
+    if isinstance(head, nn.Linear):
+        for name, mod in model.named_modules():
+            if mod is head:
+                return name
+    last = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            last = name
+    return last
+
+
+def checkpoint_num_classes(model: nn.Module, state: Dict[str, Tensor]) -> Optional[int]:
+    """Number of classes of the checkpoint's head, if it has the model's head."""
+    name = classifier_name(model)
+    if name is None:
+        return None
+    w = state.get(f"{name}.weight")
+    return int(w.shape[0]) if isinstance(w, Tensor) and w.dim() == 2 else None
+
+
+def load_weights(model: nn.Module, state: Dict[str, Tensor], what: str) -> None:
+    """``model.load_state_dict(state)`` with a one-line error when keys do not fit.
+
+    Raises:
+        ModelError: counts of missing, unexpected and reshaped keys and at most five
+            of their names.
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shaped = [
+        f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shaped:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected")
+        if shaped:
+            parts.append(f"{len(shaped)} of another shape")
+        names = (shaped + missing + unexpected)[:5]
+        raise ModelError(
+            f"{what}: keys do not fit the model ({', '.join(parts)}; e.g. "
+            f"{'; '.join(names)})"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+# ----------------------------------------------------------------- network
+def _reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``host`` can be opened (one quick try)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline() -> Iterator[None]:
+    """Make huggingface_hub use its local cache only (no requests, no retries)."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - timm depends on huggingface_hub
+        yield
+        return
+    old = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = old
+
+
+def _offline_message(name: str, host: str, what: str = "weights") -> str:
+    if what == "config":
+        return (
+            f"--model {name}: its config is not in the local cache and could not be "
+            f"fetched ({host} is unreachable); save the model with save_pretrained() "
+            "on a machine with network and pass --model hf:FOLDER"
+        )
+    return (
+        f"--model {name}: pretrained weights are not in the local cache and could "
+        f"not be fetched ({host} is unreachable); pass --checkpoint PATH with saved "
+        "weights (a state_dict, timm checkpoint or .safetensors file), or "
+        "--random-weights"
+    )
+
+
+def _cached_then_online(
+    name: str, host: str, build: Callable[[bool], Any], what: str = "weights"
+) -> Any:
+    """``build(offline=True)`` (local cache only); if that fails and ``host`` is
+    reachable, ``build(offline=False)``; otherwise a one-line :class:`ModelError`."""
+    try:
+        return build(True)
+    except ModelError:
+        raise
+    except Exception:
+        pass
+    if not _reachable(host):
+        raise ModelError(_offline_message(name, host, what))
+    try:
+        return build(False)
+    except Exception as exc:
+        raise ModelError(
+            f"--model {name}: could not fetch pretrained weights ({_first_line(exc)}); "
+            "pass --checkpoint PATH or --random-weights"
+        ) from exc
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Random-weight models identical on every rank, without touching the caller's
+    global RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+# ----------------------------------------------------------------- families
+def _load_default(_name, checkpoint, random_weights, use_ema):
+    from . import zoo
+
+    shipped = torch.load(zoo.DEFAULT_WEIGHTS, map_location="cpu", weights_only=True)
+    config = dict(shipped["config"])
+    names = list(config.get("class_names", zoo.CLASS_NAMES))
+    weights = "shipped"
+    if checkpoint is not None:
+        state, meta = read_checkpoint(checkpoint, use_ema)
+        if isinstance(meta.get("config"), dict):  # the zoo's own format
+            config = dict(meta["config"])
+        model = zoo.build_model(config)
+        k = checkpoint_num_classes(model, state)
+        if k is not None and k != int(config["num_classes"]):
+            config["num_classes"] = k
+            model = zoo.build_model(config)
+        load_weights(model, state, f"--checkpoint {checkpoint!r}")
+        names = list(config.get("class_names", names))
+        weights = "checkpoint"
+    else:
+        with _seeded(0):
+            model = zoo.build_model(config)
+        if random_weights:
+            weights = "random"
+        else:
+            model.load_state_dict(shipped["state_dict"])
+    if len(names) != int(config["num_classes"]):
+        names = [f"class {i}" for i in range(int(config["num_classes"]))]
+    image_size = int(config["image_size"])
+    pre = Preprocessing.for_default((image_size, image_size))
+    return model, names, pre, weights
+
+
+def _timm_class_names(model: nn.Module) -> List[str]:
+    n = int(model.num_classes)
+    try:
+        from timm.data import ImageNetInfo, infer_imagenet_subset
+
+        subset = infer_imagenet_subset(model)
+        if subset is not None:
+            info = ImageNetInfo(subset)
+            return [info.index_to_description(i) for i in range(n)]
+    except Exception:  # class names are a nicety: keep "class i" on any failure
+        pass
+    return [f"class {i}" for i in range(n)]
+
+
+def _load_timm(name, checkpoint, random_weights, use_ema):
+    import timm
+
+    if not timm.is_model(name):
+        raise ModelError(
+            f"unknown model {name!r}: use 'default', a timm model name (see "
+            "timm.list_models()), hf:ID_OR_DIR or torchvision:NAME"
+        )
+    weights = "random"
+    if checkpoint is not None:
+        state, _ = read_checkpoint(checkpoint, use_ema)
+        with _seeded(0):
+            model = timm.create_model(name, pretrained=False)
+        k = checkpoint_num_classes(model, state)
+        if k is not None and k != int(model.num_classes):
+            with _seeded(0):
+                model = timm.create_model(name, pretrained=False, num_classes=k)
+        load_weights(model, state, f"--checkpoint {checkpoint!r}")
+        weights = "checkpoint"
+    elif random_weights:
+        with _seeded(0):
+            model = timm.create_model(name, pretrained=False)
+    else:
+        cfg = timm.models.get_pretrained_cfg(name)
+        if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+            raise ModelError(
+                f"--model {name}: timm has no pretrained weights for it; pass "
+                "--checkpoint PATH or --random-weights"
+            )
+        host = "huggingface.co" if cfg.hf_hub_id else (urlparse(cfg.url).hostname or "")
+
+        def build(offline: bool) -> nn.Module:
+            ctx = _hub_offline() if offline else contextlib.nullcontext()
+            with ctx:
+                return timm.create_model(name, pretrained=True)
+
+        model = _cached_then_online(name, host, build)
+        weights = "pretrained"
+    return model, _timm_class_names(model), Preprocessing.for_timm(model), weights
+
+
+def _hf_preprocessing(source: str, config: Any, local_only: bool) -> Preprocessing:
+    """Preprocessing from a Hugging Face image processor (ImageNet defaults at the
+    config's image size when there is none)."""
+    size = getattr(config, "image_size", 224)
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    try:
+        from transformers import AutoImageProcessor
+
+        proc = AutoImageProcessor.from_pretrained(source, local_files_only=local_only)
+    except Exception:
+        return Preprocessing.resize_crop(size, size, IMAGENET_MEAN, IMAGENET_STD)
+
+    def get(obj: Any, key: str) -> Any:
+        if obj is None:
+            return None
+        if isinstance(obj, dict):
+            return obj.get(key)
+        return getattr(obj, key, None)
+
+    resamples = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
+    interp = resamples.get(int(getattr(proc, "resample", 2) or 2), "bilinear")
+    mean = tuple(getattr(proc, "image_mean", None) or IMAGENET_MEAN)
+    std = tuple(getattr(proc, "image_std", None) or IMAGENET_STD)
+    psize = getattr(proc, "size", None)
+    resize: Union[int, Tuple[int, int]] = size
+    if get(psize, "height") and get(psize, "width"):
+        resize = (int(get(psize, "height")), int(get(psize, "width")))
+    elif get(psize, "shortest_edge"):
+        resize = int(get(psize, "shortest_edge"))
+    crop = resize if isinstance(resize, tuple) else (resize, resize)
+    csize = getattr(proc, "crop_size", None)
+    if getattr(proc, "do_center_crop", False) and get(csize, "height"):
+        crop = (int(get(csize, "height")), int(get(csize, "width")))
+    if not getattr(proc, "do_normalize", True):
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    return Preprocessing.resize_crop(resize, crop, mean, std, interp)
+
+
+def _load_hf(ref, checkpoint, random_weights, use_ema):
+    try:
+        import transformers  # noqa: F401
+        from transformers import AutoConfig, AutoModelForImageClassification
+    except ImportError:
+        raise ModelError(
+            "--model hf:...: the transformers package is not installed "
+            "(pip install transformers)"
+        ) from None
+    local = Path(ref).is_dir()
+    spec = f"hf:{ref}"
+
+    def get_config(offline: bool) -> Any:
+        return AutoConfig.from_pretrained(ref, local_files_only=offline)
+
+    if local:
+        try:
+            config = get_config(True)
+        except Exception as exc:
+            raise ModelError(
+                f"--model {spec}: not a Hugging Face model folder ({_first_line(exc)})"
+            ) from exc
+    else:
+        config = _cached_then_online(spec, "huggingface.co", get_config, "config")
+    weights = "random"
+    if checkpoint is not None:
+        state, _ = read_checkpoint(checkpoint, use_ema)
+        with _seeded(0):
+            model = AutoModelForImageClassification.from_config(config)
+        k = checkpoint_num_classes(model, state)
+        if k is not None and k != int(config.num_labels):
+            config.num_labels = k
+            config.id2label = {i: f"class {i}" for i in range(k)}
+            config.label2id = {v: i for i, v in config.id2label.items()}
+            with _seeded(0):
+                model = AutoModelForImageClassification.from_config(config)
+        load_weights(model, state, f"--checkpoint {checkpoint!r}")
+        weights = "checkpoint"
+    elif random_weights:
+        with _seeded(0):
+            model = AutoModelForImageClassification.from_config(config)
+    else:
+
+        def build(offline: bool) -> nn.Module:
+            return AutoModelForImageClassification.from_pretrained(
+                ref, local_files_only=offline or local
+            )
+
+        if local:
+            try:
+                model = build(True)
+            except Exception as exc:
+                raise ModelError(
+                    f"--model {spec}: cannot load its weights ({_first_line(exc)}); "
+                    "pass --checkpoint PATH or --random-weights"
+                ) from exc
+        else:
+            model = _cached_then_online(spec, "huggingface.co", build)
+        weights = "pretrained"
+    cfg = model.config
+    id2label = getattr(cfg, "id2label", None) or {}
+    names = [str(id2label.get(i, f"class {i}")) for i in range(int(cfg.num_labels))]
+    pre = _hf_preprocessing(ref, cfg, local_only=True)
+    return model, names, pre, weights
+
+
+def _load_torchvision(name, checkpoint, random_weights, use_ema):
+    try:
+        from torchvision import models as tvm
+    except ImportError:  # pragma: no cover - torchvision ships with timm installs
+        raise ModelError("--model torchvision:...: torchvision is not installed")
+    spec = f"torchvision:{name}"
+    if name not in tvm.list_models():
+        raise ModelError(
+            f"unknown model {spec!r}: see torchvision.models.list_models()"
+        )
+    try:
+        default_weights = tvm.get_model_weights(name).DEFAULT
+    except Exception:
+        default_weights = None
+    weights = "random"
+    if checkpoint is not None:
+        state, _ = read_checkpoint(checkpoint, use_ema)
+        with _seeded(0):
+            model = tvm.get_model(name, weights=None)
+        k = checkpoint_num_classes(model, state)
+        head = classifier_name(model)
+        own = model.state_dict().get(f"{head}.weight") if head else None
+        if k is not None and own is not None and k != int(own.shape[0]):
+            with _seeded(0):
+                model = tvm.get_model(name, weights=None, num_classes=k)
+        load_weights(model, state, f"--checkpoint {checkpoint!r}")
+        weights = "checkpoint"
+    elif random_weights:
+        with _seeded(0):
+            model = tvm.get_model(name, weights=None)
+    else:
+        if default_weights is None:
+            raise ModelError(
+                f"--model {spec}: torchvision has no pretrained weights for it; pass "
+                "--checkpoint PATH or --random-weights"
+            )
+        url = default_weights.url
+        cached = (
+            Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+        )
+        if not cached.is_file() and not _reachable(urlparse(url).hostname or ""):
+            raise ModelError(_offline_message(spec, urlparse(url).hostname or url))
+        try:
+            model = tvm.get_model(name, weights=default_weights)
+        except Exception as exc:
+            raise ModelError(
+                f"--model {spec}: could not fetch pretrained weights "
+                f"({_first_line(exc)}); pass --checkpoint PATH or --random-weights"
+            ) from exc
+        weights = "pretrained"
+    head = classifier_name(model)
+    n = int(model.state_dict()[f"{head}.weight"].shape[0]) if head else 1000
+    names = [f"class {i}" for i in range(n)]
+    if default_weights is not None:
+        cats = default_weights.meta.get("categories")
+        if weights == "pretrained" and cats and len(cats) == n:
+            names = list(cats)
+        t = default_weights.transforms()
+        interp = getattr(t, "interpolation", None)
+        pre = Preprocessing.resize_crop(
+            int(t.resize_size[0]),
+            (int(t.crop_size[0]), int(t.crop_size[0])),
+            t.mean,
+            t.std,
+            getattr(interp, "value", "bilinear"),
+        )
+    else:
+        pre = Preprocessing.resize_crop(256, (224, 224), IMAGENET_MEAN, IMAGENET_STD)
+    return model, names, pre, weights
+
+
+def parse_model_spec(spec: str) -> Tuple[str, str]:
+    """Split ``--model`` into ``(source, name)``: ``default``, ``timm``, ``hf`` or
+    ``torchvision``.
+
+    Raises:
+        ModelError: an empty name after a prefix.
+    """
+    if spec == "default":
+        return "default", "default"
+    for prefix in ("hf", "torchvision", "timm"):
+        if spec.startswith(prefix + ":"):
+            name = spec[len(prefix) + 1 :]
+            if not name:
+                raise ModelError(f"--model {spec!r}: a name must follow '{prefix}:'")
+            return prefix, name
+    return "timm", spec
+
+
+def load_model(
+    spec: str = "default",
+    checkpoint: Optional[Union[str, Path]] = None,
+    *,
+    random_weights: bool = False,
+    use_ema: bool = False,
+    device: Union[str, torch.device] = "cpu",
+) -> LoadedModel:
+    """Load a model by name with its weights and preprocessing.
+
+    Args:
+        spec: ``"default"``, a timm name, ``"hf:ID_OR_DIR"`` or
+            ``"torchvision:NAME"`` (``"timm:NAME"`` also works).
+        checkpoint: Weights file (see :func:`read_checkpoint`); the classifier's
+            number of classes follows the checkpoint's head.
+        random_weights: Random initial weights (seeded: the same on every process)
+            instead of pretrained ones.
+        use_ema: Prefer a checkpoint's EMA weights.
+        device: Where to put the model.
+
+    Returns:
+        A :class:`LoadedModel` in eval mode on ``device``.
+
+    Raises:
+        ModelError: unknown model, unavailable weights (fails at once offline),
+            unreadable or mismatching checkpoint; always one line.
+
+    Examples::
+
+        >>> loaded = load_model("test_vit", random_weights=True)
+        >>> loaded.input_size
+        (160, 160)
+    """
+    if checkpoint is not None and random_weights:
+        raise ModelError("--checkpoint and --random-weights exclude each other")
+    source, name = parse_model_spec(spec)
+    loaders = {
+        "default": _load_default,
+        "timm": _load_timm,
+        "hf": _load_hf,
+        "torchvision": _load_torchvision,
+    }
+    model, names, pre, weights = loaders[source](
+        name, checkpoint, random_weights, use_ema
+    )
+    model = model.to(device).eval()
+    loaded = LoadedModel(
+        model=model,
+        name=spec,
+        source=source,
+        class_names=list(names),
+        preprocessing=pre,
+        checkpoint=str(checkpoint) if checkpoint is not None else None,
+        weights=weights,
+        checkpoint_digest=file_digest(checkpoint) if checkpoint is not None else None,
+    )
+    if source == "default" and weights == "shipped":
+        from .methods import default_model_extras
+
+        # the shipped ViT Shapley parts belong to these exact weights only
+        loaded.extras = default_model_extras(device)
+    return loaded

@@ -1,0 +1,240 @@
+"""captum_vit.models: every checkpoint layout people save, the number of classes from
+the head, hf: and torchvision: loading, offline pretrained requests, one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from captum_vit import models
+from captum_vit.methods import METHODS, MethodUnavailable
+from captum_vit.models import ModelError, load_model, read_checkpoint
+
+
+def _vit(num_classes: int, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return timm.create_model("test_vit", num_classes=num_classes).eval()
+
+
+@pytest.fixture(scope="module")
+def nets():
+    return _vit(7, 1), _vit(7, 2)
+
+
+def _same(loaded, ref: torch.nn.Module) -> bool:
+    x = torch.randn(2, 3, 160, 160, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return torch.equal(loaded.model(x), ref(x))
+
+
+def test_plain_state_dict_sets_num_classes_from_head(tmp_path: Path, nets):
+    net, _ = nets
+    torch.save(net.state_dict(), tmp_path / "plain.pth")
+    loaded = load_model("test_vit", tmp_path / "plain.pth")
+    assert loaded.num_classes == 7 and loaded.model.num_classes == 7
+    assert loaded.weights == "checkpoint" and not loaded.model.training
+    assert _same(loaded, net)
+    assert loaded.input_size == (160, 160)
+
+
+def test_timm_training_checkpoint_prefixes_args_and_ema(tmp_path: Path, nets):
+    net, ema = nets
+    payload = {
+        "epoch": 3,
+        "arch": "test_vit",
+        "state_dict": {f"module.{k}": v for k, v in net.state_dict().items()},
+        "state_dict_ema": ema.state_dict(),
+        "optimizer": {"state": {}, "param_groups": [{"lr": 0.1, "params": [0, 1]}]},
+        "args": argparse.Namespace(model="test_vit", lr=0.1, mean=None),
+        "metric": 71.5,
+    }
+    torch.save(payload, tmp_path / "train.pth.tar")
+    assert _same(load_model("test_vit", tmp_path / "train.pth.tar"), net)
+    with_ema = load_model("test_vit", tmp_path / "train.pth.tar", use_ema=True)
+    assert _same(with_ema, ema)
+
+
+def test_model_key_compiled_prefix_and_safetensors(tmp_path: Path, nets):
+    from safetensors.torch import save_file
+
+    net, _ = nets
+    compiled = {f"_orig_mod.{k}": v for k, v in net.state_dict().items()}
+    torch.save({"model": compiled}, tmp_path / "m.pt")
+    assert _same(load_model("test_vit", tmp_path / "m.pt"), net)
+    save_file(
+        {k: v.contiguous() for k, v in net.state_dict().items()},
+        tmp_path / "m.safetensors",
+    )
+    assert _same(load_model("test_vit", tmp_path / "m.safetensors"), net)
+
+
+def test_default_model_checkpoints_and_vit_shapley_only_with_shipped_weights(
+    tmp_path: Path,
+):
+    from captum_vit import zoo
+
+    shipped = load_model("default")
+    assert shipped.weights == "shipped" and "shapley_explainer" in shipped.extras
+    METHODS["vit-shapley"].build(shipped.model, shipped.extras)  # available
+    payload = torch.load(zoo.DEFAULT_WEIGHTS, weights_only=True)
+    state = {k: v.clone() for k, v in payload["state_dict"].items()}
+    state["head.weight"] = state["head.weight"][:4] * 2
+    state["head.bias"] = state["head.bias"][:4]
+    torch.save(state, tmp_path / "four.pth")
+    four = load_model("default", tmp_path / "four.pth")
+    assert four.num_classes == 4 and four.class_names[0] == "class 0"
+    assert torch.equal(four.model.head.weight, state["head.weight"])
+    for loaded in (four, load_model("default", zoo.DEFAULT_WEIGHTS)):
+        assert loaded.extras == {}
+        with pytest.raises(MethodUnavailable, match="shipped weights"):
+            METHODS["vit-shapley"].build(loaded.model, loaded.extras)
+
+
+def _custom_pickle(path: Path) -> None:
+    with path.open("wb") as fh:
+        pickle.dump({"state_dict": {"w": torch.ones(1)}, "obj": Path("x")}, fh, 2)
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda p: None, "no such file"),
+        (lambda p: p.write_text("hello"), "not a PyTorch checkpoint"),
+        (lambda p: torch.save({"epoch": 1, "note": "x"}, p), "no weights found"),
+        (lambda p: _custom_pickle(p), "objects other than tensors"),
+        (
+            lambda p: torch.save(
+                _vit(7, 0).state_dict() | {"extra.w": torch.ones(1)}, p
+            ),
+            "1 unexpected",
+        ),
+    ],
+)
+def test_bad_checkpoints_one_line(tmp_path: Path, make, message):
+    p = tmp_path / "ckpt.pth"
+    make(p)
+    with pytest.raises(ModelError, match=message) as info:
+        load_model("test_vit", p)
+    assert "\n" not in str(info.value)
+
+
+def test_mismatching_architecture_names_at_most_five_keys(tmp_path: Path):
+    torch.manual_seed(0)
+    other = timm.create_model("test_vit2", num_classes=7)  # avg pool, other shapes
+    torch.save(other.state_dict(), tmp_path / "other.pth")
+    with pytest.raises(ModelError, match="keys do not fit") as info:
+        load_model("test_vit", tmp_path / "other.pth")
+    msg = str(info.value)
+    assert "\n" not in msg and msg.count(";") <= 5
+    named = msg.split("e.g. ", 1)[1]
+    assert len(named.split("; ")) == 5
+
+
+def test_random_weights_are_seeded_and_leave_the_global_rng(nets):
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = load_model("test_vit", random_weights=True)
+    after = torch.rand(1)
+    b = load_model("test_vit", random_weights=True)
+    assert torch.equal(before, after)  # the caller's RNG stream is untouched
+    assert all(
+        torch.equal(x, y) for x, y in zip(a.model.parameters(), b.model.parameters())
+    )
+    assert a.weights == "random"
+
+
+def test_offline_pretrained_request_fails_at_once(monkeypatch):
+    """No network: the local cache is tried without requests, then one line says
+    how to pass --checkpoint; no download is retried (time.sleep would be the
+    retry back-off)."""
+
+    def no_sleep(_):
+        raise AssertionError("a download was retried")
+
+    monkeypatch.setattr(models, "_reachable", lambda host, port=443, timeout=3.0: False)
+    monkeypatch.setattr(time, "sleep", no_sleep)
+    for spec in ("test_vit", "torchvision:resnet18", "hf:google/vit-base-patch16-224"):
+        with pytest.raises(ModelError) as info:
+            load_model(spec)
+        msg = str(info.value)
+        assert "could not be fetched" in msg and "\n" not in msg
+        assert ("--checkpoint" in msg) or ("save_pretrained" in msg)
+
+
+def test_unknown_models_one_line():
+    with pytest.raises(ModelError, match="unknown model 'no_such_net'"):
+        load_model("no_such_net")
+    with pytest.raises(ModelError, match="unknown model 'torchvision:no_such'"):
+        load_model("torchvision:no_such")
+    with pytest.raises(ModelError, match="not a Hugging Face model folder"):
+        load_model("hf:" + str(Path(__file__).parent))
+
+
+def test_hf_folder_loads_with_processor_preprocessing(tmp_path: Path):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=3,
+    )
+    torch.manual_seed(0)
+    net = transformers.ViTForImageClassification(cfg).eval()
+    net.save_pretrained(tmp_path / "hfvit")
+    transformers.ViTImageProcessor(
+        size={"height": 32, "width": 32},
+        image_mean=[0.1, 0.2, 0.3],
+        image_std=[0.5] * 3,
+    ).save_pretrained(tmp_path / "hfvit")
+    loaded = load_model(f"hf:{tmp_path / 'hfvit'}")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x).logits, net(x).logits)
+    assert loaded.source == "hf" and loaded.num_classes == 3
+    assert loaded.input_size == (32, 32) and loaded.preprocessing.mean == (
+        0.1,
+        0.2,
+        0.3,
+    )
+    # a fine-tuned checkpoint with another head, saved with DDP prefixes
+    cfg.num_labels = 5
+    torch.manual_seed(1)
+    five = transformers.ViTForImageClassification(cfg).eval()
+    sd = {f"module.{k}": v for k, v in five.state_dict().items()}
+    torch.save(sd, tmp_path / "five.pth")
+    tuned = load_model(f"hf:{tmp_path / 'hfvit'}", tmp_path / "five.pth")
+    with torch.no_grad():
+        assert tuned.num_classes == 5
+        assert torch.equal(tuned.model(x).logits, five(x).logits)
+
+
+def test_torchvision_checkpoint_and_weights_transforms(tmp_path: Path):
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    net = torchvision.models.get_model("resnet18", num_classes=4).eval()
+    torch.save(net.state_dict(), tmp_path / "r4.pth")
+    loaded = load_model("torchvision:resnet18", tmp_path / "r4.pth")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), net(x))
+    assert loaded.num_classes == 4
+    t = torchvision.models.ResNet18_Weights.DEFAULT.transforms()
+    assert loaded.input_size == tuple(t.crop_size) * 2
+    assert loaded.preprocessing.mean == tuple(t.mean)
+
+
+def test_read_checkpoint_returns_meta(tmp_path: Path, nets):
+    net, _ = nets
+    torch.save({"state_dict": net.state_dict(), "epoch": 9}, tmp_path / "c.pth")
+    state, meta = read_checkpoint(tmp_path / "c.pth")
+    assert meta == {"epoch": 9} and set(state) == set(net.state_dict())
