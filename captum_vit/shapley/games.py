@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..vit import TokenMask, ViTAdapter
+from ..vit import ATTENTION_MASK, CLASS_HEAD, TOKEN_DROP, TokenMask, ViTAdapter
 from ._utils import check_positive_int, eval_mode
 
 __all__ = ["Game", "SurrogateGame", "masked_logits"]
@@ -133,6 +133,8 @@ class SurrogateGame:
     ) -> None:
         self.adapter = ViTAdapter.of(surrogate)
         self.model = self.adapter.model
+        self.adapter.require(CLASS_HEAD, "ViT Shapley")
+        self.adapter.require(TOKEN_DROP if mode == "drop" else ATTENTION_MASK, "ViT Shapley")
         if self.adapter.num_prefix_tokens < 1:
             raise ValueError(
                 "surrogate: ViT Shapley needs a model with at least one prefix token "
