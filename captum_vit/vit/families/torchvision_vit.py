@@ -11,8 +11,9 @@ mask, so both masking and recording go through forward pre-hooks on the
 ``key_padding_mask`` (True = ignore) for held-out and padding keys, and
 ``need_weights=True, average_attn_weights=False`` to get the (B, heads, T, T)
 probabilities, which the block discards. Nothing global is switched (PyTorch's MHA fast
-path is left to decide for itself; it returns the same weights), and the hooks are
-removed after the call.
+path is left to decide for itself), and the hooks are removed after the call. Because
+the returned weights are not part of the autograd graph of the output, recording
+recomputes each attention output from them (see :func:`_output_from_probs`).
 """
 
 from __future__ import annotations
@@ -42,10 +43,17 @@ class TorchvisionViTAdapter(ViTAdapter):
 
     def _validate(self) -> None:
         for i, blk in enumerate(self.model.encoder.layers):
-            if not isinstance(getattr(blk, "self_attention", None), nn.MultiheadAttention):
+            mha = getattr(blk, "self_attention", None)
+            if not (
+                isinstance(mha, nn.MultiheadAttention)
+                and mha.batch_first
+                and mha._qkv_same_embed_dim
+                and mha.bias_k is None
+                and not mha.add_zero_attn
+            ):
                 raise self._unsupported(
-                    f"encoder layer {i} ({type(blk).__name__}) without an "
-                    "nn.MultiheadAttention"
+                    f"encoder layer {i} ({type(blk).__name__}) without a standard "
+                    "batch-first nn.MultiheadAttention"
                 )
 
     # ------------------------------------------------------------ geometry
@@ -132,13 +140,38 @@ class TorchvisionViTAdapter(ViTAdapter):
             kwargs["average_attn_weights"] = False
             return args, kwargs
 
+        def post(i: int, mha: nn.MultiheadAttention, args, out):
+            probs = out[1]
+            on_block(i, probs)
+            return _output_from_probs(mha, args[0], probs), probs
+
         modules = self.attention_modules()
         for i in layers:
             mha = modules[i]
             handles.append(mha.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(
-                mha.register_forward_hook(lambda m, a, out, i=i: on_block(i, out[1]))
+                mha.register_forward_hook(
+                    lambda m, a, out, i=i: post(i, m, a, out)
+                )
             )
+
+
+def _output_from_probs(mha: nn.MultiheadAttention, x: Tensor, probs: Tensor) -> Tensor:
+    """Self-attention output computed from the reported probabilities.
+
+    ``nn.MultiheadAttention`` returns its weights as a view taken after the values
+    were attended, so the output does not depend on the returned tensor and no
+    gradient reaches it. Recording therefore replaces the output by the same
+    computation from the returned probabilities (value projection, ``probs @ v``,
+    output projection), which makes them part of the graph.
+    """
+    b, t, e = x.shape
+    heads = mha.num_heads
+    bias = None if mha.in_proj_bias is None else mha.in_proj_bias[2 * e :]
+    v = nn.functional.linear(x, mha.in_proj_weight[2 * e :], bias)
+    v = v.reshape(b, t, heads, e // heads).transpose(1, 2)  # (B, heads, T, hd)
+    y = (probs @ v).transpose(1, 2).reshape(b, t, e)
+    return mha.out_proj(y)
 
 
 __all__ = ["TorchvisionViTAdapter"]
