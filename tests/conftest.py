@@ -29,7 +29,11 @@ FAMILIES: Dict[str, tuple] = {
     # SigLIP: no CLS token, attention-pooled head (global_pool="map")
     "siglip": ("vit_base_patch16_siglip_224", dict(img_size=32, patch_size=8), 32),
     # BEiT: relative position bias in every block, mean-pooled head
-    "beit": ("beit_base_patch16_224", dict(img_size=32, patch_size=8), 32),
+    "beit": (
+        "beit_base_patch16_224",
+        dict(img_size=32, patch_size=8, head_init_scale=1.0),  # logits of order 1
+        32,
+    ),
 }
 
 #: Families built from small configs of other libraries (and timm's Swin).
@@ -111,10 +115,23 @@ def make_model(family: str, seed: int = 0, **overrides) -> nn.Module:
         assert not overrides, f"unknown overrides for {family}: {overrides}"
         if family == "torchvision" and num_classes == 0:
             model.heads = nn.Identity()
+        elif family == "torchvision":  # torchvision zero-initialises its head
+            _visible_head(model.heads.head)
         return model.eval()
     name, kwargs, _ = FAMILIES[family]
     kw = {**_TINY, **kwargs, **overrides}
-    return timm.create_model(name, **kw).eval()
+    model = timm.create_model(name, **kw)
+    if family in ("eva", "siglip") and isinstance(model.head, nn.Linear):
+        _visible_head(model.head)  # their heads start ~1e-3 small
+    return model.eval()
+
+
+def _visible_head(linear: nn.Linear) -> None:
+    """Re-draw a classifier so that logits are of order 0.1-1: oracle comparisons
+    with absolute tolerances would otherwise compare numbers near zero."""
+    with torch.no_grad():
+        linear.weight.normal_(0.0, 0.5)
+        linear.bias.normal_(0.0, 0.1)
 
 
 def image_size(family: str) -> int:

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..vit import ViTAdapter
+from ..vit import PREFIX_TOKENS, TOKENS, ViTAdapter
 
 __all__ = [
     "ShapleyExplainer",
@@ -143,10 +143,8 @@ class ShapleyExplainer(nn.Module):
         from timm.models.vision_transformer import Block
 
         adapter = ViTAdapter(backbone)
-        if adapter.num_prefix_tokens < 1:
-            raise ValueError(
-                "backbone: the explainer needs a ViT with at least one prefix token"
-            )
+        adapter.require(TOKENS, "ShapleyExplainer")
+        adapter.require(PREFIX_TOKENS, "ShapleyExplainer")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int):
             raise TypeError(f"num_classes: expected an int, got {type(num_classes)}")
         if num_classes < 1:
@@ -230,8 +228,7 @@ class ShapleyExplainer(nn.Module):
             is trainable.
         """
         adapter = ViTAdapter(surrogate)
-        backbone = copy.deepcopy(adapter.model)
-        backbone.reset_classifier(0)
+        backbone = adapter.without_head()
         for p in backbone.parameters():
             p.requires_grad_(True)
         explainer = cls(

@@ -297,6 +297,22 @@ class ViTAdapter:
     def _headless_reason(self) -> str:
         return "num_classes=0"
 
+    def without_head(self) -> nn.Module:
+        """A deep copy of the model with its classifier removed (headless), e.g. as
+        the backbone of a ViT Shapley explainer; the model itself is not touched.
+
+        Returns:
+            The copy; its adapter reports ``num_classes == 0``.
+        """
+        import copy
+
+        model = copy.deepcopy(self.model)
+        self._remove_head(model)
+        return model
+
+    def _remove_head(self, model: nn.Module) -> None:
+        model.reset_classifier(0)
+
     # ------------------------------------------------------------------ geometry
     @property
     def num_prefix_tokens(self) -> int:

@@ -156,6 +156,11 @@ class HFViTAdapter(ViTAdapter):
         ]
         return any(isinstance(h, nn.Linear) for h in heads)
 
+    def _remove_head(self, model: nn.Module) -> None:
+        for name in ("classifier", "cls_classifier", "distillation_classifier"):
+            if hasattr(model, name):
+                setattr(model, name, nn.Identity())
+
     def _headless_reason(self) -> str:
         return "num_labels=0"
 

@@ -80,6 +80,9 @@ class TorchvisionViTAdapter(ViTAdapter):
         linear = [m for m in self.model.heads.modules() if isinstance(m, nn.Linear)]
         return int(linear[-1].out_features) if linear else 0
 
+    def _remove_head(self, model: nn.Module) -> None:
+        model.heads = nn.Identity()
+
     def _headless_reason(self) -> str:
         return "its `heads` hold no nn.Linear"
 
