@@ -62,7 +62,9 @@ def _hf_model(kind: str, depth: int, num_classes: int) -> nn.Module:
         num_labels=num_classes,
     )
     if kind == "hf_vit":
-        return tf.ViTForImageClassification(tf.ViTConfig(intermediate_size=64, **common))
+        return tf.ViTForImageClassification(
+            tf.ViTConfig(intermediate_size=64, **common)
+        )
     if kind == "hf_deit":
         cfg = tf.DeiTConfig(intermediate_size=64, **common)
         return tf.DeiTForImageClassification(cfg)

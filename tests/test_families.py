@@ -27,8 +27,7 @@ from captum_vit import (
     ViTCX,
     patch_scores,
 )
-from captum_vit.metrics import insertion
-from captum_vit.vit import record_attention
+from captum_vit.metrics import deletion, insertion
 
 TOKEN_OTHERS = (
     "torchvision",
@@ -80,7 +79,9 @@ def lib_head(family: str, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model.heads(model.encoder.ln(x)[:, 0])
     x = getattr(model, model.base_model_prefix).layernorm(x)
     if family == "hf_deit_teacher":
-        return (model.cls_classifier(x[:, 0]) + model.distillation_classifier(x[:, 1])) / 2
+        return (
+            model.cls_classifier(x[:, 0]) + model.distillation_classifier(x[:, 1])
+        ) / 2
     if family.startswith("hf_dinov2"):
         p = PREFIX[family]
         return model.classifier(torch.cat([x[:, 0], x[:, p:].mean(1)], dim=1))
@@ -126,7 +127,9 @@ def lib_attentions(family: str, model: nn.Module, x: torch.Tensor, grad_target=N
             mha = layer.self_attention
             _, w = mha(y, y, y, need_weights=True, average_attn_weights=False)
             b, t, e = y.shape
-            q, k, v = nn.functional.linear(y, mha.in_proj_weight, mha.in_proj_bias).chunk(3, -1)
+            q, k, v = nn.functional.linear(
+                y, mha.in_proj_weight, mha.in_proj_bias
+            ).chunk(3, -1)
             q, k, v = (z.reshape(b, t, 2, e // 2).transpose(1, 2) for z in (q, k, v))
             a = (q @ k.transpose(-2, -1) / (e // 2) ** 0.5).softmax(-1)
             assert torch.allclose(a, w, atol=1e-6)
@@ -167,10 +170,15 @@ def test_adapter_reproduces_the_library_forward(family):
     with torch.no_grad():
         ref = adapter.logits(x)
         hand = torch.stack(
-            [lib_reduced(family, model, x[i], torch.ones(16, dtype=torch.bool)) for i in range(3)]
+            [
+                lib_reduced(family, model, x[i], torch.ones(16, dtype=torch.bool))
+                for i in range(3)
+            ]
         )
         out = adapter.head(adapter.run_blocks(adapter.embed(x)))
-        two = adapter.head(adapter.run_blocks(adapter.run_blocks(adapter.embed(x), 0, 1), 1))
+        two = adapter.head(
+            adapter.run_blocks(adapter.run_blocks(adapter.embed(x), 0, 1), 1)
+        )
     assert torch.allclose(hand, ref, atol=1e-5)
     assert torch.allclose(out, ref, atol=1e-5) and torch.allclose(two, ref, atol=1e-5)
 
@@ -199,7 +207,10 @@ def test_token_mask_equals_physically_reduced_sequence(family, mode):
     # batch equals per sample
     with torch.no_grad():
         single = torch.cat(
-            [TokenMask(model, mode)(x[i : i + 1], keep[i : i + 1]) for i in range(len(x))]
+            [
+                TokenMask(model, mode)(x[i : i + 1], keep[i : i + 1])
+                for i in range(len(x))
+            ]
         )
     assert torch.allclose(single, out, atol=1e-5)
 
@@ -342,7 +353,9 @@ def test_swin_vitcx_on_last_stage_feature_map():
     before = model_state(model)
     attr = cx.attribute(x, target=[0, 2], seed=0)
     assert attr.shape == x.shape and torch.isfinite(attr).all()
-    single = torch.cat([cx.attribute(x[i : i + 1], target=t, seed=0) for i, t in enumerate([0, 2])])
+    single = torch.cat(
+        [cx.attribute(x[i : i + 1], target=t, seed=0) for i, t in enumerate([0, 2])]
+    )
     assert torch.allclose(single, attr, atol=1e-5)
     assert model_state(model) == before
 
@@ -377,7 +390,9 @@ def test_headless_models_are_refused_by_class_methods(family):
     assert not adapter.has_head and adapter.num_classes == 0
     calls = [
         lambda: ViTCX(model),
-        lambda: insertion(model, x, torch.rand(2, adapter.num_patches), removal="black"),
+        lambda: insertion(
+            model, x, torch.rand(2, adapter.num_patches), removal="black"
+        ),
     ]
     if family != "swin":
         calls += [
@@ -392,3 +407,106 @@ def test_headless_models_are_refused_by_class_methods(family):
         assert AttentionRollout(model).attribute(x).shape == x.shape
         keep = torch.ones(2, 16, dtype=torch.bool)
         assert TokenMask(model, "drop")(x, keep).shape[0] == 2
+
+
+# ------------------------------------------------------- supported-models matrix
+README = __import__("pathlib").Path(__file__).resolve().parents[1] / "README.md"
+ROWS = {
+    "timm ViT (CLS)": "cls",
+    "timm DeiT distilled": "distilled",
+    "timm ViT registers, avg pool": "reg_gap",
+    'timm SigLIP (`global_pool="map"`)': "siglip",
+    "timm Eva (EVA-02)": "eva",
+    "timm BEiT": "beit",
+    "torchvision ViT": "torchvision",
+    "HF ViT": "hf_vit",
+    "HF DeiT": "hf_deit",
+    "HF DeiT with teacher": "hf_deit_teacher",
+    "HF DINOv2": "hf_dinov2",
+    "HF DINOv2 with registers": "hf_dinov2_reg",
+    "timm Swin": "swin",
+}
+
+
+def _run_cell(column: str, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    from captum_vit import ViTShapley
+    from captum_vit.shapley import ShapleyExplainer
+
+    adapter = ViTAdapter(model)
+    n = adapter.num_patches
+    keep = torch.arange(n).expand(x.shape[0], n) % 2 == 0
+    attr = torch.rand(x.shape[0], n, generator=torch.Generator().manual_seed(0))
+    if column == "TokenMask":
+        return TokenMask(model)(x, keep)
+    if column == "TokenMask drop":
+        return TokenMask(model, "drop")(x, keep)
+    if column == "AttentionRollout":
+        return AttentionRollout(model).attribute(x)
+    if column == "GenAtt":
+        return GenAtt(model).attribute(x, target=1)
+    if column == "ViTCX":
+        return ViTCX(model, noise_std=0.0).attribute(x, target=1, seed=0)
+    if column == "TransformerInputSampling":
+        return TransformerInputSampling(model, n_masks=4).attribute(x, target=1, seed=0)
+    if column == "SkipPLUSWrapper(IG)":
+        plus = SkipPLUSWrapper(IntegratedGradients(model))
+        return plus.attribute(x, target=1, n_steps=2)
+    if column == "Captum IG":
+        return IntegratedGradients(adapter.logits).attribute(x, target=1, n_steps=2)
+    if column == "ViTShapley":
+        explainer = ShapleyExplainer.from_surrogate(model).eval()
+        return ViTShapley(explainer, model).attribute(x, target=1)
+    removal = "tokens" if column == "metrics, token removal" else "black"
+    # (no empty token set: prefix-free models cannot evaluate one by token removal)
+    return deletion(model, x, attr, 1, removal=removal, fractions=[0.0, 0.5])
+
+
+def _matrix():
+    lines = README.read_text().splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("| family |"))
+    columns = [c.strip() for c in lines[start].strip("|").split("|")][1:]
+    cells = []
+    for ln in lines[start + 2 :]:
+        if not ln.startswith("|"):
+            break
+        row = [c.strip() for c in ln.strip("|").split("|")]
+        cells.append((row[0], dict(zip(columns, row[1:]))))
+    return columns, cells
+
+
+def test_readme_matrix_covers_every_family_and_method():
+    columns, cells = _matrix()
+    assert len(columns) == 11
+    assert [r for r, _ in cells] == list(ROWS)
+    assert all(len(c) == len(columns) for _, c in cells)
+
+
+@pytest.mark.parametrize("row", list(ROWS))
+def test_supported_models_matrix(row):
+    """Every cell of the README matrix either runs or raises the documented
+    capability error (a TypeError naming method, family and capability)."""
+    from conftest import image_size
+
+    columns, cells = _matrix()
+    family = ROWS[row]
+    model = make_model(family)
+    s = image_size(family)
+    x = torch.randn(2, 3, s, s, generator=torch.Generator().manual_seed(3))
+    before = model_state(model)
+    name = ViTAdapter(model).family_name
+    for column, cell in dict(cells)[row].items():
+        if cell == "✓":
+            out = _run_cell(column, model, x)
+            expected = (2,) if column.startswith("metrics") else None
+            if expected is None and column.startswith("TokenMask"):
+                expected = (2, 5)
+            assert tuple(out.shape) == (expected or tuple(x.shape)), (row, column)
+            assert torch.isfinite(out).all(), (row, column)
+        else:
+            assert cell.startswith("✗ "), (row, column, cell)
+            with pytest.raises(TypeError) as err:
+                _run_cell(column, model, x)
+            msg = str(err.value)
+            assert f"needs {cell[2:]}" in msg or f"needs a {cell[2:]}" in msg, msg
+            assert name in msg, msg
+    assert model_state(model) == before

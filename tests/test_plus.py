@@ -281,7 +281,9 @@ def genatt_oracle(model: nn.Module, x: torch.Tensor, target, layers) -> torch.Te
                 logits, pool = HandSub(model, start, rope)(h), None
             obj = logits.gather(1, torch.as_tensor(target)[:, None]).sum()
             atts = [rec.attentions[k] for k in blocks]
-            grads = torch.autograd.grad(obj, atts + ([pool] if pool is not None else []))
+            grads = torch.autograd.grad(
+                obj, atts + ([pool] if pool is not None else [])
+            )
         r = torch.eye(t).expand(x.shape[0], t, t)
         for a, g in zip(atts, grads):
             a_bar = (g * a.detach()).clamp(min=0).mean(1)

@@ -773,7 +773,9 @@ class PLUSWrapper(Attribution):
                 atts = [rec.attentions[k] for k in blocks]
                 pool = rec.pool_attention
                 grads = list(
-                    torch.autograd.grad(objective, atts + ([pool] if pool is not None else []))
+                    torch.autograd.grad(
+                        objective, atts + ([pool] if pool is not None else [])
+                    )
                 )
             if pool is not None:
                 cam = (grads.pop() * pool.detach()).clamp(min=0).mean(dim=1)

@@ -288,11 +288,13 @@ class ViTAdapter:
                 "there is no class to explain or score. Use a model with a "
                 "classifier head."
             )
+        subject = self.family_name
         if capability == PREFIX_TOKENS and TOKENS in self.capabilities:
-            reason = "this model does not have (it has no CLS or register token)"
+            subject = f"this {self.family_name}"
+            reason = "does not have: it has no CLS, distillation or register token"
         else:
-            reason = self.missing_reasons.get(capability, "this family does not offer")
-        raise TypeError(f"{method} needs {what}, which {self.family_name} {reason}")
+            reason = self.missing_reasons.get(capability, "does not offer")
+        raise TypeError(f"{method} needs {what}, which {subject} {reason}")
 
     def _headless_reason(self) -> str:
         return "num_classes=0"
@@ -674,8 +676,16 @@ class ViTAdapter:
         if stop == 0:
             return []
         blocks = self.blocks
-        later = {id(p) for blk in blocks[stop:] for p in blk.state_dict(keep_vars=True).values()}
-        after = {id(p) for m in self._after_blocks() for p in m.state_dict(keep_vars=True).values()}
+        later = {
+            id(p)
+            for blk in blocks[stop:]
+            for p in blk.state_dict(keep_vars=True).values()
+        }
+        after = {
+            id(p)
+            for m in self._after_blocks()
+            for p in m.state_dict(keep_vars=True).values()
+        }
         names = []
         for name, value in self.model.state_dict(keep_vars=True).items():
             if id(value) in later or id(value) in after:

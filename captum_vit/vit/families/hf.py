@@ -74,7 +74,9 @@ class HFViTAdapter(ViTAdapter):
 
     @property
     def _kind_class(self) -> str:
-        return next(k.__name__ for k in type(self.model).__mro__ if k.__name__ in _CLASSES)
+        return next(
+            k.__name__ for k in type(self.model).__mro__ if k.__name__ in _CLASSES
+        )
 
     def _validate(self) -> None:
         base = self._base
@@ -241,9 +243,7 @@ class HFViTAdapter(ViTAdapter):
         handles: List[Any],
     ) -> None:
         for cfg in _configs(self.model):
-            handles.append(
-                set_attribute(cfg, "_attn_implementation_internal", "eager")
-            )
+            handles.append(set_attribute(cfg, "_attn_implementation_internal", "eager"))
         modules = self.attention_modules()
 
         def report(i: int, out: Any) -> None:
@@ -257,9 +257,7 @@ class HFViTAdapter(ViTAdapter):
 
         for i in layers:
             handles.append(
-                modules[i].register_forward_hook(
-                    lambda m, a, out, i=i: report(i, out)
-                )
+                modules[i].register_forward_hook(lambda m, a, out, i=i: report(i, out))
             )
 
 

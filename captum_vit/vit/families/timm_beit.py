@@ -33,7 +33,9 @@ def _gather_bias(bias: Tensor, token_index: Tensor) -> Tensor:
     full = bias.reshape(-1, *bias.shape[-3:])[0] if bias.dim() == 4 else bias
     rows = token_index[:, :, None]  # (B, K, 1)
     cols = token_index[:, None, :]  # (B, 1, K)
-    return full[:, rows, cols].permute(1, 0, 2, 3)  # (heads, B, K, K) → (B, heads, K, K)
+    return full[:, rows, cols].permute(
+        1, 0, 2, 3
+    )  # (heads, B, K, K) → (B, heads, K, K)
 
 
 class BeitAdapter(TimmTokenAdapter):
@@ -82,7 +84,9 @@ class BeitAdapter(TimmTokenAdapter):
             mask = state.additive(args[0].dtype)
             if mask is not None:
                 shared = kwargs.get("shared_rel_pos_bias")
-                kwargs["shared_rel_pos_bias"] = mask if shared is None else shared + mask
+                kwargs["shared_rel_pos_bias"] = (
+                    mask if shared is None else shared + mask
+                )
             return args, kwargs
 
         def gathered(key, bias: Tensor) -> Tensor:

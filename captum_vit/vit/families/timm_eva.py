@@ -43,7 +43,9 @@ class EvaAdapter(TimmTokenAdapter):
                 f"Eva with global_pool={m.global_pool!r} (expected one of {_POOLS})"
             )
         if getattr(m, "rope_mixed", False):
-            raise self._unsupported("Eva with depth-dependent ('mixed') rotary embeddings")
+            raise self._unsupported(
+                "Eva with depth-dependent ('mixed') rotary embeddings"
+            )
         super()._validate()
 
     @property

@@ -153,9 +153,7 @@ class TorchvisionViTAdapter(ViTAdapter):
             mha = modules[i]
             handles.append(mha.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(
-                mha.register_forward_hook(
-                    lambda m, a, out, i=i: post(i, m, a, out)
-                )
+                mha.register_forward_hook(lambda m, a, out, i=i: post(i, m, a, out))
             )
 
 
