@@ -145,6 +145,18 @@ def family(request) -> str:
     return request.param
 
 
+def _instance_attributes(mod: nn.Module) -> tuple:
+    """Names in the module's ``__dict__``, ignoring an instance attribute that is just
+    the class's own method bound to the module (what ``monkeypatch.undo`` leaves)."""
+    names = []
+    for k, v in mod.__dict__.items():
+        own = getattr(type(mod), k, None)
+        if getattr(v, "__self__", None) is mod and getattr(v, "__func__", 0) is own:
+            continue
+        names.append(k)
+    return tuple(sorted(names))
+
+
 def model_state(model: nn.Module) -> List[tuple]:
     """Everything a call must leave unchanged: flags, hooks, modes, grads."""
     state = []
@@ -154,7 +166,7 @@ def model_state(model: nn.Module) -> List[tuple]:
             (
                 name,
                 mod.training,
-                tuple(sorted(mod.__dict__)),  # no attribute left behind
+                _instance_attributes(mod),  # no attribute left behind
                 mod.__dict__.get("fused_attn", None),
                 getattr(cfg, "_attn_implementation", None),
                 tuple(mod._forward_hooks.keys()),

@@ -12,8 +12,9 @@ mask, so both masking and recording go through forward pre-hooks on the
 ``need_weights=True, average_attn_weights=False`` to get the (B, heads, T, T)
 probabilities, which the block discards. Nothing global is switched (PyTorch's MHA fast
 path is left to decide for itself), and the hooks are removed after the call. Because
-the returned weights are not part of the autograd graph of the output, recording
-recomputes each attention output from them (see :func:`_output_from_probs`).
+the returned weights are not part of the autograd graph of the output, recording with
+grad enabled recomputes each attention output from them (see
+:func:`_output_from_probs`).
 """
 
 from __future__ import annotations
@@ -146,6 +147,8 @@ class TorchvisionViTAdapter(ViTAdapter):
         def post(i: int, mha: nn.MultiheadAttention, args, out):
             probs = out[1]
             on_block(i, probs)
+            if not torch.is_grad_enabled():  # no gradient wanted: keep the output
+                return None
             return _output_from_probs(mha, args[0], probs), probs
 
         modules = self.attention_modules()
