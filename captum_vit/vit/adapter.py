@@ -434,6 +434,8 @@ class ViTAdapter:
                 )
             return tuple(int(g) for g in self._dynamic_grid(hw))
         expected = tuple(self.image_size)
+        if hw != expected and not self._strict_size():
+            return tuple(int(g) for g in self._dynamic_grid(hw))
         if hw != expected:
             raise ValueError(
                 f"{name}: this model was built for {expected[0]}x{expected[1]} images "
@@ -443,6 +445,10 @@ class ViTAdapter:
         return self.grid_size
 
     def _needs_patch_multiple(self) -> bool:
+        return True
+
+    def _strict_size(self) -> bool:
+        """Whether a model that is not dynamic rejects other input sizes."""
         return True
 
     def grid_for(self, images: Tensor) -> Tuple[int, int]:

@@ -66,6 +66,9 @@ class TimmTokenAdapter(ViTAdapter):
     def _dynamic_grid(self, hw: Tuple[int, int]) -> Tuple[int, int]:
         return tuple(int(g) for g in self.model.patch_embed.dynamic_feat_size(hw))
 
+    def _strict_size(self) -> bool:
+        return bool(getattr(self.model.patch_embed, "strict_img_size", True))
+
     def _needs_patch_multiple(self) -> bool:
         return not getattr(self.model.patch_embed, "dynamic_img_pad", False)
 

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from ..adapter import MaskState, ViTAdapter, set_attribute
 
-#: class name -> (head kind, prefix tokens besides CLS from the config)
+#: Served class names -> head kind.
 _CLASSES: Dict[str, str] = {
     "ViTForImageClassification": "cls",
     "DeiTForImageClassification": "cls",
@@ -62,10 +62,9 @@ class HFViTAdapter(ViTAdapter):
 
     @classmethod
     def matches(cls, model: Any) -> bool:
-        return (
-            isinstance(model, nn.Module)
-            and type(model).__module__.startswith("transformers.")
-            and any(k.__name__ in _CLASSES for k in type(model).__mro__)
+        return isinstance(model, nn.Module) and any(
+            k.__name__ in _CLASSES and k.__module__.startswith("transformers.")
+            for k in type(model).__mro__
         )
 
     @property
