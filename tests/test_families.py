@@ -299,6 +299,53 @@ def test_state_restored_after_calls_and_errors(family):
         assert model.config._attn_implementation == "sdpa"
 
 
+@pytest.mark.parametrize("family", ["torchvision", "hf_deit_teacher", "hf_dinov2_reg"])
+def test_plus_tis_and_vitcx_parts_equal_library_computations(family):
+    from captum.attr import InputXGradient
+
+    from captum_vit.attr._plus import PLUSWrapper
+
+    model = make_model(family, depth=3)
+    x = _x(b=2)
+    target = torch.tensor([1, 4])
+    p = PREFIX[family]
+    # PLUS(InputXGradient) = CAT: sum over blocks of (x_l * dy/dx_l) summed over D
+    inputs = []
+    h = lib_tokens(family, model, x).detach().requires_grad_(True)
+    for layer in lib_layers(family, model):
+        inputs.append(h)
+        h = lib_layer(family, layer, h)
+    logits = lib_head(family, model, h)
+    grads = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), inputs)
+    cat = sum((a * g).sum(-1)[:, p:] for a, g in zip(inputs, grads)).detach()
+    got = PLUSWrapper(InputXGradient(model)).attribute(x, target=target)
+    got = patch_scores(got, model).reshape(2, -1)
+    assert torch.allclose(got, cat, rtol=1e-4, atol=1e-6)
+    # TIS: a mask's score is the probability on the physically reduced sequence
+    tis = TransformerInputSampling(model, n_masks=3)
+    masks = tis.masks(x, seed=0)
+    scores = tis.scores(x, masks, target)
+    with torch.no_grad():
+        for i in range(2):
+            for m, sc in zip(masks[i], scores[i]):
+                ref = torch.softmax(lib_reduced(family, model, x[i], m), -1)[target[i]]
+                assert abs(float(sc) - float(ref)) < 1e-5
+    # ViT-CX: default features are the last block's normalised input, prefix dropped
+    seen = []
+    norm = model.encoder.layers[-1].ln_1 if family == "torchvision" else None
+    if norm is None:
+        last = lib_layers(family, model)[-1]
+        norm = getattr(last, "layernorm_before", None) or last.norm1
+    hook = norm.register_forward_hook(lambda m, a, out: seen.append(out))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        hook.remove()
+    want = seen[0][:, p:].reshape(2, 4, 4, -1).permute(0, 3, 1, 2)
+    assert torch.allclose(ViTCX(model).features(x), want)
+
+
 def test_hf_outputs_and_metrics_use_logits():
     from captum_vit.metrics import insertion_deletion_curves
 
