@@ -84,7 +84,7 @@ def check_lrp_support(adapter: ViTAdapter, method: str = "LRP") -> None:
     from timm.layers import Attention, Mlp
     from timm.models.vision_transformer import Block
 
-    if adapter.family != "vit":
+    if adapter.family != "timm_vit":
         raise _capability_error(
             method,
             adapter,

@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch.nn as nn
 
 from .._utils import check_int, check_number
-from .adapter import _AFTER_BLOCKS, ViTAdapter
+from .adapter import ViTAdapter
 
 Normalization = Tuple[Tuple[float, ...], Tuple[float, ...]]
 
@@ -148,9 +148,10 @@ def parameter_groups(
         [] for _ in range(adapter.num_layers)
     ]
     embedding: List[Tuple[str, nn.Parameter]] = []
+    after = {id(p) for m in adapter._after_blocks() for p in m.parameters()}
     for name, p in adapter.model.named_parameters():
         parts = name.split(".")
-        if parts[0] in _AFTER_BLOCKS:
+        if id(p) in after:
             head.append((name, p))
         elif parts[0] == "blocks":
             blocks[int(parts[1])].append((name, p))
