@@ -37,8 +37,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..vit import CLASS_HEAD, ViTAdapter
-from ..vit.parts import input_normalization
-from ._fill import BaselinesType, apply_mask, fill_row, resolve_fill
+from ._fill import (
+    BaselinesType,
+    apply_mask,
+    fill_row,
+    input_normalization,
+    resolve_fill,
+)
 from ._utils import (
     TargetType,
     check_int,

@@ -32,6 +32,7 @@ from typing import (
     List,
     Optional,
     Sequence,
+    Set,
     Tuple,
     Union,
 )
@@ -56,6 +57,9 @@ RECORDED_ATTENTION = "recorded_attention"
 PREFIX_TOKENS = "prefix_tokens"
 #: A classifier head: outputs are class logits.
 CLASS_HEAD = "class_head"
+#: Layer-wise relevance propagation rules for every block and the head
+#: (:mod:`captum_vit.vit.lrp`, Transformer Attribution).
+LRP_RULES = "lrp_rules"
 
 #: What each capability is called in error messages.
 CAPABILITIES: Dict[str, str] = {
@@ -65,7 +69,19 @@ CAPABILITIES: Dict[str, str] = {
     RECORDED_ATTENTION: "recorded attention maps",
     PREFIX_TOKENS: "a prefix token (CLS, distillation or register)",
     CLASS_HEAD: "a classifier head",
+    LRP_RULES: "LRP rules for its blocks",
 }
+
+#: Reasons used when a family does not give its own (see ``missing_reasons``).
+_DEFAULT_REASONS: Dict[str, str] = {
+    LRP_RULES: (
+        "does not have: captum-vit's LRP rules cover timm VisionTransformer blocks "
+        "only (linear qkv, LayerNorm, GELU MLP)"
+    ),
+}
+
+#: ``(mean, std)`` per channel of a model's input normalisation.
+Normalization = Tuple[Tuple[float, ...], Tuple[float, ...]]
 
 #: Head pooling kinds: what the head reads from the final tokens.
 #: ``token``: prefix rows; ``avg``/``max``/``avgmax``: patch tokens;
@@ -255,19 +271,33 @@ class ViTAdapter:
     @property
     def capabilities(self) -> FrozenSet[str]:
         """The capabilities of this model (see :data:`CAPABILITIES`)."""
+        caps = self._basic_capabilities()
+        if self._has_lrp_rules():
+            caps.add(LRP_RULES)
+        return frozenset(caps)
+
+    def _basic_capabilities(self) -> Set[str]:
         caps = set(self._family_capabilities())
         if self.num_classes > 0:
             caps.add(CLASS_HEAD)
         if TOKENS in caps and self.num_prefix_tokens > 0:
             caps.add(PREFIX_TOKENS)
-        return frozenset(caps)
+        return caps
 
     def _family_capabilities(self) -> Sequence[str]:
         return (TOKENS, TOKEN_DROP, ATTENTION_MASK, RECORDED_ATTENTION)
 
+    def _has_lrp_rules(self) -> bool:
+        """Whether :mod:`captum_vit.vit.lrp`'s rules serve this model. Checked only
+        when asked (it walks every block), so the frequent ``has``/``require`` calls
+        of the forward paths stay cheap."""
+        return False
+
     def has(self, capability: str) -> bool:
         """Whether the model has ``capability``."""
-        return capability in self.capabilities
+        if capability == LRP_RULES:
+            return self._has_lrp_rules()
+        return capability in self._basic_capabilities()
 
     @property
     def has_head(self) -> bool:
@@ -299,8 +329,15 @@ class ViTAdapter:
             subject = f"this {self.family_name}"
             reason = "does not have: it has no CLS, distillation or register token"
         else:
-            reason = self.missing_reasons.get(capability, "does not offer")
+            reason = self.missing_reason(capability)
         raise TypeError(f"{method} needs {what}, which {subject} {reason}")
+
+    def missing_reason(self, capability: str) -> str:
+        """Why this model lacks ``capability``: completes "<method> needs <what>,
+        which <family> ..." (the family's ``missing_reasons``, else a default)."""
+        return self.missing_reasons.get(
+            capability, _DEFAULT_REASONS.get(capability, "does not offer")
+        )
 
     def _headless_reason(self) -> str:
         return "num_classes=0"
@@ -709,6 +746,48 @@ class ViTAdapter:
         """Modules that only run after the last block (final norm, pooling, head)."""
         raise NotImplementedError
 
+    def _block_group(self, index: int) -> List[nn.Module]:
+        """Modules whose parameters belong to block ``index`` in
+        :meth:`parameter_groups` (the block itself; Swin adds the patch merging that
+        runs right before a stage's first block)."""
+        return [self.blocks[index]]
+
+    def parameter_groups(self) -> List[Tuple[str, List[Tuple[str, nn.Parameter]]]]:
+        """The model's parameters grouped from the output down.
+
+        Order: ``"head"`` (what runs after the last block: final norm, pooling,
+        classifier heads), then ``"blocks.{L-1}"`` down to ``"blocks.0"`` (block
+        indices as in :attr:`blocks`), then ``"embedding"`` (everything before the
+        blocks: patch embedding, prefix tokens, position embeddings or biases shared
+        by all blocks). This is the order of the cascading randomisation of Adebayo
+        et al. (2018). Groups without parameters are left out; every parameter is in
+        exactly one group.
+
+        Returns:
+            ``[(group name, [(parameter name, parameter), ...]), ...]``, parameters in
+            ``named_parameters`` order within a group.
+
+        Examples::
+
+            >>> [name for name, _ in ViTAdapter(model).parameter_groups()]
+            ['head', 'blocks.1', 'blocks.0', 'embedding']
+        """
+        owner: Dict[int, str] = {}
+        for m in self._after_blocks():
+            for p in m.parameters():
+                owner.setdefault(id(p), "head")
+        for i in range(self.num_layers):
+            for m in self._block_group(i):
+                for p in m.parameters():
+                    owner.setdefault(id(p), f"blocks.{i}")
+        order = ["head"] + [f"blocks.{i}" for i in reversed(range(self.num_layers))]
+        groups: Dict[str, List[Tuple[str, nn.Parameter]]] = {
+            g: [] for g in order + ["embedding"]
+        }
+        for name, p in self.model.named_parameters():
+            groups[owner.get(id(p), "embedding")].append((name, p))
+        return [(g, params) for g, params in groups.items() if params]
+
     def final_norm(self, tokens: Tensor) -> Tensor:
         """The norm after the last block."""
         return self._final_norm_module()(tokens)
@@ -875,9 +954,52 @@ class ViTAdapter:
         return 0.1
 
     def feature_module(self) -> nn.Module:
-        """Default module whose output gives ViT-CX's feature maps (the normalised
-        input of the last block for token families)."""
-        raise NotImplementedError
+        """Default module whose output gives ViT-CX's feature maps: the normalised
+        attention input of the last block (:meth:`attention_input`) for token
+        families."""
+        return self.attention_input(-1)
+
+    def attention_input(self, block: int) -> nn.Module:
+        """The module whose output is block ``block``'s normalised attention input.
+
+        Its output is what the block's attention sees: (B, P + N, D) tokens on token
+        families (timm ``norm1``, torchvision ``ln_1``, Hugging Face
+        ``layernorm_before``), an NHWC map on Swin; :meth:`feature_maps` turns it
+        into (B, D, h, w) maps. ViT-CX's feature layer (the last block's) and the
+        "GradCAM (LN)" layer of the ViT Shapley paper's baselines.
+
+        Args:
+            block: Block index (negative counts from the end).
+
+        Returns:
+            The module.
+
+        Raises:
+            ValueError: ``block`` out of range.
+            TypeError: the block has no pre-attention norm.
+        """
+        n = self.num_layers
+        blk = self.blocks[check_int("block", block, -n, n - 1)]
+        norm = self._attention_input_of(blk)
+        if not isinstance(norm, nn.Module):
+            raise TypeError(
+                f"block: {type(blk).__name__} has no pre-attention norm; pass the "
+                "module whose output should be used explicitly"
+            )
+        return norm
+
+    def _attention_input_of(self, block: nn.Module) -> Optional[nn.Module]:
+        """The pre-attention norm of one block (None if it has none)."""
+        return getattr(block, "norm1", None)
+
+    @property
+    def input_normalization(self) -> Optional[Normalization]:
+        """The ``(mean, std)`` per channel with which the model's inputs are
+        normalised, where the model records it (timm's ``pretrained_cfg``, which
+        ``timm.create_model`` attaches to every model it builds); None otherwise
+        (torchvision and Hugging Face keep it in their transforms / image
+        processors, not in the model)."""
+        return None
 
     def feature_maps(self, output: Any, images: Tensor) -> Tensor:
         """(B, D, gh, gw) feature maps from ``feature_module``-like token output.

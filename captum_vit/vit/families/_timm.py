@@ -14,7 +14,18 @@ from typing import Any, Callable, List, Optional, Tuple
 import torch.nn as nn
 from torch import Tensor
 
-from ..adapter import ViTAdapter, set_attribute
+from ..adapter import Normalization, ViTAdapter, set_attribute
+
+
+def pretrained_cfg_normalization(model: Any) -> Optional[Normalization]:
+    """``(mean, std)`` recorded in a timm model's ``pretrained_cfg`` (or
+    ``default_cfg``), which ``timm.create_model`` attaches to every model it builds,
+    pretrained or not; None for a model without that record (e.g. built from its
+    class directly)."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+    if not isinstance(cfg, dict) or "mean" not in cfg or "std" not in cfg:
+        return None
+    return tuple(cfg["mean"]), tuple(cfg["std"])
 
 
 class TimmTokenAdapter(ViTAdapter):
@@ -92,14 +103,9 @@ class TimmTokenAdapter(ViTAdapter):
             m for n in names if isinstance(m := getattr(self.model, n, None), nn.Module)
         ]
 
-    def feature_module(self) -> nn.Module:
-        layer = getattr(self.model.blocks[-1], "norm1", None)
-        if layer is None:
-            raise TypeError(
-                "layer: the last block has no `norm1`; pass the module whose "
-                "(B, P + N, D) token output should give the feature maps"
-            )
-        return layer
+    @property
+    def input_normalization(self) -> Optional[Normalization]:
+        return pretrained_cfg_normalization(self.model)
 
     # ------------------------------------------------------------ attention
     def _attention_hooks(

@@ -205,15 +205,11 @@ class HFViTAdapter(ViTAdapter):
         heads = [getattr(self.model, n) for n in names if hasattr(self.model, n)]
         return [self._base.layernorm] + heads
 
-    def feature_module(self) -> nn.Module:
-        last = self.blocks[-1]
-        for name in ("layernorm_before", "norm1"):
-            if isinstance(getattr(last, name, None), nn.Module):
-                return getattr(last, name)
-        raise TypeError(
-            "layer: the last layer has no input norm; pass the module whose "
-            "(B, P + N, D) token output should give the feature maps"
-        )
+    def _attention_input_of(self, block: nn.Module) -> Optional[nn.Module]:
+        for name in ("layernorm_before", "norm1"):  # ViT/DeiT, DINOv2
+            if isinstance(getattr(block, name, None), nn.Module):
+                return getattr(block, name)
+        return None
 
     # ------------------------------------------------------------ masks
     def _block_hooks(self, state: MaskState, out: List[Any]) -> None:

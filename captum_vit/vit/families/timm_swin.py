@@ -3,11 +3,14 @@
 Swin has no flat token sequence: ``patch_embed`` gives an NHWC map of 4×4-pixel patches,
 each stage attends within (shifted) local windows, and patch merging halves the grid
 between stages; the head average-pools the last stage. So the methods that need a flat
-sequence of patch tokens (TIS, TokenMask, rollout, GenAtt, ViT Shapley, PLUS/SkipPLUS
-over blocks) raise the capability error. What works: ViT-CX on the last stage's feature
-map (the paper's Swin setting, with its 0.05 distance threshold), Captum's gradient and
-perturbation methods on the model itself, and every metric with a pixel baseline (its
-features are the patch-embedding grid).
+sequence of patch tokens (TIS, TokenMask, rollout, GenAtt, raw attention, ViT Shapley,
+PLUS/SkipPLUS over blocks) raise the capability error, and so does Transformer
+Attribution (no LRP rules for its blocks). What works: ViT-CX on the last stage's
+feature map (the paper's Swin setting, with its 0.05 distance threshold), Grad-CAM on a
+block's normalised NHWC map (the last block's by default), RISE, Captum's gradient and
+perturbation methods on the model itself, and every metric with a pixel baseline or
+ROAD's imputation (its features are the patch-embedding grid), and the parameter
+randomisation test (a stage's patch merging is randomised with the block after it).
 
 PLUS/SkipPLUS are not offered: their sum over blocks adds token attributions of hidden
 states that live on different grids (patch merging maps 2×2 tokens to one between
@@ -26,8 +29,10 @@ from ..adapter import (
     RECORDED_ATTENTION,
     TOKEN_DROP,
     TOKENS,
+    Normalization,
     ViTAdapter,
 )
+from ._timm import pretrained_cfg_normalization
 
 _WHY = "does not allow: its shifted windows need the full patch grid"
 
@@ -105,6 +110,27 @@ class SwinAdapter(ViTAdapter):
 
     def attention_modules(self) -> List[nn.Module]:
         return [blk.attn for blk in self.blocks]
+
+    @property
+    def input_normalization(self) -> Optional[Normalization]:
+        return pretrained_cfg_normalization(self.model)
+
+    # ------------------------------------------------------------ parameters
+    def _after_blocks(self) -> List[nn.Module]:
+        return [self.model.norm, self.model.head]
+
+    def _block_group(self, index: int) -> List[nn.Module]:
+        """A stage's patch merging runs right before its first block and belongs to
+        that block's group."""
+        group = [self.blocks[index]]
+        start = 0
+        for stage in self.model.layers:
+            if index == start and isinstance(
+                getattr(stage, "downsample", None), nn.Module
+            ):
+                group.insert(0, stage.downsample)
+            start += len(stage.blocks)
+        return group
 
     # ------------------------------------------------------------ feature maps
     @property

@@ -21,7 +21,7 @@ from typing import Any, Callable, List, Optional, Tuple
 import torch.nn as nn
 from torch import Tensor
 
-from ..adapter import MaskState
+from ..adapter import LRP_RULES, MaskState
 from ._timm import TimmTokenAdapter
 
 _POOLS = ("token", "avg", "max", "avgmax")
@@ -69,6 +69,55 @@ class TimmViTAdapter(TimmTokenAdapter):
         if getattr(self.model, "attn_pool", None) is not None:
             return "map"
         return str(self.model.global_pool)
+
+    # ------------------------------------------------------------ LRP rules
+    def _has_lrp_rules(self) -> bool:
+        return self._lrp_problem() is None
+
+    def missing_reason(self, capability: str) -> str:
+        if capability == LRP_RULES:
+            problem = self._lrp_problem()
+            if problem is not None:
+                return f"does not have for this model: it needs {problem}"
+        return super().missing_reason(capability)
+
+    def _lrp_problem(self) -> Optional[str]:
+        """What keeps :mod:`captum_vit.vit.lrp`'s rules from serving this model (None
+        when they serve it): standard pre-norm ``Block`` s (``Attention`` without a
+        gate, ``Mlp`` with linear ``fc1``/``fc2``), ``token`` or ``avg`` pooling and
+        linear heads (a headless model is left to the class-head check)."""
+        from timm.layers import Attention, Mlp
+        from timm.models.vision_transformer import Block
+
+        m = self.model
+        for i, blk in enumerate(m.blocks):
+            ok = (
+                type(blk) is Block
+                and type(blk.attn) is Attention
+                and getattr(blk.attn, "gate", None) is None
+                and type(blk.mlp) is Mlp
+                and isinstance(blk.mlp.fc1, nn.Linear)
+                and isinstance(blk.mlp.fc2, nn.Linear)
+                and isinstance(blk.attn.qkv, nn.Linear)
+                and isinstance(blk.attn.proj, nn.Linear)
+            )
+            if not ok:
+                return (
+                    f"standard pre-norm blocks; block {i} is a {type(blk).__name__} "
+                    f"with {type(blk.attn).__name__} attention and "
+                    f"{type(blk.mlp).__name__} MLP"
+                )
+        if self.pool not in ("token", "avg"):
+            return f"token or avg pooling, not {self.pool!r}"
+        if self.num_classes > 0:
+            if not isinstance(m.head, nn.Linear):
+                return "a linear classifier head"
+            dist = getattr(m, "head_dist", None)
+            if getattr(m, "dist_token", None) is not None and not isinstance(
+                dist, nn.Linear
+            ):
+                return "a linear distillation head"
+        return None
 
     @property
     def pool_include_prefix(self) -> bool:

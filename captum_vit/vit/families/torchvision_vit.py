@@ -118,8 +118,8 @@ class TorchvisionViTAdapter(ViTAdapter):
     def _after_blocks(self) -> List[nn.Module]:
         return [self.model.encoder.ln, self.model.heads]
 
-    def feature_module(self) -> nn.Module:
-        return self.model.encoder.layers[-1].ln_1
+    def _attention_input_of(self, block: nn.Module) -> Optional[nn.Module]:
+        return getattr(block, "ln_1", None)
 
     # ------------------------------------------------------------ masks
     def _block_hooks(self, state: MaskState, out: List[Any]) -> None:
