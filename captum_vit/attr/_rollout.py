@@ -34,6 +34,14 @@ def fuse_heads(attention: Tensor, head_fusion: str) -> Tensor:
     return attention.amin(dim=1)
 
 
+def fused_pool_rows(pool_attention: Tensor, head_fusion: str) -> Tensor:
+    """(B, heads, Q, T') attention-pool probabilities → (B, Q, T') rows: heads fused
+    by ``head_fusion``, each row renormalised to sum to 1 (guarded: an all-zero row
+    stays zero)."""
+    a = fuse_heads(pool_attention, head_fusion)
+    return a / a.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
+
+
 def discard_lowest(fused: Tensor, ratio: float, num_prefix: int) -> Tensor:
     """Zero the smallest ``ratio`` fraction of patch-to-patch entries, per sample.
 
@@ -122,8 +130,7 @@ class AttentionRollout(Attribution):
     def pool_rows(self, pool_attention: Tensor) -> Tensor:
         """(B, heads, Q, T') pool attention → (B, Q, T') rows: heads fused, each row
         renormalised to sum to 1 (guarded: an all-zero row stays zero)."""
-        a = fuse_heads(pool_attention, self.head_fusion)
-        return a / a.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
+        return fused_pool_rows(pool_attention, self.head_fusion)
 
     @log_usage()
     @evaluates_model
