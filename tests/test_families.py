@@ -18,16 +18,26 @@ from captum.attr import IntegratedGradients
 from conftest import make_model, model_state, reduced_forward
 
 from captum_vit import (
+    RISE,
     AttentionRollout,
     GenAtt,
+    RawAttention,
     SkipPLUSWrapper,
     TokenMask,
+    TransformerAttribution,
     TransformerInputSampling,
     ViTAdapter,
     ViTCX,
+    ViTGradCAM,
     patch_scores,
 )
-from captum_vit.metrics import deletion, insertion
+from captum_vit.vit import LRP_RULES, logits_of
+from captum_vit.metrics import (
+    deletion,
+    insertion,
+    model_parameter_randomization,
+    road,
+)
 
 TOKEN_OTHERS = (
     "torchvision",
@@ -435,11 +445,14 @@ def test_headless_models_are_refused_by_class_methods(family):
     x = _x(b=2)
     adapter = ViTAdapter(model)
     assert not adapter.has_head and adapter.num_classes == 0
+    attr = torch.rand(2, adapter.num_patches)
     calls = [
         lambda: ViTCX(model),
-        lambda: insertion(
-            model, x, torch.rand(2, adapter.num_patches), removal="black"
-        ),
+        lambda: insertion(model, x, attr, removal="black"),
+        lambda: RISE(model),
+        lambda: ViTGradCAM(model),
+        lambda: road(model, x, attr, 0),
+        lambda: model_parameter_randomization(model, lambda i, **k: i, x, target=0),
     ]
     if family != "swin":
         calls += [
@@ -447,13 +460,18 @@ def test_headless_models_are_refused_by_class_methods(family):
             lambda: TransformerInputSampling(model),
             lambda: SkipPLUSWrapper(IntegratedGradients(model)),
         ]
+    if family == "cls":  # the one family here with LRP rules
+        calls.append(lambda: TransformerAttribution(model))
     for call in calls:
         with pytest.raises(TypeError, match="the model has no classifier head"):
             call()
     if family != "swin":  # class-agnostic tools still work
         assert AttentionRollout(model).attribute(x).shape == x.shape
+        assert RawAttention(model).attribute(x).shape == x.shape
         keep = torch.ones(2, 16, dtype=torch.bool)
         assert TokenMask(model, "drop")(x, keep).shape[0] == 2
+        res = model_parameter_randomization(model, RawAttention(model), x)
+        assert res.spearman.shape == (2, len(adapter.parameter_groups()))
 
 
 # ------------------------------------------------------- supported-models matrix
@@ -503,6 +521,20 @@ def _run_cell(column: str, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if column == "ViTShapley":
         explainer = ShapleyExplainer.from_surrogate(model).eval()
         return ViTShapley(explainer, model).attribute(x, target=1)
+    if column == "TransformerAttribution":
+        return TransformerAttribution(model).attribute(x, target=1)
+    if column == "RawAttention":
+        return RawAttention(model).attribute(x)
+    if column == "RISE":
+        rise = RISE(model, n_masks=8, grid_size=2)
+        return rise.attribute(x, target=1, seed=0, perturbations_per_eval=8)
+    if column == "ViTGradCAM":
+        return ViTGradCAM(model).attribute(x, target=1)
+    if column == "metrics, ROAD":
+        return road(model, x, attr, 1, fractions=(0.25, 0.5))
+    if column == "metrics, randomisation":
+        res = model_parameter_randomization(model, ViTGradCAM(model), x, target=1)
+        return res.spearman[:, -1]
     removal = "tokens" if column == "metrics, token removal" else "black"
     # (no empty token set: prefix-free models cannot evaluate one by token removal)
     return deletion(model, x, attr, 1, removal=removal, fractions=[0.0, 0.5])
@@ -523,7 +555,7 @@ def _matrix():
 
 def test_readme_matrix_covers_every_family_and_method():
     columns, cells = _matrix()
-    assert len(columns) == 11
+    assert len(columns) == 17
     assert [r for r, _ in cells] == list(ROWS)
     assert all(len(c) == len(columns) for _, c in cells)
 
@@ -557,3 +589,136 @@ def test_supported_models_matrix(row):
             assert f"needs {cell[2:]}" in msg or f"needs a {cell[2:]}" in msg, msg
             assert name in msg, msg
     assert model_state(model) == before
+
+
+# ------------------------------------------- baselines' methods on every family
+def _last_attention_input(family: str, model: nn.Module) -> nn.Module:
+    """The library's own pre-attention norm of the last block."""
+    if family == "torchvision":
+        return model.encoder.layers[-1].ln_1
+    if family == "swin":
+        return model.layers[-1].blocks[-1].norm1
+    last = lib_layers(family, model)[-1]
+    return getattr(last, "layernorm_before", None) or last.norm1
+
+
+@pytest.mark.parametrize(
+    "family", ["torchvision", "hf_vit", "hf_deit_teacher", "hf_dinov2_reg", "swin"]
+)
+def test_gradcam_raw_attention_and_rise_equal_library_computations(family):
+    model = make_model(family)
+    x = _x(b=2)
+    target = torch.tensor([1, 4])
+    before = model_state(model)
+    # Grad-CAM: an ordinary backward on a copy, hooked at the library's own norm
+    ref_model = copy.deepcopy(model)
+    seen = []
+    norm = _last_attention_input(family, ref_model)
+    norm.register_forward_hook(lambda m, a, out: seen.append(out))
+    out = ref_model(x)
+    logits = getattr(out, "logits", out)
+    (grad,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), seen[0])
+    act = seen[0].detach()
+    if family == "swin":  # NHWC map of the last stage
+        act, grad = act.permute(0, 3, 1, 2), grad.permute(0, 3, 1, 2)
+    else:  # patch tokens on the 4 x 4 grid
+        p = PREFIX[family]
+        act = act[:, p:].reshape(2, 4, 4, -1).permute(0, 3, 1, 2)
+        grad = grad[:, p:].reshape(2, 4, 4, -1).permute(0, 3, 1, 2)
+    cam = (act * grad.mean(dim=(2, 3), keepdim=True)).sum(1).clamp(min=0)
+    got = ViTGradCAM(model).attribute(x, target=target)
+    s = x.shape[-1] // cam.shape[-1]  # nearest upsampling of the (h, w) map
+    assert torch.allclose(got[:, 0, ::s, ::s], cam, atol=1e-5)
+    one = ViTGradCAM(model).attribute(x[1:], target=4)
+    assert torch.allclose(one[0], got[1], atol=1e-6)
+    # RISE through the adapter equals RISE on the plain logits function
+    rise = RISE(model, n_masks=6, grid_size=2).attribute(x, target=target, seed=0)
+    plain = RISE(lambda z: logits_of(model(z)), n_masks=6, grid_size=2)
+    assert torch.allclose(rise, plain.attribute(x, target=target, seed=0))
+    # raw attention: the last block's attention as the library returns it
+    if family == "swin":
+        with pytest.raises(TypeError, match="which timm SwinTransformer"):
+            RawAttention(model)
+    else:
+        atts, _ = lib_attentions(family, model, x)
+        w = torch.tensor(lib_readout(family, atts[-1].shape[-1]), dtype=torch.float32)
+        ref = torch.einsum("t,bts->bs", w, atts[-1].mean(dim=1))[:, PREFIX[family] :]
+        got = patch_scores(RawAttention(model).attribute(x), model).flatten(1)
+        assert torch.allclose(got, ref, atol=1e-6)
+    assert model_state(model) == before
+
+
+def lib_groups(family: str, model: nn.Module) -> List[tuple]:
+    """Parameter groups for the randomisation test, from parameter names."""
+    import re
+
+    depth = len(lib_layers(family, model)) if family in TOKEN_OTHERS else None
+    if family == "swin":
+        starts = np.cumsum([0] + [len(s.blocks) for s in model.layers])
+        depth = int(starts[-1])
+    elif depth is None:
+        depth = len(model.blocks)
+
+    def group(name: str) -> str:
+        if family == "torchvision":
+            head = name.startswith(("encoder.ln.", "heads."))
+            m = re.match(r"encoder\.layers\.encoder_layer_(\d+)\.", name)
+        elif family.startswith("hf"):
+            head = bool(re.match(r"(\w+\.layernorm|\w*classifier)\.", name))
+            m = re.search(r"\.(?:layers|encoder\.layer)\.(\d+)\.", name)
+        elif family == "swin":
+            head = name.startswith(("norm.", "head."))
+            m = re.match(r"layers\.(\d+)\.(?:blocks\.(\d+)|downsample)\.", name)
+            if m:  # patch merging goes with the first block of its stage
+                return f"blocks.{starts[int(m[1])] + int(m[2] or 0)}"
+        else:
+            head = name.split(".")[0] in ("norm", "fc_norm", "head", "attn_pool")
+            m = re.match(r"blocks\.(\d+)\.", name)
+        if head:
+            return "head"
+        return f"blocks.{m[1]}" if m else "embedding"
+
+    names = ["head"] + [f"blocks.{i}" for i in reversed(range(depth))]
+    names.append("embedding")
+    groups = {n: [] for n in names}
+    for name, _ in model.named_parameters():
+        groups[group(name)].append(name)
+    return [(g, ps) for g, ps in groups.items() if ps]
+
+
+@pytest.mark.parametrize(
+    "family", ["cls", "siglip", "beit", "swin"] + list(TOKEN_OTHERS)
+)
+def test_parameter_groups_and_input_normalization_of_every_family(family):
+    from conftest import FAMILIES
+
+    model = make_model(family)
+    adapter = ViTAdapter(model)
+    got = [(g, [n for n, _ in ps]) for g, ps in adapter.parameter_groups()]
+    assert got == lib_groups(family, model)
+    lrp = family == "cls"  # the only family here with LRP rules (SigLIP: map pool)
+    assert adapter.has(LRP_RULES) == (LRP_RULES in adapter.capabilities) == lrp
+    if family in FAMILIES or family == "swin":  # recorded by timm.create_model
+        cfg = model.pretrained_cfg
+        assert adapter.input_normalization == (tuple(cfg["mean"]), tuple(cfg["std"]))
+    else:  # torchvision / HF keep it in their transforms: "black" needs it given
+        assert adapter.input_normalization is None
+        x = _x(b=1)
+        cx = ViTCX(model, noise_std=0.0)
+        with pytest.raises(ValueError, match="'black' needs the model's input"):
+            cx.attribute(x, target=0, baselines="black")
+        cx = ViTCX(model, noise_std=0.0, input_mean=[0.5] * 3, input_std=[0.5] * 3)
+        assert cx.attribute(x, target=0, baselines="black").shape == x.shape
+
+
+def test_road_on_swin_uses_its_patch_grid():
+    model = make_model("swin")
+    x = _x(b=2)
+    attr = torch.randn(2, 64, generator=torch.Generator().manual_seed(5))
+    ids = torch.arange(64).reshape(8, 8).repeat_interleave(4, 0).repeat_interleave(4, 1)
+    pix = attr[:, ids.flatten()].reshape(2, 1, 32, 32).expand(2, 3, 32, 32)
+    got = road(model, x, attr, [1, 3], fractions=(0.25, 0.5))
+    ref = road(
+        model, x, pix, [1, 3], fractions=(0.25, 0.5), feature_mask=ids[None, None]
+    )
+    assert torch.allclose(got, ref)
