@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from conftest import FAMILIES, image_size, make_model, model_state
+from conftest import FAMILIES, image_size, make_model, map_pool_by_hand, model_state
 
 from captum_vit import RISE, RawAttention, ViTGradCAM, patch_scores
 from captum_vit.attr._rise import rise_grids, rise_masks
@@ -20,9 +20,21 @@ def images(family: str, b: int = 2, seed: int = 1) -> torch.Tensor:
     return torch.randn(b, 3, s, s, generator=torch.Generator().manual_seed(seed))
 
 
-def readout(model: nn.Module, family: str, t: int) -> torch.Tensor:
-    """Weights over token rows that the head reads, written per family."""
+def readout(
+    model: nn.Module, family: str, t: int, x: torch.Tensor, fuse=torch.mean
+) -> torch.Tensor:
+    """(B, T) weights over token rows that the head reads, written per family; an
+    attention pool (SigLIP) reads through its own attention, computed by hand: heads
+    fused, rows renormalised, latent queries averaged."""
     p = model.num_prefix_tokens
+    if family == "siglip":
+        with torch.no_grad():
+            _, a = map_pool_by_hand(model, model.forward_features(x))
+        rows = fuse(a, dim=1)
+        rows = rows / rows.sum(dim=-1, keepdim=True)
+        w = rows.mean(dim=1)
+        skip = 0 if model.pool_include_prefix else p
+        return torch.cat([torch.zeros(x.shape[0], skip), w], dim=1)
     w = torch.zeros(t)
     if family == "distilled":
         w[:2] = 0.5
@@ -30,11 +42,11 @@ def readout(model: nn.Module, family: str, t: int) -> torch.Tensor:
         w[0] = 1.0
     else:
         w[p:] = 1.0 / (t - p)
-    return w
+    return w.expand(x.shape[0], -1)
 
 
 # -------------------------------------------------------------- raw attention
-@pytest.mark.parametrize("family", ["cls", "distilled", "reg_gap"])
+@pytest.mark.parametrize("family", ["cls", "distilled", "reg_gap", "siglip"])
 def test_raw_attention_equals_softmax_of_the_last_block(family):
     model = make_model(family)
     x = images(family)
@@ -51,11 +63,13 @@ def test_raw_attention_equals_softmax_of_the_last_block(family):
     qkv = (seen[0] @ a.qkv.weight.T + a.qkv.bias).reshape(b, t, 3, a.num_heads, -1)
     q, k = qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2)
     att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
-    ref = readout(model, family, t) @ att.mean(dim=1)  # (B, T)
+    w = readout(model, family, t, x)
+    ref = torch.einsum("bt,bts->bs", w, att.mean(dim=1))  # (B, T)
     got = patch_scores(RawAttention(model).attribute(x, target=3), model)
     assert torch.allclose(got.flatten(1), ref[:, model.num_prefix_tokens :], atol=1e-6)
     # max fusion and an earlier block
-    att_max = readout(model, family, t) @ att.amax(dim=1)
+    w = readout(model, family, t, x, fuse=torch.amax)
+    att_max = torch.einsum("bt,bts->bs", w, att.amax(dim=1))
     got = RawAttention(model, layer=1, head_fusion="max").attribute(x)
     assert torch.allclose(
         patch_scores(got, model).flatten(1),

@@ -12,7 +12,7 @@ from scipy.stats import spearmanr
 from captum_vit import GenAtt, RawAttention
 from captum_vit.metrics import model_parameter_randomization, ssim
 from captum_vit.metrics._core import generator
-from captum_vit.vit.parts import parameter_groups
+from captum_vit.vit import ViTAdapter
 
 
 def snapshot(model):
@@ -84,7 +84,7 @@ def test_cascading_randomisation_of_raw_attention():
     # the Spearman column equals scipy's on the maps recomputed by hand
     orig = RawAttention(model).attribute(x).sum(1).abs().flatten(1)
     with torch.no_grad():
-        for step, (name, params) in enumerate(parameter_groups(model)[:2]):
+        for step, (name, params) in enumerate(ViTAdapter(model).parameter_groups()[:2]):
             gen = generator(3, step)
             for _, p in params:
                 d = p.detach().double()

@@ -27,8 +27,7 @@ from captum.attr import (
     ShapleyValues,
     ShapleyValueSampling,
 )
-from conftest import image_size, make_model, model_state
-from timm.models.eva import Eva
+from conftest import image_size, make_model, map_pool_by_hand, model_state, timm_tokens
 
 from captum_vit import AttentionRollout, GenAtt, patch_scores
 from captum_vit.attr._plus import (
@@ -46,13 +45,7 @@ from captum_vit.vit import record_attention
 def hand_states(model: nn.Module, x: torch.Tensor) -> Tuple[List[torch.Tensor], Any]:
     """Block inputs x_0 .. x_L (x_L = last block output) written out from timm."""
     with torch.no_grad():
-        h = model.patch_embed(x)
-        rope = None
-        if isinstance(model, Eva):
-            h, rope = model._pos_embed(h)
-        else:
-            h = model.patch_drop(model._pos_embed(h))
-        h = model.norm_pre(h)
+        h, rope = timm_tokens(model, x)
         states = [h]
         for blk in model.blocks:
             h = blk(h, rope=rope) if rope is not None else blk(h)
@@ -279,15 +272,28 @@ def genatt_oracle(model: nn.Module, x: torch.Tensor, target, layers) -> torch.Te
         h = states[start].clone().requires_grad_(True)
         blocks = list(range(start, n_layers))
         with torch.enable_grad(), record_attention(model, layers=blocks) as rec:
-            logits = HandSub(model, start, rope)(h)
+            if model.global_pool == "map":  # SigLIP: the pool by hand, read out
+                hb = h
+                for blk in model.blocks[start:]:
+                    hb = blk(hb)
+                logits, pool = map_pool_by_hand(model, model.norm(hb))
+            else:
+                logits, pool = HandSub(model, start, rope)(h), None
             obj = logits.gather(1, torch.as_tensor(target)[:, None]).sum()
             atts = [rec.attentions[k] for k in blocks]
-            grads = torch.autograd.grad(obj, atts)
+            grads = torch.autograd.grad(
+                obj, atts + ([pool] if pool is not None else [])
+            )
         r = torch.eye(t).expand(x.shape[0], t, t)
         for a, g in zip(atts, grads):
             a_bar = (g * a.detach()).clamp(min=0).mean(1)
             r = r + a_bar @ r
-        total = total + torch.einsum("t,bts->bs", w, r)[:, p:]
+        if pool is not None:
+            rows = (grads[-1] * pool.detach()).clamp(min=0).mean(1).mean(1)
+            wb = torch.cat([rows.new_zeros(rows.shape[0], t - rows.shape[1]), rows], 1)
+        else:
+            wb = w.expand(x.shape[0], t)
+        total = total + torch.einsum("bt,bts->bs", wb, r)[:, p:]
     return total
 
 

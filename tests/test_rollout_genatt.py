@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import NoiseTunnel
-from conftest import image_size, make_model, model_state
+from conftest import image_size, make_model, map_pool_by_hand, model_state
 
 from captum_vit import AttentionRollout, GenAtt, ViTAdapter, patch_scores
 from captum_vit.vit import record_attention
@@ -18,7 +18,7 @@ def _images(family: str, b: int = 3, seed: int = 1) -> torch.Tensor:
 
 
 def _readout(model, p: int, t: int) -> np.ndarray:
-    """Rows the head reads, written out per family for the oracle."""
+    """Rows the head reads, written out per family for the oracle (fixed heads)."""
     w = np.zeros(t)
     if model.global_pool == "token":
         if getattr(model, "dist_token", None) is not None:
@@ -28,6 +28,19 @@ def _readout(model, p: int, t: int) -> np.ndarray:
     else:
         w[p:] = 1.0 / (t - p)
     return w
+
+
+def _pool_rows(model, image, head_fusion):
+    """Rollout readout of an attention-pooled head (SigLIP): the pool attention by
+    hand, heads fused, rows renormalised, mean over latent queries, zero on skipped
+    prefix tokens."""
+    with torch.no_grad():
+        _, a = map_pool_by_hand(model, model.forward_features(image[None]))
+    fuse = {"mean": np.mean, "max": np.max, "min": np.min}[head_fusion]
+    rows = fuse(a[0].double().numpy(), axis=0)
+    rows = rows / rows.sum(axis=1, keepdims=True)
+    skip = 0 if model.pool_include_prefix else model.num_prefix_tokens
+    return np.concatenate([np.zeros(skip), rows.mean(axis=0)])
 
 
 def rollout_oracle(att, head_fusion, discard_ratio, start_layer, p):
@@ -63,14 +76,23 @@ def test_rollout_equals_direct_product(family, head_fusion, discard_ratio, start
     for b in range(x.shape[0]):
         att = [a[b].double().numpy() for a in rec.attentions]
         r = rollout_oracle(att, head_fusion, discard_ratio, start_layer, p)
-        ref = _readout(model, p, r.shape[0]) @ r
+        if model.global_pool == "map":
+            ref = _pool_rows(model, x[b], head_fusion) @ r
+        else:
+            ref = _readout(model, p, r.shape[0]) @ r
         np.testing.assert_allclose(grid[b].numpy(), ref[p:], rtol=1e-4, atol=1e-6)
 
 
 def genatt_oracle(model, image, target):
-    """Per-sample GenAtt with an ordinary backward and numpy products."""
+    """Per-sample GenAtt with an ordinary backward and numpy products; an attention
+    pool (SigLIP) is computed by hand and read out by the same formula."""
     with record_attention(model, with_grad=True) as rec:
-        logits = model(image[None].clone().requires_grad_(True))
+        inp = image[None].clone().requires_grad_(True)
+        if model.global_pool == "map":
+            logits, pool = map_pool_by_hand(model, model.forward_features(inp))
+            pool.retain_grad()
+        else:
+            logits = model(inp)
         logits[0, target].backward()
     model.zero_grad(set_to_none=True)
     t = rec.attentions[0].shape[-1]
@@ -80,7 +102,13 @@ def genatt_oracle(model, image, target):
         a_bar = np.clip(cam, 0, None).mean(axis=0)
         r = r + a_bar @ r
     p = model.num_prefix_tokens
-    return (_readout(model, p, t) @ r)[p:]
+    if model.global_pool == "map":
+        cam = (pool.grad[0] * pool[0]).detach().double().numpy()
+        rows = np.clip(cam, 0, None).mean(axis=0).mean(axis=0)
+        w = np.concatenate([np.zeros(t - rows.shape[0]), rows])
+    else:
+        w = _readout(model, p, t)
+    return (w @ r)[p:]
 
 
 def test_genatt_equals_formula_and_per_sample(family):

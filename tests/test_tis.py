@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import List
 
 import pytest
-import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import FAMILIES, image_size, make_model, model_state
+from conftest import FAMILIES, image_size, make_model, model_state, reduced_forward
 
 from captum_vit.attr._tis import (
     TransformerInputSampling,
@@ -31,18 +30,7 @@ def same_state(a: List[tuple], b: List[tuple]) -> bool:
 
 def physically_reduced_prob(model: nn.Module, image, kept, t: int) -> float:
     """Oracle: softmax probability with the held-out tokens removed by hand (timm)."""
-    x = model.patch_embed(image[None])
-    rope = None
-    if isinstance(model, timm.models.eva.Eva):
-        x, rope = model._pos_embed(x)
-    else:
-        x = model._pos_embed(x)
-    x = model.norm_pre(x)
-    p = model.num_prefix_tokens
-    x = torch.cat([x[:, :p], x[:, p:][:, kept]], dim=1)
-    for blk in model.blocks:
-        x = blk(x, rope=rope[kept]) if rope is not None else blk(x)
-    return float(torch.softmax(model.forward_head(model.norm(x)), -1)[0, t])
+    return float(torch.softmax(reduced_forward(model, image, kept), -1)[t])
 
 
 # ------------------------------------------------------------------ k-means

@@ -243,8 +243,17 @@ def test_model_unchanged_also_on_error_and_capability_error():
     finally:
         h.remove()
     assert model_state(model) == before
-    with pytest.raises(TypeError, match="TransformerAttribution.*eva"):
+    with pytest.raises(
+        TypeError,
+        match="TransformerAttribution needs LRP rules for its blocks, "
+        "which timm Eva does not have",
+    ):
         TransformerAttribution(make_model("eva"))
+    # SigLIP is a timm VisionTransformer, but its attention pool has no LRP rule
+    with pytest.raises(TypeError, match="which timm VisionTransformer .*'map'"):
+        TransformerAttribution(make_model("siglip"))
+    with pytest.raises(TypeError, match="the model has no classifier head"):
+        TransformerAttribution(make_model("cls", num_classes=0))
     with pytest.raises(ValueError, match="start_layer"):
         TransformerAttribution(model, start_layer=2)
     with pytest.raises(ValueError, match="target"):

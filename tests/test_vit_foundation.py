@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
-from conftest import image_size, make_model, model_state
+from conftest import image_size, make_model, model_state, reduced_forward
 
 from captum_vit import TokenMask, ViTAdapter, patch_scores
 from captum_vit.vit import is_supported_vit, record_attention, tokens_to_pixels
@@ -18,23 +18,9 @@ def _images(family: str, b: int = 3, seed: int = 1) -> torch.Tensor:
 
 
 def physically_reduced(model: nn.Module, image: torch.Tensor, kept: torch.Tensor):
-    """Oracle: run one image with held-out patch tokens removed from the sequence.
-
-    Written against timm directly (not through the adapter): embed, drop the tokens,
-    run the blocks, and let timm's own head pool over what is left.
-    """
-    x = model.patch_embed(image[None])
-    rope = None
-    if isinstance(model, timm.models.eva.Eva):
-        x, rope = model._pos_embed(x)
-    else:
-        x = model._pos_embed(x)
-    x = model.norm_pre(x)
-    p = model.num_prefix_tokens
-    x = torch.cat([x[:, :p], x[:, p:][:, kept]], dim=1)
-    for blk in model.blocks:
-        x = blk(x, rope=rope[kept]) if rope is not None else blk(x)
-    return model.forward_head(model.norm(x))[0]
+    """Oracle: one image with held-out patch tokens removed from the sequence, written
+    against timm directly (see conftest.reduced_forward)."""
+    return reduced_forward(model, image, kept)
 
 
 def test_adapter_reproduces_model(family):
@@ -201,7 +187,7 @@ def test_unsupported_models_raise_type_error():
     resnet = timm.create_model("resnet10t", pretrained=False, num_classes=3)
     with pytest.raises(TypeError, match="supported"):
         TokenMask(resnet)
-    map_pool = timm.create_model(
+    no_pool = timm.create_model(
         "vit_tiny_patch16_224",
         pretrained=False,
         img_size=32,
@@ -209,11 +195,11 @@ def test_unsupported_models_raise_type_error():
         depth=1,
         embed_dim=32,
         num_heads=2,
-        global_pool="map",
+        global_pool="",
     )
-    with pytest.raises(TypeError, match="attention pooling"):
-        ViTAdapter(map_pool)
-    assert not is_supported_vit(map_pool)
+    with pytest.raises(TypeError, match="global_pool=''"):
+        ViTAdapter(no_pool)
+    assert not is_supported_vit(no_pool)
     assert is_supported_vit(make_model("eva"))
 
 
@@ -248,6 +234,11 @@ def test_drop_mode_with_no_patch_kept_matches_attention_mode(family):
     model = make_model(family)
     x = _images(family, b=2)
     keep = torch.zeros(2, ViTAdapter(model).num_patches, dtype=torch.bool)
+    if ViTAdapter(model).num_prefix_tokens == 0:  # nothing left to attend to
+        for mode in ("drop", "attention"):
+            with pytest.raises(ValueError, match="keep: every sample must keep"):
+                TokenMask(model, mode)(x, keep)
+        return
     with torch.no_grad():
         dropped = TokenMask(model, "drop")(x, keep)
         masked = TokenMask(model, "attention")(x, keep)

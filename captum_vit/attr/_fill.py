@@ -8,7 +8,7 @@ broadcastable to the inputs, or a name:
   RISE and ViT-CX). For normalised inputs 0 is the normalisation mean: mid-grey for
   mean = std = 0.5, ImageNet's mean colour for ImageNet statistics;
 - ``"black"``: black pixels, ``(0 − mean) / std`` per channel, which needs the
-  model's input normalisation (:func:`captum_vit.vit.parts.input_normalization`);
+  model's input normalisation (:func:`input_normalization`);
 - ``"mean"``: the per-image, per-channel mean of the input;
 - ``"blur"``: the input blurred with a Gaussian (kernel 11, σ 5, zero padding), the
   blur of the metrics' ``removal="blur"``.
@@ -17,18 +17,91 @@ broadcastable to the inputs, or a name:
 from __future__ import annotations
 
 from numbers import Real
-from typing import Optional, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from .._utils import check_number, gaussian_blur
-from ..vit.parts import Normalization
+from ..vit.adapter import Normalization, ViTAdapter
+from ..vit.families._timm import pretrained_cfg_normalization
 
 #: Fills known by name.
 FILLS = ("zero", "black", "mean", "blur")
 
 BaselinesType = Union[str, int, float, Tensor]
+
+
+def _as_floats(value: object, name: str) -> Tuple[float, ...]:
+    """Finite numbers (one per channel, or one for all), or an error naming
+    ``name``."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name}: expected numbers, got {value!r}")
+    try:
+        items = list(value)  # type: ignore[call-overload]
+    except TypeError:
+        items = [value]
+    out = tuple(check_number(name, v) for v in items)
+    if not out:
+        raise ValueError(f"{name}: expected one value per channel, got none")
+    return out
+
+
+def input_normalization(
+    model: Any,
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
+) -> Optional[Normalization]:
+    """The ``(mean, std)`` with which the model's inputs were normalised.
+
+    An explicit ``mean``/``std`` wins; otherwise the model's adapter says what the
+    model records (:attr:`captum_vit.vit.ViTAdapter.input_normalization`: timm's
+    ``pretrained_cfg``; nothing for torchvision and Hugging Face models, whose
+    normalisation lives in their transforms). Another callable (RISE takes any
+    classifier) is asked for a timm ``pretrained_cfg`` directly. A model built from
+    its class directly (e.g. the embedded default model) carries no such record:
+    pass them explicitly (``captum_vit.zoo.MEAN`` / ``STD`` for the default model).
+
+    Args:
+        model: A supported ViT, its adapter, or any other model or callable.
+        mean: Per-channel mean in [0, 1] pixel units (or one value for all channels).
+        std: Per-channel standard deviation (positive).
+
+    Returns:
+        ``(mean, std)`` as tuples of floats, or None when neither is given nor
+        recorded by the model.
+
+    Raises:
+        ValueError: only one of ``mean``/``std`` given, or a non-positive std.
+
+    Examples::
+
+        >>> input_normalization(timm.create_model("vit_tiny_patch16_224"))
+        ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    """
+    if (mean is None) != (std is None):
+        raise ValueError("input_mean/input_std: give both or neither")
+    if mean is None:
+        if isinstance(model, ViTAdapter):
+            recorded = model.input_normalization
+        else:
+            try:
+                recorded = ViTAdapter(model).input_normalization
+            except TypeError:  # not a supported ViT
+                recorded = pretrained_cfg_normalization(model)
+        if recorded is None:
+            return None
+        mean, std = recorded
+    m = _as_floats(mean, "input_mean")
+    s = _as_floats(std, "input_std")
+    if len(m) != len(s):
+        raise ValueError(
+            f"input_mean/input_std: expected as many means as stds, got {len(m)} and "
+            f"{len(s)}"
+        )
+    if min(s) <= 0:
+        raise ValueError(f"input_std: expected positive values, got {s}")
+    return m, s
 
 
 def check_baselines(baselines: BaselinesType, name: str = "baselines") -> None:

@@ -10,7 +10,13 @@ from captum.attr import GradientAttribution
 from captum.log import log_usage
 from torch import Tensor
 
-from ..vit import ViTAdapter, record_attention, tokens_to_pixels
+from ..vit import (
+    CLASS_HEAD,
+    RECORDED_ATTENTION,
+    ViTAdapter,
+    record_attention,
+    tokens_to_pixels,
+)
 from ._utils import (
     TargetType,
     evaluates_model,
@@ -50,8 +56,19 @@ class GenAtt(GradientAttribution):
     call (its modes are restored afterwards). GenAtt needs autograd: it cannot run
     inside ``torch.inference_mode()`` (``torch.no_grad()`` around the call is fine).
 
+    Attention-pooled heads (timm ``global_pool="map"``, SigLIP) read out through the
+    pool: its latent query attends to the final tokens like one more attention layer
+    whose query is not part of the sequence, so its relevance row is
+    ``mean_queries(mean_heads(clamp(∇A_pool ⊙ A_pool, min=0))) · R`` (no identity term:
+    the latent has no residual path from the tokens).
+
     Args:
-        model: A supported timm ViT (see :class:`captum_vit.vit.ViTAdapter`).
+        model: A supported ViT whose family records attention (see
+            :class:`captum_vit.vit.ViTAdapter`), with a classifier head.
+
+    Raises:
+        TypeError: an unsupported model, a family without recorded attention (Swin)
+            or a model without classifier head.
 
     Examples::
 
@@ -61,6 +78,8 @@ class GenAtt(GradientAttribution):
 
     def __init__(self, model: nn.Module) -> None:
         self.adapter = ViTAdapter(model)
+        self.adapter.require(RECORDED_ATTENTION, "GenAtt")
+        self.adapter.require(CLASS_HEAD, "GenAtt")
         super().__init__(self.adapter.model)
 
     @log_usage()
@@ -92,7 +111,7 @@ class GenAtt(GradientAttribution):
         # when every parameter is frozen; the model itself is not touched.
         x = images.detach().requires_grad_(True)
         with torch.enable_grad(), record_attention(self.adapter) as rec:
-            logits = self.forward_func(x)
+            logits = self.adapter.logits(x)
             if target is None:
                 t = logits.argmax(dim=1)
             t = t.to(logits.device)
@@ -100,8 +119,13 @@ class GenAtt(GradientAttribution):
             grads = rec.grad(objective)
         r = genatt_relevance([a.detach() for a in rec.attentions], grads)
         p = self.adapter.num_prefix_tokens
-        w = self.adapter.readout_weights(grid[0] * grid[1]).to(r)
-        scores = torch.einsum("t,bts->bs", w, r)[:, p:]
+        if rec.pool_attention is not None:  # read out through the attention pool
+            cam = (rec.pool_gradient * rec.pool_attention.detach()).clamp(min=0)
+            w = rec.pool_readout(cam.mean(dim=1), r.shape[-1]).to(r)
+        else:
+            w = self.adapter.readout_weights(grid[0] * grid[1]).to(r)
+            w = w.expand(r.shape[0], -1)
+        scores = torch.einsum("bt,bts->bs", w, r)[:, p:]
         return pack_output(
             tokens_to_pixels(scores.detach(), grid, images, interpolate_mode), was_tuple
         )

@@ -1,4 +1,5 @@
-"""Grad-CAM on the patch tokens of a ViT block (Selvaraju et al., ICCV 2017)."""
+"""Grad-CAM on the patch tokens (or feature map) of a ViT block (Selvaraju et al.,
+ICCV 2017)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ from captum.attr import GradientAttribution
 from captum.log import log_usage
 from torch import Tensor
 
-from ..vit import ViTAdapter, tokens_to_pixels
-from ..vit.parts import attention_input
+from ..vit import CLASS_HEAD, ViTAdapter, tokens_to_pixels
 from ._utils import (
     TargetType,
     evaluates_model,
@@ -25,10 +25,15 @@ from ._utils import (
 class ViTGradCAM(GradientAttribution):
     r"""Grad-CAM with the patch tokens of a block as the activation map.
 
-    The activations are the (B, P + N, D) token output of ``layer``, by default the
-    normalised input of block ``block``'s attention (``norm1``; the "GradCAM (LN)"
-    baseline of the ViT Shapley paper, as in pytorch-grad-cam's ViT example). Prefix
-    tokens are dropped and the N patch tokens are the "pixels" of a (D, gh, gw) map:
+    The activations are the output of ``layer``, by default the normalised input of
+    block ``block``'s attention (:meth:`~captum_vit.vit.ViTAdapter.attention_input`:
+    timm ``norm1``, torchvision ``ln_1``, Hugging Face ``layernorm_before``; the
+    "GradCAM (LN)" baseline of the ViT Shapley paper, as in pytorch-grad-cam's ViT
+    example). The model's adapter turns that output into a (D, h, w) map
+    (:meth:`~captum_vit.vit.ViTAdapter.feature_maps`): on token families prefix
+    tokens are dropped and the N patch tokens are its "pixels"; on Swin the block's
+    NHWC map is used as is (the last block's norm1 by default, as pytorch-grad-cam's
+    Swin example), so the map has that stage's grid. Then
 
     ``α_d = mean_j ∂y_t/∂A_jd``,  ``CAM_j = ReLU(Σ_d α_d A_jd)``,
 
@@ -42,11 +47,15 @@ class ViTGradCAM(GradientAttribution):
     call is fine).
 
     Args:
-        model: A supported timm ViT (see :class:`captum_vit.vit.ViTAdapter`).
+        model: A supported ViT or Swin with a classifier head (see
+            :class:`captum_vit.vit.ViTAdapter`).
         block: Block whose attention input is used (negative counts from the end);
             default the last block.
         layer: Alternatively, any module of the model that outputs (B, P + N, D)
-            tokens once per forward pass (overrides ``block``).
+            tokens (an NHWC map on Swin) once per forward pass (overrides ``block``).
+
+    Raises:
+        TypeError: an unsupported model or a model without classifier head.
 
     Examples::
 
@@ -58,9 +67,10 @@ class ViTGradCAM(GradientAttribution):
         self, model: nn.Module, block: int = -1, layer: Optional[nn.Module] = None
     ) -> None:
         self.adapter = ViTAdapter(model)
+        self.adapter.require(CLASS_HEAD, type(self).__name__)
         super().__init__(self.adapter.model)
         if layer is None:
-            layer = attention_input(self.adapter, block)
+            layer = self.adapter.attention_input(block)
         if not isinstance(layer, nn.Module):
             raise TypeError(f"layer: expected an nn.Module, got {type(layer).__name__}")
         if not any(m is layer for m in self.adapter.model.modules()):
@@ -101,10 +111,9 @@ class ViTGradCAM(GradientAttribution):
             >>> attr = ViTGradCAM(model).attribute(images, target=3)
         """
         images, was_tuple = unpack_inputs(inputs)
-        grid = self.adapter.check_images(images)
+        self.adapter.check_images(images)
         require_autograd(type(self).__name__)
         b = images.shape[0]
-        t_count = self.adapter.num_prefix_tokens + grid[0] * grid[1]
         if target is not None:
             t = format_target(target, b, self.adapter.num_classes)
         seen: List[Tensor] = []
@@ -116,27 +125,15 @@ class ViTGradCAM(GradientAttribution):
         handle = self.layer.register_forward_hook(hook)
         try:
             with torch.enable_grad():
-                logits = self.forward_func(x)
+                logits = self.adapter.logits(x)
                 if len(seen) != 1:
                     raise ValueError(
                         "layer: expected the module to run once per forward pass, "
                         f"it ran {len(seen)} times"
                     )
                 act = seen[0]
-                if (
-                    not isinstance(act, Tensor)
-                    or act.dim() != 3
-                    or tuple(act.shape[:2]) != (b, t_count)
-                ):
-                    shape = (
-                        tuple(act.shape)
-                        if isinstance(act, Tensor)
-                        else type(act).__name__
-                    )
-                    raise ValueError(
-                        "layer: expected a token-shaped output (B, P + N, D) = "
-                        f"({b}, {t_count}, D), got {shape}"
-                    )
+                # (B, D, h, w); raises for outputs that are not token/map-shaped
+                maps = self.adapter.feature_maps(act, images)
                 if target is None:
                     t = logits.argmax(dim=1)
                 t = t.to(logits.device)
@@ -144,12 +141,14 @@ class ViTGradCAM(GradientAttribution):
                 (grad,) = torch.autograd.grad(objective, act)
         finally:
             handle.remove()
-        p = self.adapter.num_prefix_tokens
-        a, g = act.detach()[:, p:], grad[:, p:]  # (B, N, D)
-        alpha = g.mean(dim=1, keepdim=True)  # (B, 1, D): spatial mean of gradients
-        cam = (a * alpha).sum(dim=-1)  # (B, N)
+        a = maps.detach()
+        g = self.adapter.feature_maps(grad, images)
+        alpha = g.mean(dim=(2, 3), keepdim=True)  # (B, D, 1, 1): spatial mean
+        cam = (a * alpha).sum(dim=1)  # (B, h, w)
         if relu:
             cam = cam.clamp(min=0)
+        grid = tuple(cam.shape[1:])
         return pack_output(
-            tokens_to_pixels(cam, grid, images, interpolate_mode), was_tuple
+            tokens_to_pixels(cam.flatten(1), grid, images, interpolate_mode),
+            was_tuple,
         )

@@ -36,8 +36,9 @@ from captum.attr import (
 from captum.log import log_usage
 from torch import Tensor
 
-from ..vit import ViTAdapter, record_attention, tokens_to_pixels
-from ..vit.adapter import SUPPORTED_FAMILIES, resolve_layer_indices
+from ..vit import CLASS_HEAD, TOKENS, ViTAdapter, record_attention, tokens_to_pixels
+from ..vit.adapter import resolve_layer_indices
+from ..vit.families import SUPPORTED_FAMILIES
 from ._genatt import GenAtt
 from ._rollout import AttentionRollout, discard_lowest, fuse_heads
 from ._utils import (
@@ -434,6 +435,8 @@ class PLUSWrapper(Attribution):
         net = _model_of(attributor)
         super().__init__(net)
         self.adapter = ViTAdapter(net)
+        self.adapter.require(TOKENS, type(self).__name__)
+        self.adapter.require(CLASS_HEAD, type(self).__name__)
         self.attributor = attributor
         self.layers = self._resolve_layers(layers)
         if callable(token_reduction):
@@ -784,6 +787,8 @@ class PLUSWrapper(Attribution):
         sub = ViTSubNetwork(self.adapter, first, grid)
         blocks = list(range(first, n_layers))
         p = self.adapter.num_prefix_tokens
+        t_len = hidden.shape[1]
+        pool_w = None  # readout through an attention pool (SigLIP), per sample
         if self._kind == "genatt":
             h = hidden.detach().requires_grad_(True)
             with torch.enable_grad(), record_attention(
@@ -794,7 +799,15 @@ class PLUSWrapper(Attribution):
                     t = logits.argmax(dim=1)
                 objective = logits.gather(1, t[:, None]).sum()
                 atts = [rec.attentions[k] for k in blocks]
-                grads = torch.autograd.grad(objective, atts)
+                pool = rec.pool_attention
+                grads = list(
+                    torch.autograd.grad(
+                        objective, atts + ([pool] if pool is not None else [])
+                    )
+                )
+            if pool is not None:
+                cam = (grads.pop() * pool.detach()).clamp(min=0).mean(dim=1)
+                pool_w = rec.pool_readout(cam, t_len)
             # Ā_k = mean_heads(clamp(∇A ⊙ A, min=0)); GenAtt step R <- R + Ā R
             mats = [
                 (g * a.detach()).clamp(min=0).mean(dim=1) for a, g in zip(atts, grads)
@@ -810,10 +823,16 @@ class PLUSWrapper(Attribution):
                     a = discard_lowest(a, rollout.discard_ratio, p)
                     a = a + torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
                     mats.append(a / a.sum(dim=-1, keepdim=True))
+                if rec.pool_attention is not None:
+                    rows = rollout.pool_rows(rec.pool_attention)
+                    pool_w = rec.pool_readout(rows, t_len)
             plus_identity = False
         # u_l = w^T M_{L-1} ... M_l for every l, accumulated from the last block down.
-        w = self.adapter.readout_weights(grid[0] * grid[1]).to(hidden)
-        u = w.expand(hidden.shape[0], -1)
+        if pool_w is not None:
+            u = pool_w.to(hidden)
+        else:
+            w = self.adapter.readout_weights(grid[0] * grid[1]).to(hidden)
+            u = w.expand(hidden.shape[0], -1)
         scores = hidden.new_zeros(hidden.shape[0], grid[0] * grid[1])
         chosen = set(self.layers)
         for k in reversed(blocks):

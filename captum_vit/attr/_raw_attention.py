@@ -10,9 +10,9 @@ from captum.attr import Attribution
 from captum.log import log_usage
 from torch import Tensor
 
-from ..vit import ViTAdapter, record_attention, tokens_to_pixels
+from ..vit import RECORDED_ATTENTION, ViTAdapter, record_attention, tokens_to_pixels
 from ..vit.adapter import resolve_layer_indices
-from ._rollout import _FUSIONS, fuse_heads
+from ._rollout import _FUSIONS, fuse_heads, fused_pool_rows
 from ._utils import (
     TargetType,
     check_choice,
@@ -32,16 +32,25 @@ class RawAttention(Attribution):
     heads, which ranks patches identically), read along the row(s) the head reads:
     the CLS row, the mean of the CLS and distillation rows for distilled DeiT, the
     mean of the pooled rows for average-pooled models (see
-    :meth:`captum_vit.vit.ViTAdapter.readout_weights`). Class-agnostic: ``target`` is
+    :meth:`captum_vit.vit.ViTAdapter.readout_weights`). Attention-pooled heads (timm
+    ``global_pool="map"``, SigLIP) read the final tokens through the pool's own
+    attention, so the readout row is the pool's attention (heads fused by the same
+    rule, each latent query's row renormalised, the rows averaged), as in
+    :class:`~captum_vit.AttentionRollout`. Class-agnostic: ``target`` is
     validated and then ignored. One forward pass without gradients (so it also runs
     inside ``torch.inference_mode()``), the attention module temporarily on the
     explicit (unfused) path and the model in eval mode (and eager, if compiled), all
     restored afterwards.
 
     Args:
-        model: A supported timm ViT (see :class:`captum_vit.vit.ViTAdapter`).
+        model: A supported ViT whose family records attention (see
+            :class:`captum_vit.vit.ViTAdapter`); headless models work too.
         layer: Block index (negative counts from the end); default the last block.
         head_fusion: ``"mean"`` (default), ``"max"`` or ``"min"`` over heads.
+
+    Raises:
+        TypeError: an unsupported model or a family without recorded attention
+            (Swin).
 
     Examples::
 
@@ -52,6 +61,7 @@ class RawAttention(Attribution):
         self, model: nn.Module, layer: int = -1, head_fusion: str = "mean"
     ) -> None:
         self.adapter = ViTAdapter(model)
+        self.adapter.require(RECORDED_ATTENTION, type(self).__name__)
         super().__init__(self.adapter.model)
         self.layer = resolve_layer_indices(self.adapter, [layer], "layer")[0]
         self.head_fusion = check_choice("head_fusion", head_fusion, _FUSIONS)
@@ -88,11 +98,15 @@ class RawAttention(Attribution):
         with torch.no_grad(), record_attention(
             self.adapter, layers=[self.layer]
         ) as rec:
-            self.forward_func(images)
+            self.adapter.logits(images)
         a = fuse_heads(rec.attentions[self.layer], self.head_fusion)  # (B, T, T)
         p = self.adapter.num_prefix_tokens
-        w = self.adapter.readout_weights(grid[0] * grid[1]).to(a)
-        scores = torch.einsum("t,bts->bs", w, a)[:, p:]
+        if rec.pool_attention is not None:  # read out through the attention pool
+            rows = fused_pool_rows(rec.pool_attention, self.head_fusion)
+            w = rec.pool_readout(rows, a.shape[-1])
+        else:
+            w = self.adapter.readout_weights(grid[0] * grid[1]).expand(a.shape[0], -1)
+        scores = torch.einsum("bt,bts->bs", w.to(a), a)[:, p:]
         return pack_output(
             tokens_to_pixels(scores, grid, images, interpolate_mode), was_tuple
         )

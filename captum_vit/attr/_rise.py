@@ -27,9 +27,14 @@ from captum.log import log_usage
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..vit import ViTAdapter, is_supported_vit
-from ..vit.parts import input_normalization
-from ._fill import BaselinesType, apply_mask, fill_row, resolve_fill
+from ..vit import CLASS_HEAD, ViTAdapter, is_supported_vit, logits_of
+from ._fill import (
+    BaselinesType,
+    apply_mask,
+    fill_row,
+    input_normalization,
+    resolve_fill,
+)
 from ._utils import (
     TargetType,
     as_target,
@@ -136,14 +141,15 @@ class RISE(PerturbationAttribution):
     fill of its reference code, 0 in the model's input space (``"zero"``; for
     normalised inputs that is the normalisation mean, see ``baselines``).
 
-    Any classifier works; a supported timm ViT has its image size validated by the
-    adapter. The model runs in eval mode (and eagerly, if compiled) for the call,
-    its modes restored afterwards; no gradient is taken, so RISE also runs inside
-    ``torch.inference_mode()``.
+    Any classifier works (outputs with ``.logits``, as Hugging Face's, are
+    unwrapped); a supported ViT has its images validated by its adapter, and a
+    supported ViT without classifier head is refused. The model runs in eval mode
+    (and eagerly, if compiled) for the call, its modes restored afterwards; no
+    gradient is taken, so RISE also runs inside ``torch.inference_mode()``.
 
     Args:
         forward_func: The model (or a callable) mapping (B, C, H, W) images to
-            (B, classes) logits.
+            (B, classes) logits (or an output with ``.logits``).
         n_masks: Number of masks N.
         grid_size: Cells per side s of the binary grids.
         p: Probability that a cell is kept.
@@ -172,6 +178,8 @@ class RISE(PerturbationAttribution):
         self.adapter = (
             ViTAdapter(forward_func) if is_supported_vit(forward_func) else None
         )
+        if self.adapter is not None:
+            self.adapter.require(CLASS_HEAD, type(self).__name__)
         self.n_masks = check_int("n_masks", n_masks, 1)
         self.grid_size = check_int("grid_size", grid_size, 1)
         self.p = check_number("p", p, 0.0, 1.0, low_open=True)
@@ -259,7 +267,7 @@ class RISE(PerturbationAttribution):
             fill = resolve_fill(baselines, images, self.normalization)
             if target is None:
                 preds = [
-                    self.forward_func(images[lo:hi]).argmax(dim=1)
+                    logits_of(self.forward_func(images[lo:hi])).argmax(dim=1)
                     for lo, hi in _chunks(b, ppe)
                 ]
                 tgt = torch.cat(preds).cpu()
@@ -276,7 +284,7 @@ class RISE(PerturbationAttribution):
                     m = rise_masks(grids[lo:hi], shifts[lo:hi], (h, w)).to(images)
                     for i in range(b):
                         x = apply_mask(images[i], m[:, None], fill_row(fill, i))
-                        logits = self.forward_func(x)
+                        logits = logits_of(self.forward_func(x))
                         if tgt is None:
                             tgt = format_target(target, b, logits.shape[1])
                         prob = torch.softmax(logits.float(), dim=-1)[:, int(tgt[i])]

@@ -10,7 +10,7 @@ from captum.attr import Attribution
 from captum.log import log_usage
 from torch import Tensor
 
-from ..vit import ViTAdapter, record_attention, tokens_to_pixels
+from ..vit import RECORDED_ATTENTION, ViTAdapter, record_attention, tokens_to_pixels
 from ._utils import (
     TargetType,
     check_choice,
@@ -32,6 +32,14 @@ def fuse_heads(attention: Tensor, head_fusion: str) -> Tensor:
     if head_fusion == "max":
         return attention.amax(dim=1)
     return attention.amin(dim=1)
+
+
+def fused_pool_rows(pool_attention: Tensor, head_fusion: str) -> Tensor:
+    """(B, heads, Q, T') attention-pool probabilities → (B, Q, T') rows: heads fused
+    by ``head_fusion``, each row renormalised to sum to 1 (guarded: an all-zero row
+    stays zero)."""
+    a = fuse_heads(pool_attention, head_fusion)
+    return a / a.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
 
 
 def discard_lowest(fused: Tensor, ratio: float, num_prefix: int) -> Tensor:
@@ -63,14 +71,19 @@ class AttentionRollout(Attribution):
     ``R = Â_{L-1} ⋯ Â_{start}`` (later layers on the left). The relevance of patch j is
     the row of ``R`` read by the head: the CLS row for CLS models, the mean of the CLS
     and distillation rows for distilled DeiT, the mean of the patch rows for pooled
-    (CLS-free) models.
+    (CLS-free) models. Attention-pooled heads (timm ``global_pool="map"``, SigLIP) read
+    out through the pool's own attention: its heads are fused by the same rule, each
+    latent query's row renormalised to sum to 1 and the rows averaged; no identity is
+    added (the latent query is not a token of the sequence, so it has no residual path),
+    and the readout is that row times ``R``.
 
     One forward pass for the whole batch, with the attention modules temporarily on the
     explicit (unfused) path and the model in eval mode (both restored afterwards);
     class-agnostic, so ``target`` is validated and then ignored.
 
     Args:
-        model: A supported timm ViT (see :class:`captum_vit.vit.ViTAdapter`).
+        model: A supported ViT whose family records attention (see
+            :class:`captum_vit.vit.ViTAdapter`); headless models work too.
         head_fusion: ``"mean"`` (default), ``"max"`` or ``"min"`` over heads.
         discard_ratio: Fraction in [0, 1) of the smallest patch-to-patch attention
             entries set to zero in each layer, per sample (prefix rows and columns are
@@ -91,6 +104,7 @@ class AttentionRollout(Attribution):
         start_layer: int = 0,
     ) -> None:
         self.adapter = ViTAdapter(model)
+        self.adapter.require(RECORDED_ATTENTION, "AttentionRollout")
         super().__init__(self.adapter.model)
         self.head_fusion = check_choice("head_fusion", head_fusion, _FUSIONS)
         self.discard_ratio = check_number(
@@ -112,6 +126,11 @@ class AttentionRollout(Attribution):
             r = a if r is None else a @ r
         assert r is not None
         return r
+
+    def pool_rows(self, pool_attention: Tensor) -> Tensor:
+        """(B, heads, Q, T') pool attention → (B, Q, T') rows: heads fused, each row
+        renormalised to sum to 1 (guarded: an all-zero row stays zero)."""
+        return fused_pool_rows(pool_attention, self.head_fusion)
 
     @log_usage()
     @evaluates_model
@@ -139,11 +158,14 @@ class AttentionRollout(Attribution):
         if target is not None:
             format_target(target, images.shape[0], self.adapter.num_classes)
         with torch.no_grad(), record_attention(self.adapter) as rec:
-            self.forward_func(images)
+            self.adapter.logits(images)
         r = self.rollout(rec.attentions)
         p = self.adapter.num_prefix_tokens
-        w = self.adapter.readout_weights(grid[0] * grid[1]).to(r)
-        scores = torch.einsum("t,bts->bs", w, r)[:, p:]
+        if rec.pool_attention is not None:  # read out through the attention pool
+            w = rec.pool_readout(self.pool_rows(rec.pool_attention), r.shape[-1])
+        else:
+            w = self.adapter.readout_weights(grid[0] * grid[1]).expand(r.shape[0], -1)
+        scores = torch.einsum("bt,bts->bs", w.to(r), r)[:, p:]
         return pack_output(
             tokens_to_pixels(scores, grid, images, interpolate_mode), was_tuple
         )

@@ -25,7 +25,7 @@ from captum.log import log_usage
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..vit import TokenMask, ViTAdapter, tokens_to_pixels
+from ..vit import CLASS_HEAD, TOKEN_DROP, TokenMask, ViTAdapter, tokens_to_pixels
 from ._utils import (
     TargetType,
     check_int,
@@ -210,7 +210,8 @@ class TransformerInputSampling(PerturbationAttribution):
     patch tokens, batched across masks and images.
 
     Args:
-        model: A supported timm ViT (see :class:`captum_vit.vit.ViTAdapter`).
+        model: A supported ViT whose family can drop tokens (see
+            :class:`captum_vit.vit.ViTAdapter`), with a classifier head.
         n_masks: Number of k-means centroids (masks), >= 1; 1024 in the paper.
         tokens_ratio: Fraction of patch tokens each mask keeps, in (0, 1]; 0.5 in the
             paper. At least one token is kept.
@@ -232,6 +233,8 @@ class TransformerInputSampling(PerturbationAttribution):
         kmeans_iters: int = 100,
     ) -> None:
         self.adapter = ViTAdapter(model)
+        self.adapter.require(TOKEN_DROP, "TransformerInputSampling")
+        self.adapter.require(CLASS_HEAD, "TransformerInputSampling")
         super().__init__(self.adapter.model)
         self.n_masks = check_int("n_masks", n_masks, 1)
         self.tokens_ratio = check_number(
@@ -266,7 +269,7 @@ class TransformerInputSampling(PerturbationAttribution):
                     blk.register_forward_hook(lambda m, a, out: outs.append(out))
                 )
             with torch.no_grad():
-                logits = self.forward_func(images)
+                logits = self.adapter.logits(images)
         finally:
             for h in handles:
                 h.remove()

@@ -11,8 +11,14 @@ from captum.attr import GradientAttribution
 from captum.log import log_usage
 from torch import Tensor
 
-from ..vit import ViTAdapter, record_attention, tokens_to_pixels
-from ..vit.lrp import check_lrp_support, lrp_trace, propagate
+from ..vit import (
+    CLASS_HEAD,
+    LRP_RULES,
+    ViTAdapter,
+    record_attention,
+    tokens_to_pixels,
+)
+from ..vit.lrp import lrp_trace, propagate
 from ._utils import (
     TargetType,
     check_int,
@@ -70,13 +76,19 @@ class TransformerAttribution(GradientAttribution):
     inside ``torch.inference_mode()`` (``torch.no_grad()`` around the call is fine).
 
     Families: timm ``VisionTransformer`` (CLS, registers, average pooling) and
-    ``VisionTransformerDistilled``. Other blocks (Eva, parallel blocks, gated
-    attention) have no LRP rules here and raise a ``TypeError`` naming the method,
-    the family and the missing capability.
+    ``VisionTransformerDistilled``, the models whose adapter declares
+    :data:`~captum_vit.vit.LRP_RULES`. Other families (Eva, BEiT, SigLIP's attention
+    pool, torchvision, Hugging Face, Swin) and other blocks (parallel blocks, gated
+    attention) have no LRP rules here and raise the capability error.
 
     Args:
-        model: A supported timm ViT (see :class:`captum_vit.vit.ViTAdapter`).
+        model: A supported timm ViT with LRP rules and a classifier head (see
+            :class:`captum_vit.vit.ViTAdapter`).
         start_layer: First block of the rollout (0 in the paper).
+
+    Raises:
+        TypeError: "TransformerAttribution needs LRP rules for its blocks, which
+            <family> ..." for other families, or a model without classifier head.
 
     Examples::
 
@@ -86,8 +98,9 @@ class TransformerAttribution(GradientAttribution):
 
     def __init__(self, model: nn.Module, start_layer: int = 0) -> None:
         self.adapter = ViTAdapter(model)
+        self.adapter.require(LRP_RULES, type(self).__name__)
+        self.adapter.require(CLASS_HEAD, type(self).__name__)
         super().__init__(self.adapter.model)
-        check_lrp_support(self.adapter, type(self).__name__)
         self.start_layer = check_int(
             "start_layer", start_layer, 0, self.adapter.num_layers - 1
         )
@@ -137,7 +150,7 @@ class TransformerAttribution(GradientAttribution):
         with torch.enable_grad(), record_attention(self.adapter) as rec, lrp_trace(
             self.adapter, name
         ) as trace:
-            logits = self.forward_func(x)
+            logits = self.adapter.logits(x)
             if target is None:
                 t = logits.argmax(dim=1)
             t = t.to(logits.device)

@@ -36,9 +36,14 @@ from scipy.cluster.hierarchy import fcluster
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..vit import ViTAdapter
-from ..vit.parts import input_normalization
-from ._fill import BaselinesType, apply_mask, fill_row, resolve_fill
+from ..vit import CLASS_HEAD, ViTAdapter
+from ._fill import (
+    BaselinesType,
+    apply_mask,
+    fill_row,
+    input_normalization,
+    resolve_fill,
+)
 from ._utils import (
     TargetType,
     check_int,
@@ -409,18 +414,24 @@ class ViTCX(PerturbationAttribution):
     masks and images. The number of masks ``K`` varies per image.
 
     Args:
-        model: A supported timm ViT (see :class:`captum_vit.vit.ViTAdapter`).
-        layer: The module whose output gives the feature maps; it must output
-            (B, P + N, D) tokens. Default: ``model.blocks[-1].norm1``.
-        distance_threshold: Dendrogram cut of the clustering (cosine distance, in
-            [0, 2]); the paper uses 0.1 for ViT/DeiT (0.05 for Swin). Larger gives
-            fewer masks.
+        model: A supported ViT or Swin (see :class:`captum_vit.vit.ViTAdapter`) with a
+            classifier head.
+        layer: The module whose output gives the feature maps: (B, P + N, D) tokens on
+            ViTs, an NHWC map on Swin. Default (from the model's adapter): the last
+            block's first norm (its normalised input) on ViTs, the last stage's output
+            on Swin.
+        distance_threshold: Dendrogram cut of the clustering (cosine distance); None
+            (default) takes the paper's value for the family, 0.1 for ViT/DeiT and
+            0.05 for Swin. Larger gives fewer masks.
         noise_std: Standard deviation σ of the noise ``ε`` (0.1 in the paper); 0
             disables the debiasing noise.
         input_mean: Per-channel mean of the model's input normalisation (pixel
             values in [0, 1]), for ``baselines="black"``. Default: read from the
             model's timm ``pretrained_cfg`` where it has one.
         input_std: Per-channel std of the normalisation (with ``input_mean``).
+
+    Raises:
+        TypeError: an unsupported model or a model without classifier head.
 
     Examples::
 
@@ -433,20 +444,18 @@ class ViTCX(PerturbationAttribution):
         self,
         model: nn.Module,
         layer: Optional[nn.Module] = None,
-        distance_threshold: float = 0.1,
+        distance_threshold: Optional[float] = None,
         noise_std: float = 0.1,
         input_mean: Optional[Sequence[float]] = None,
         input_std: Optional[Sequence[float]] = None,
     ) -> None:
         self.adapter = ViTAdapter(model)
+        self.adapter.require(CLASS_HEAD, "ViTCX")
         super().__init__(self.adapter.model)
         if layer is None:
-            layer = getattr(self.adapter.blocks[-1], "norm1", None)
-            if layer is None:
-                raise TypeError(
-                    "layer: the last block has no `norm1`; pass the module whose "
-                    "(B, P + N, D) token output should give the feature maps"
-                )
+            layer = self.adapter.feature_module()
+        if distance_threshold is None:
+            distance_threshold = self.adapter.feature_distance_threshold
         if not isinstance(layer, nn.Module):
             raise TypeError(f"layer: expected an nn.Module, got {type(layer).__name__}")
         if not any(m is layer for m in self.adapter.model.modules()):
@@ -463,9 +472,7 @@ class ViTCX(PerturbationAttribution):
     def _features_and_logits(self, images: Tensor) -> Tuple[Tensor, Tensor]:
         """(B, D, gh, gw) feature maps of ``layer`` and (B, classes) logits, one
         forward pass, the hook removed afterwards also on error."""
-        gh, gw = self.adapter.check_images(images)
-        b = images.shape[0]
-        t = self.adapter.num_prefix_tokens + gh * gw
+        self.adapter.check_images(images)
         seen: List[object] = []
 
         def hook(module: nn.Module, args: object, out: object) -> None:
@@ -474,7 +481,7 @@ class ViTCX(PerturbationAttribution):
         handle = self.layer.register_forward_hook(hook)
         try:
             with torch.no_grad():
-                logits = self.forward_func(images)
+                logits = self.adapter.logits(images)
         finally:
             handle.remove()
         if len(seen) != 1:
@@ -482,20 +489,7 @@ class ViTCX(PerturbationAttribution):
                 f"layer: expected the module to run once per forward pass, it ran "
                 f"{len(seen)} times"
             )
-        out = seen[0]
-        if (
-            not isinstance(out, Tensor)
-            or out.dim() != 3
-            or tuple(out.shape[:2]) != (b, t)
-        ):
-            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(
-                "layer: expected a token-shaped output (B, P + N, D) = "
-                f"({b}, {t}, D), got {shape}; pick a module inside the blocks such as "
-                "model.blocks[-1].norm1"
-            )
-        p = self.adapter.num_prefix_tokens
-        feats = out[:, p:].reshape(b, gh, gw, -1).permute(0, 3, 1, 2)
+        feats = self.adapter.feature_maps(seen[0], images)
         return feats.detach(), logits.detach()
 
     @evaluates_model
@@ -633,7 +627,7 @@ class ViTCX(PerturbationAttribution):
             if probs is None:
                 probs = images.new_zeros(b, self.adapter.num_classes, dtype=torch.float)
                 for lo, hi in _chunks(b, ppe):
-                    logits = self.forward_func(images[lo:hi]).float()
+                    logits = self.adapter.logits(images[lo:hi]).float()
                     probs[lo:hi] = torch.softmax(logits, dim=-1)
             p_x = probs.gather(1, tgt[:, None].to(probs.device))[:, 0]
             with_noise = self.noise_std > 0
@@ -670,7 +664,8 @@ class ViTCX(PerturbationAttribution):
                             batch.append(hidden + eps)
                         else:
                             batch.append(hidden)
-                    p = torch.softmax(self.forward_func(torch.stack(batch)).float(), -1)
+                    logits = self.adapter.logits(torch.stack(batch))
+                    p = torch.softmax(logits.float(), -1)
                     for (i, k, masked), row in zip(jobs[lo:hi], p):
                         v = row[tgt[i]]
                         out[i][k] += v if masked else -v

@@ -37,6 +37,7 @@ from .._guard import evaluates_argument  # noqa: F401
 from .._utils import check_batch, check_image_batch, check_int, check_number  # noqa
 from .._utils import check_seed as _shared_check_seed
 from .._utils import format_target as _shared_format_target
+from ..vit.adapter import logits_of
 
 try:  # tqdm is a dependency of the package; keep the import soft all the same
     from tqdm.auto import tqdm
@@ -360,7 +361,8 @@ class TokenRemover:
         if self.args is None:
             return self.mask(images, keep)
         with self.mask.keep(keep):
-            return self.model(images, *select_args(self.args, index, len(self.inputs)))
+            args = select_args(self.args, index, len(self.inputs))
+            return logits_of(self.model(images, *args))
 
 
 class PixelRemover:
@@ -387,7 +389,8 @@ class PixelRemover:
         ids = self.features.rows(index)
         mask = keep if ids is None else keep.gather(1, ids)
         x = torch.where(mask, x, base).reshape(m, *self.inputs.shape[1:])
-        return self.forward_func(x, *select_args(self.args, index, len(self.inputs)))
+        out = self.forward_func(x, *select_args(self.args, index, len(self.inputs)))
+        return logits_of(out)
 
 
 # ------------------------------------------------------------------------ setup
@@ -450,12 +453,11 @@ def _forward_chunks(
     outs = []
     for start in range(0, inputs.shape[0], batch_size):
         index = torch.arange(start, min(start + batch_size, inputs.shape[0]))
-        outs.append(
-            forward_func(
-                inputs[index.to(inputs.device)],
-                *select_args(args, index.to(inputs.device), inputs.shape[0]),
-            )
+        out = forward_func(
+            inputs[index.to(inputs.device)],
+            *select_args(args, index.to(inputs.device), inputs.shape[0]),
         )
+        outs.append(logits_of(out) if hasattr(out, "logits") else out)
     out = torch.cat(outs, dim=0) if len(outs) > 1 else outs[0]
     if not isinstance(out, Tensor) or out.dim() != 2:
         raise ValueError(
@@ -465,10 +467,24 @@ def _forward_chunks(
     return out
 
 
-def is_vit(forward_func: Any) -> bool:
-    from ..vit import is_supported_vit
+def vit_adapter(forward_func: Any) -> Any:
+    """The :class:`~captum_vit.vit.ViTAdapter` of a supported model, else None."""
+    from ..vit import ViTAdapter
 
-    return bool(is_supported_vit(forward_func))
+    if not isinstance(forward_func, torch.nn.Module):
+        return None
+    try:
+        return ViTAdapter(forward_func)
+    except TypeError:
+        return None
+
+
+def is_vit(forward_func: Any) -> bool:
+    """Whether ``forward_func`` is a supported ViT that can drop patch tokens."""
+    from ..vit import TOKEN_DROP
+
+    adapter = vit_adapter(forward_func)
+    return adapter is not None and adapter.has(TOKEN_DROP)
 
 
 def prepare(
@@ -487,8 +503,15 @@ def prepare(
     show_progress: bool = False,
     target_name: str = "target",
     score_choices: Sequence[str] = SCORES,
+    metric: str = "this metric",
 ) -> Setup:
-    """Validate a metric call and run the clean forward pass (under no_grad)."""
+    """Validate a metric call and run the clean forward pass (under no_grad).
+
+    Supported ViT families are recognised by their adapter: a model without classifier
+    head is refused (a class target would index its embedding), token removal needs a
+    family that can drop tokens (Swin cannot: pixel baselines work on its patch grid),
+    and the default features are the patch grid of any supported family.
+    """
     if not callable(forward_func):
         raise TypeError("forward_func: expected a callable (a model or a function)")
     inputs = check_inputs(inputs)
@@ -497,7 +520,12 @@ def prepare(
     batch_size = check_positive_int(max_examples_per_batch, "max_examples_per_batch")
     batch_size = batch_size or DEFAULT_BATCH
     seed = check_seed(seed)
-    vit = is_vit(forward_func)
+    from ..vit import CLASS_HEAD, TOKEN_DROP
+
+    adapter = vit_adapter(forward_func)
+    if adapter is not None:
+        adapter.require(CLASS_HEAD, metric)
+    vit = adapter is not None and adapter.has(TOKEN_DROP)
     if removal is None:
         removal = "tokens" if vit and feature_mask is None else "black"
     from ._imputation import NoisyLinearImputation
@@ -510,6 +538,8 @@ def prepare(
 
     # feature units
     if removal == "tokens":
+        if adapter is not None:
+            adapter.require(TOKEN_DROP, f"{metric} with removal='tokens'")
         if not vit:
             raise ValueError(
                 "removal: 'tokens' needs forward_func to be a supported timm ViT "
@@ -523,10 +553,7 @@ def prepare(
             )
     if feature_mask is not None:
         features = check_feature_mask(feature_mask, inputs)
-    elif vit:
-        from ..vit import ViTAdapter
-
-        adapter = ViTAdapter(forward_func)
+    elif adapter is not None:
         grid = tuple(int(g) for g in adapter.grid_for(inputs))
         ids = patch_feature_ids(inputs, grid, adapter.patch_size)
         features = Features(num=grid[0] * grid[1], ids=ids, grid=grid)

@@ -216,6 +216,7 @@ def faithfulness_correlation(
         max_examples_per_batch=max_examples_per_batch,
         seed=seed,
         show_progress=show_progress,
+        metric="faithfulness_correlation",
     )
     num = setup.num_features
     if subset_size is not None:  # validated also when `subsets` overrides it
@@ -318,6 +319,7 @@ def sensitivity_n(
         max_examples_per_batch=max_examples_per_batch,
         seed=seed,
         show_progress=show_progress,
+        metric="sensitivity_n",
     )
     num = setup.num_features
     ns = [_check_size(v, num, "n") for v in ns]
@@ -435,6 +437,7 @@ def sensitivity_n_sweep(
         max_examples_per_batch=max_examples_per_batch,
         seed=seed,
         show_progress=show_progress,
+        metric="sensitivity_n_sweep",
     )
     num = setup.num_features
     ns = sorted(set(torch.round(f * num).long().clamp(1, num).tolist()))

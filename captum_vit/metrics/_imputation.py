@@ -183,4 +183,4 @@ class ImputingRemover:
     def __call__(self, index: Tensor, keep: Tensor) -> Tensor:
         x = self.impute(index, keep)
         args = _core.select_args(self.args, index, len(self.inputs))
-        return self.forward_func(x, *args)
+        return _core.logits_of(self.forward_func(x, *args))  # HF: .logits

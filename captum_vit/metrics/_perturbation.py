@@ -144,7 +144,7 @@ def insertion_deletion_curves(
             f"modes: expected a non-empty subset of {_DIRECTIONS}, got {modes!r}"
         )
     kwargs = dict(locals())
-    _, x, curves = _run(kwargs, modes)
+    _, x, curves = _run(kwargs, modes, metric="insertion_deletion_curves")
     return PerturbationCurves(
         fractions=x,
         insertion=curves.get("insertion"),
@@ -159,8 +159,10 @@ def _run(
     descending: bool = True,
     kind: Optional[str] = None,
     target_name: str = "target",
+    metric: str = "this metric",
 ):
-    """Prepare a call from its keyword arguments and compute the curves."""
+    """Prepare a call from its keyword arguments and compute the curves
+    (``metric`` names the caller in capability errors)."""
     setup = _core.prepare(
         kw["forward_func"],
         kw["inputs"],
@@ -175,6 +177,7 @@ def _run(
         seed=kw["seed"],
         show_progress=kw["show_progress"],
         target_name=target_name,
+        metric=metric,
     )
     counts = _core.steps_to_counts(setup.num_features, kw["n_steps"], kw["fractions"])
     curves = _curves(
@@ -233,7 +236,7 @@ def area_under_curve(
 
 
 def _single_curve_area(mode: str, kwargs: Dict[str, Any]) -> Tensor:
-    _, x, curves = _run(kwargs, (mode,))
+    _, x, curves = _run(kwargs, (mode,), metric=mode)
     return _core.area(x, curves[mode], kwargs["area"])
 
 
@@ -402,7 +405,7 @@ def insertion_minus_deletion(
         >>> from captum_vit.metrics import insertion_minus_deletion
         >>> insertion_minus_deletion(model, images, attr, removal="blur")   # TIS
     """
-    _, x, curves = _run(dict(locals()), _DIRECTIONS)
+    _, x, curves = _run(dict(locals()), _DIRECTIONS, metric="insertion_minus_deletion")
     return _core.area(x, curves["insertion"], area) - _core.area(
         x, curves["deletion"], area
     )
@@ -489,7 +492,7 @@ def aopc(
         kwargs["score"], kind = "probability", "accuracy"
     direction = "insertion" if mode == "insertion" else "deletion"
     setup, _, curves = _run(
-        kwargs, (direction,), descending=mode != "negative", kind=kind
+        kwargs, (direction,), descending=mode != "negative", kind=kind, metric="aopc"
     )
     clean = setup.scores(setup.clean_outputs, setup.target, kind)
     return (clean[:, None] - curves[direction]).mean(dim=-1)
@@ -588,6 +591,7 @@ def perturbation_accuracy(
         descending=mode != "negative",
         kind="accuracy",
         target_name="labels",
+        metric="perturbation_accuracy",
     )
     curves = curves[direction]
     areas = _core.area(x, curves, area)

@@ -167,14 +167,16 @@ def model_parameter_randomization(
 ) -> RandomizationResult:
     """Model parameter randomisation test (Adebayo et al., NeurIPS 2018).
 
-    The parameters of ``model`` are grouped from the output down
-    (:func:`captum_vit.vit.parts.parameter_groups`: ``"head"``, ``"blocks.{L-1}"``,
-    ..., ``"blocks.0"``, ``"embedding"``). In ``"cascading"`` mode (the paper's main
-    test) the groups are randomised one after the other and cumulatively; in
-    ``"independent"`` mode one group at a time, the others original. After each step
-    the explanation of ``inputs`` is recomputed and compared with the original one:
-    Spearman rank correlation of the maps (absolute values by default, as the
-    paper's "absolute" variant) and SSIM of the min-max normalised maps.
+    The parameters of ``model`` are grouped from the output down by its adapter
+    (:meth:`captum_vit.vit.ViTAdapter.parameter_groups`: ``"head"``,
+    ``"blocks.{L-1}"``, ..., ``"blocks.0"``, ``"embedding"``), on every supported
+    family (Swin's patch merging goes with the block after it). In
+    ``"cascading"`` mode (the paper's main test) the groups are randomised one after
+    the other and cumulatively; in ``"independent"`` mode one group at a time, the
+    others original. After each step the explanation of ``inputs`` is recomputed
+    and compared with the original one: Spearman rank correlation of the maps
+    (absolute values by default, as the paper's "absolute" variant) and SSIM of the
+    min-max normalised maps.
 
     Randomisation: every parameter tensor of a group is refilled with i.i.d.
     Gaussian values of the tensor's own mean and standard deviation (seeded; the
@@ -187,7 +189,8 @@ def model_parameter_randomization(
     compiled, for the whole test.
 
     Args:
-        model: The timm ViT the explainer explains (the module it holds).
+        model: The supported ViT the explainer explains (the module it holds); a
+            class ``target`` needs a model with a classifier head.
         explainer: An attributor with ``attribute`` (e.g. ``GenAtt(model)``) or a
             callable ``f(inputs, target=..., **kwargs) -> attributions``.
         inputs: (B, C, H, W) images.
@@ -211,7 +214,8 @@ def model_parameter_randomization(
         ValueError: unknown group names, bad mode, maps of the wrong shape, an
             empty batch or non-finite inputs, a target out of range.
         TypeError: non-floating-point inputs (e.g. uint8 images), a target that
-            is not integer-like.
+            is not integer-like, an unsupported model, or a ``target`` for a model
+            without classifier head.
 
     Examples::
 
@@ -222,8 +226,7 @@ def model_parameter_randomization(
         >>> res.layers                  # ['head', 'blocks.11', ..., 'embedding']
         >>> res.spearman.mean(0)        # should fall towards 0
     """
-    from ..vit import ViTAdapter
-    from ..vit.parts import parameter_groups
+    from ..vit import CLASS_HEAD, ViTAdapter
 
     _core.check_choice(mode, _MODES, "mode")
     seed = _core.check_seed(seed)
@@ -233,7 +236,8 @@ def model_parameter_randomization(
         raise TypeError(
             "explainer: expected an attributor with .attribute or a callable"
         )
-    groups = dict(parameter_groups(model))
+    adapter = ViTAdapter.of(model)
+    groups = dict(adapter.parameter_groups())
     names = list(groups) if layers is None else list(layers)
     unknown = [n for n in names if n not in groups]
     if unknown or not names:
@@ -243,8 +247,8 @@ def model_parameter_randomization(
     batch = inputs.shape[0]
     if target is not None:
         # checked here, before any parameter changes; passed on as given
-        num_classes = ViTAdapter.of(model).num_classes
-        _core.format_target(target, batch, num_classes, inputs.device, "target")
+        adapter.require(CLASS_HEAD, "model_parameter_randomization(target=...)")
+        _core.format_target(target, batch, adapter.num_classes, inputs.device, "target")
         kwargs["target"] = target
 
     def explain() -> Tensor:

@@ -75,9 +75,10 @@ def road_curves(
     features are removed, their pixels imputed from the kept pixels (weighted mean
     of the 8 neighbours, 1/6 for horizontal and vertical, 1/12 for diagonal ones,
     solved jointly; plus Gaussian noise of std ``noise``), and the target's score is
-    recorded. Feature units: the ViT's patches (token-aware default for a supported
-    timm ViT), or single pixels (the paper's setting; ``pixels=True``, and always
-    for other models without a ``feature_mask``), or a ``feature_mask`` whose ids
+    recorded. Feature units: the model's patches (default for every supported ViT
+    family, Swin's 4×4-pixel patch grid included), or single pixels (the paper's
+    setting; ``pixels=True``, and always for other models without a
+    ``feature_mask``), or a ``feature_mask`` whose ids
     are shared by the channels of a pixel. Runs under ``torch.no_grad()``; each
     perturbed image costs one sparse solve on the CPU.
 
@@ -129,7 +130,7 @@ def road_curves(
         raise ValueError(
             f"inputs: ROAD needs (B, C, H, W) images, got {tuple(inputs.shape)}"
         )
-    if feature_mask is None and (pixels or not _core.is_vit(forward_func)):
+    if feature_mask is None and (pixels or _core.vit_adapter(forward_func) is None):
         feature_mask = _pixel_mask(inputs)
     elif feature_mask is not None and pixels:
         raise ValueError("pixels: give either pixels=True or a feature_mask")
@@ -147,6 +148,7 @@ def road_curves(
         max_examples_per_batch=max_examples_per_batch,
         seed=seed,
         show_progress=show_progress,
+        metric="ROAD",
     )
     counts = _core.steps_to_counts(setup.num_features, None, fractions)
     x = (counts.double() / setup.num_features).float()

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .._guard import require_autograd
 from .._utils import as_target, format_target
-from ..vit import ViTAdapter, is_supported_vit
+from ..vit import CLASS_HEAD, ViTAdapter, is_supported_vit
 from . import _core
 
 #: Matrix norms by name (``torch.norm``); numbers, including ``inf``, are p-norms.
@@ -28,8 +28,9 @@ def _check_target(target: Any, explainer: Any, inputs: Tensor) -> Any:
     owner = getattr(explainer, "__self__", explainer)  # a bound .attribute
     model = getattr(owner, "forward_func", None)
     if is_supported_vit(model):
-        classes = ViTAdapter(model).num_classes
-        checked = format_target(t, inputs.shape[0], classes)
+        adapter = ViTAdapter(model)
+        adapter.require(CLASS_HEAD, "max_sensitivity(target=...)")
+        checked = format_target(t, inputs.shape[0], adapter.num_classes)
         return t if isinstance(t, int) else checked.to(inputs.device)
     if (t < 0) if isinstance(t, int) else bool((t < 0).any()):
         raise ValueError(f"target: class indices must be >= 0, got {target!r}")

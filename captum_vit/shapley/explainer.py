@@ -28,7 +28,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .._utils import check_int, check_number
-from ..vit import ViTAdapter
+from ..vit import PREFIX_TOKENS, TOKENS, ViTAdapter
 
 __all__ = [
     "ShapleyExplainer",
@@ -145,10 +145,8 @@ class ShapleyExplainer(nn.Module):
         from timm.models.vision_transformer import Block
 
         adapter = ViTAdapter(backbone)
-        if adapter.num_prefix_tokens < 1:
-            raise ValueError(
-                "backbone: the explainer needs a ViT with at least one prefix token"
-            )
+        adapter.require(TOKENS, "ShapleyExplainer")
+        adapter.require(PREFIX_TOKENS, "ShapleyExplainer")
         num_classes = check_int("num_classes", num_classes, 1)
         dim = adapter.embed_dim
         heads = _default_heads(dim) if num_heads is None else None
@@ -230,8 +228,7 @@ class ShapleyExplainer(nn.Module):
             is trainable.
         """
         adapter = ViTAdapter(surrogate)
-        backbone = copy.deepcopy(adapter.model)
-        backbone.reset_classifier(0)
+        backbone = adapter.without_head()
         for p in backbone.parameters():
             p.requires_grad_(True)
         explainer = cls(

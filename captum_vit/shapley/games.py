@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..vit import TokenMask, ViTAdapter
+from ..vit import ATTENTION_MASK, CLASS_HEAD, TOKEN_DROP, TokenMask, ViTAdapter
 from ._utils import check_positive_int, eval_mode
 
 __all__ = ["Game", "SurrogateGame", "masked_logits"]
@@ -133,6 +133,10 @@ class SurrogateGame:
     ) -> None:
         self.adapter = ViTAdapter.of(surrogate)
         self.model = self.adapter.model
+        self.adapter.require(CLASS_HEAD, "ViT Shapley")
+        self.adapter.require(
+            TOKEN_DROP if mode == "drop" else ATTENTION_MASK, "ViT Shapley"
+        )
         if self.adapter.num_prefix_tokens < 1:
             raise ValueError(
                 "surrogate: ViT Shapley needs a model with at least one prefix token "
@@ -194,7 +198,7 @@ class SurrogateGame:
         """``v(1)``: probabilities with every patch kept, (B, C)."""
         self.adapter.check_images(images)
         with torch.no_grad(), eval_mode(self.model):
-            return self.model(images).float().softmax(dim=-1)
+            return self.adapter.logits(images).float().softmax(dim=-1)
 
     def empty_value(self, images: Tensor) -> Tensor:
         """``v(0)``: probabilities with no patch kept, (C,), cached per patch grid.

@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..vit import TokenMask, ViTAdapter
+from ..vit import CLASS_HEAD, TokenMask, ViTAdapter
 from ._utils import (
     ImageSource,
     check_float,
@@ -362,6 +362,7 @@ def train_surrogate(
         >>> surrogate = result.model
     """
     adapter = ViTAdapter(classifier)
+    adapter.require(CLASS_HEAD, "train_surrogate")
     if adapter.num_prefix_tokens < 1:
         raise ValueError(
             "classifier: ViT Shapley needs a model with at least one prefix token"
@@ -392,7 +393,8 @@ def train_surrogate(
 
     def teacher_probs(images: Tensor) -> Tensor:
         with torch.no_grad(), eval_mode(teacher):
-            return teacher(images.to(model_device(teacher))).float().softmax(-1)
+            out = adapter.logits(images.to(model_device(teacher)))
+            return out.float().softmax(-1)
 
     def step_loss(images: Tensor, step: int) -> Tensor:
         p = teacher_probs(images).to(device)

@@ -1,16 +1,44 @@
-"""What a ViT is, for every method: the only code that knows timm internals."""
+"""What a ViT is, for every method: the only code that knows model internals.
 
-from .adapter import SUPPORTED_FAMILIES, ViTAdapter, is_supported_vit
+``ViTAdapter(model)`` picks the adapter of the model's family
+(:mod:`captum_vit.vit.families`); methods ask it for geometry, forward parts, masking
+and attention, and check its capabilities.
+"""
+
+from .adapter import (
+    ATTENTION_MASK,
+    CAPABILITIES,
+    CLASS_HEAD,
+    LRP_RULES,
+    PREFIX_TOKENS,
+    RECORDED_ATTENTION,
+    TOKEN_DROP,
+    TOKENS,
+    ViTAdapter,
+    is_supported_vit,
+    logits_of,
+)
 from .attention import AttentionRecorder, record_attention
+from .families import FAMILIES, SUPPORTED_FAMILIES
 from .masking import TokenMask
 from .patches import patch_scores, tokens_to_pixels
 
 __all__ = [
+    "ATTENTION_MASK",
+    "CAPABILITIES",
+    "CLASS_HEAD",
+    "FAMILIES",
+    "LRP_RULES",
+    "PREFIX_TOKENS",
+    "RECORDED_ATTENTION",
     "SUPPORTED_FAMILIES",
+    "TOKENS",
+    "TOKEN_DROP",
     "AttentionRecorder",
     "TokenMask",
     "ViTAdapter",
     "is_supported_vit",
+    "logits_of",
     "patch_scores",
     "record_attention",
     "tokens_to_pixels",

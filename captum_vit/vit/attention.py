@@ -1,10 +1,11 @@
 """Record post-softmax attention probabilities (and their gradients) of every block.
 
-timm builds attention modules with ``fused_attn=True`` by default; the fused kernel
-never materialises the probabilities, so hooks on ``attn_drop`` would silently capture
-nothing. :func:`record_attention` switches every attention module of the model to the
-explicit path for the duration of the ``with`` block and restores each module's own flag
-afterwards, also when the body raises.
+Fused attention kernels (timm's ``fused_attn``, PyTorch's SDPA in Hugging Face models,
+``need_weights=False`` in torchvision) never hand out the probabilities, so hooks would
+silently capture nothing. :func:`record_attention` asks the model's adapter to switch
+every attention module to its explicit path for the duration of the ``with`` block and
+to report the probabilities each block actually uses; each module's own setting is
+restored afterwards, also when the body raises.
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .adapter import ViTAdapter
-
-_MISSING = object()
+from .adapter import RECORDED_ATTENTION, ViTAdapter
 
 
 class AttentionRecorder:
@@ -31,14 +30,23 @@ class AttentionRecorder:
             to ``attentions[l]``; filled by :meth:`grad`, or by ``.backward()`` when the
             recorder was created with ``with_grad=True``. Indexed by layer, never by the
             order in which backward hooks fire.
+        pool_attention: For attention-pooled heads (timm ``global_pool="map"``,
+            SigLIP), the pool's (B, heads, Q, T') probabilities of its Q latent
+            queries over the T' tokens it pools (``pool_offset`` prefix tokens
+            skipped); None for other heads.
+        pool_gradient: Its gradient (like :attr:`gradients`).
+        pool_offset: Index of the first token the pool attends to.
     """
 
-    def __init__(self, num_layers: int, with_grad: bool) -> None:
+    def __init__(self, num_layers: int, with_grad: bool, pool_offset: int = 0) -> None:
         self.attentions: List[Optional[Tensor]] = [None] * num_layers
         self.gradients: List[Optional[Tensor]] = [None] * num_layers
+        self.pool_attention: Optional[Tensor] = None
+        self.pool_gradient: Optional[Tensor] = None
+        self.pool_offset = pool_offset
         self._with_grad = with_grad
 
-    def _hook(self, layer: int, module: nn.Module, args, out: Tensor) -> None:
+    def _hook(self, layer: int, out: Tensor) -> None:
         self.attentions[layer] = out
         if self._with_grad and out.requires_grad:
 
@@ -46,6 +54,35 @@ class AttentionRecorder:
                 self.gradients[layer] = grad
 
             out.register_hook(store)
+
+    def _pool_hook(self, out: Tensor) -> None:
+        self.pool_attention = out
+        if self._with_grad and out.requires_grad:
+
+            def store(grad: Tensor) -> None:
+                self.pool_gradient = grad
+
+            out.register_hook(store)
+
+    def pool_readout(self, fused: Tensor, num_tokens: int) -> Tensor:
+        """Readout weights (B, T) over the full sequence from the pool's attention.
+
+        Args:
+            fused: (B, Q, T') pool attention with the heads already fused (by the
+                method's own rule); averaged over the Q latent queries.
+            num_tokens: Length T of the full token sequence.
+
+        Returns:
+            (B, T): zero on the prefix tokens the pool skips.
+        """
+        w = fused.mean(dim=1)
+        pad = num_tokens - w.shape[-1]
+        if pad != self.pool_offset:
+            raise RuntimeError(
+                f"pool attention covers {w.shape[-1]} tokens of {num_tokens}, expected "
+                f"{num_tokens - self.pool_offset}"
+            )
+        return torch.cat([w.new_zeros(w.shape[0], pad), w], dim=1)
 
     def grad(self, objective: Tensor, retain_graph: bool = False) -> List[Tensor]:
         """Gradients of a scalar ``objective`` w.r.t. every recorded attention map.
@@ -63,15 +100,18 @@ class AttentionRecorder:
         missing = [i for i, a in enumerate(self.attentions) if a is None]
         if missing:
             raise RuntimeError(f"no attention recorded for blocks {missing}")
-        if not all(a.requires_grad for a in self.attentions):
+        wanted = list(self.attentions)
+        if self.pool_attention is not None:
+            wanted.append(self.pool_attention)
+        if not all(a.requires_grad for a in wanted):
             raise RuntimeError(
                 "recorded attention does not require grad: run the forward with grad "
                 "enabled and an input or parameter that requires grad"
             )
-        grads = torch.autograd.grad(
-            objective, self.attentions, retain_graph=retain_graph
-        )
-        self.gradients = list(grads)
+        grads = list(torch.autograd.grad(objective, wanted, retain_graph=retain_graph))
+        if self.pool_attention is not None:
+            self.pool_gradient = grads.pop()
+        self.gradients = grads
         return self.gradients
 
 
@@ -83,13 +123,19 @@ def record_attention(
 ) -> Iterator[AttentionRecorder]:
     """Record the attention probabilities of every block (or of ``layers``).
 
+    On attention-pooled heads the pool's attention is recorded too
+    (:attr:`AttentionRecorder.pool_attention`).
+
     Args:
-        model: A supported timm ViT or its adapter.
+        model: A supported ViT or its adapter (a family with recorded attention).
         with_grad: Also store attention gradients when ``.backward()`` runs inside.
         layers: Block indices to record (default: all).
 
     Yields:
         An :class:`AttentionRecorder`.
+
+    Raises:
+        TypeError: the family cannot record attention (e.g. Swin's windows).
 
     Examples::
 
@@ -98,28 +144,9 @@ def record_attention(
         >>> rec.attentions[0].shape   # (B, heads, T, T)
     """
     adapter = ViTAdapter.of(model)
-    modules = adapter.attention_modules()
-    chosen = range(len(modules)) if layers is None else list(layers)
-    recorder = AttentionRecorder(len(modules), with_grad)
-    saved = []
-    handles = []
-    try:
-        for i in chosen:
-            mod = modules[i]
-            saved.append((mod, mod.__dict__.get("fused_attn", _MISSING)))
-            if hasattr(mod, "fused_attn"):
-                mod.fused_attn = False
-            handles.append(
-                mod.attn_drop.register_forward_hook(
-                    lambda m, a, out, i=i: recorder._hook(i, m, a, out)
-                )
-            )
+    adapter.require(RECORDED_ATTENTION, "record_attention")
+    chosen = range(adapter.num_layers) if layers is None else list(layers)
+    recorder = AttentionRecorder(adapter.num_layers, with_grad, adapter.pool_offset)
+    on_pool = recorder._pool_hook if adapter.pool == "map" else None
+    with adapter.attention_probes(chosen, recorder._hook, on_pool):
         yield recorder
-    finally:
-        for h in handles:
-            h.remove()
-        for mod, flag in saved:
-            if flag is _MISSING:
-                mod.__dict__.pop("fused_attn", None)
-            else:
-                mod.fused_attn = flag

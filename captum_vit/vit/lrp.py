@@ -31,9 +31,11 @@ of ``A·V``) is returned.
 
 Supported: timm ``VisionTransformer`` / ``VisionTransformerDistilled`` with standard
 pre-norm ``Block`` s (``Attention`` without a gate, ``Mlp`` with linear ``fc1``/``fc2``)
-and ``token`` or ``avg`` pooling. Other blocks (Eva, parallel or post-norm blocks,
-gated attention, GLU MLPs) and ``max``/``avgmax`` pooling raise a ``TypeError`` that
-names the method, the family and the missing capability.
+and ``token`` or ``avg`` pooling; the model's adapter declares this as the
+:data:`~captum_vit.vit.adapter.LRP_RULES` capability. Other families (Eva, BEiT,
+torchvision, Hugging Face, Swin), other blocks (parallel or post-norm blocks, gated
+attention, GLU MLPs) and ``max``/``avgmax``/``map`` pooling raise the standard
+capability error (a ``TypeError`` naming the method, the family and the capability).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .adapter import ViTAdapter
+from .adapter import CLASS_HEAD, LRP_RULES, ViTAdapter
 
 #: Modules of one block whose input (``in``) or output (``out``) is recorded.
 _BLOCK_TAPS: Tuple[Tuple[str, str], ...] = (
@@ -62,65 +64,6 @@ _BLOCK_TAPS: Tuple[Tuple[str, str], ...] = (
     ("attn.k_norm", "out"),
     ("attn.proj", "in"),
 )
-
-
-def _capability_error(method: str, adapter: ViTAdapter, what: str) -> TypeError:
-    return TypeError(
-        f"model: {method} cannot run on this {adapter.family!r}-family model "
-        f"({type(adapter.model).__name__}): it needs {what}"
-    )
-
-
-def check_lrp_support(adapter: ViTAdapter, method: str = "LRP") -> None:
-    """Raise the capability error unless :func:`propagate` can serve the model.
-
-    Args:
-        adapter: The model's adapter.
-        method: Method name used in the error message.
-
-    Raises:
-        TypeError: naming the method, the family and the missing capability.
-    """
-    from timm.layers import Attention, Mlp
-    from timm.models.vision_transformer import Block
-
-    if adapter.family != "vit":
-        raise _capability_error(
-            method,
-            adapter,
-            "LRP rules for its blocks; only timm VisionTransformer blocks (Linear "
-            "qkv, LayerNorm, GELU MLP) have them",
-        )
-    for i, blk in enumerate(adapter.blocks):
-        ok = (
-            type(blk) is Block
-            and type(blk.attn) is Attention
-            and getattr(blk.attn, "gate", None) is None
-            and type(blk.mlp) is Mlp
-            and isinstance(blk.mlp.fc1, nn.Linear)
-            and isinstance(blk.mlp.fc2, nn.Linear)
-            and isinstance(blk.attn.qkv, nn.Linear)
-            and isinstance(blk.attn.proj, nn.Linear)
-        )
-        if not ok:
-            raise _capability_error(
-                method,
-                adapter,
-                f"standard pre-norm blocks; block {i} is a {type(blk).__name__} "
-                f"with {type(blk.attn).__name__} attention and "
-                f"{type(blk.mlp).__name__} MLP",
-            )
-    if adapter.pool not in ("token", "avg"):
-        raise _capability_error(
-            method, adapter, f"token or avg pooling, not {adapter.pool!r}"
-        )
-    if not isinstance(adapter.model.head, nn.Linear):
-        raise _capability_error(method, adapter, "a linear classifier head")
-    dist = getattr(adapter.model, "head_dist", None)
-    if getattr(adapter.model, "dist_token", None) is not None and not isinstance(
-        dist, nn.Linear
-    ):
-        raise _capability_error(method, adapter, "a linear distillation head")
 
 
 @dataclass
@@ -159,7 +102,9 @@ def lrp_trace(
         An :class:`LRPTrace`, filled by the forward pass.
 
     Raises:
-        TypeError: the model's blocks or head have no LRP rules here.
+        TypeError: the capability error when the model's family has no LRP rules
+            here (:data:`~captum_vit.vit.adapter.LRP_RULES`) or the model has no
+            classifier head.
 
     Examples::
 
@@ -168,7 +113,8 @@ def lrp_trace(
         >>> rel = propagate(model, trace, rec.attentions, target)
     """
     adapter = ViTAdapter.of(model)
-    check_lrp_support(adapter, method)
+    adapter.require(LRP_RULES, method)
+    adapter.require(CLASS_HEAD, method)
     trace = LRPTrace(blocks=[{} for _ in range(adapter.num_layers)])
     handles = []
 

@@ -1,0 +1,181 @@
+"""torchvision ``VisionTransformer`` (``vit_b_16``, ``vit_l_32``, ...).
+
+Layout: ``_process_input`` (``conv_proj``, flatten) → CLS token prepended →
+``encoder``: add ``pos_embedding`` → ``encoder.dropout`` → ``encoder.layers`` (each an
+``EncoderBlock`` around ``nn.MultiheadAttention``) → ``encoder.ln`` → CLS token →
+``heads``. Fixed image size, one prefix token, a CLS-token head.
+
+``EncoderBlock`` calls its ``self_attention(x, x, x, need_weights=False)`` with no
+mask, so both masking and recording go through forward pre-hooks on the
+``nn.MultiheadAttention`` modules that change the keywords of that one call: a boolean
+``key_padding_mask`` (True = ignore) for held-out and padding keys, and
+``need_weights=True, average_attn_weights=False`` to get the (B, heads, T, T)
+probabilities, which the block discards. Nothing global is switched (PyTorch's MHA fast
+path is left to decide for itself), and the hooks are removed after the call. Because
+the returned weights are not part of the autograd graph of the output, recording with
+grad enabled recomputes each attention output from them (see
+:func:`_output_from_probs`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ..adapter import MaskState, ViTAdapter
+
+
+class TorchvisionViTAdapter(ViTAdapter):
+    """torchvision ``VisionTransformer``."""
+
+    family = "torchvision_vit"
+    family_name = "torchvision VisionTransformer"
+
+    @classmethod
+    def matches(cls, model: Any) -> bool:
+        if not type(model).__module__.startswith("torchvision."):
+            return False
+        from torchvision.models.vision_transformer import VisionTransformer
+
+        return isinstance(model, VisionTransformer)
+
+    def _validate(self) -> None:
+        for i, blk in enumerate(self.model.encoder.layers):
+            mha = getattr(blk, "self_attention", None)
+            if not (
+                isinstance(mha, nn.MultiheadAttention)
+                and mha.batch_first
+                and mha._qkv_same_embed_dim
+                and mha.bias_k is None
+                and not mha.add_zero_attn
+            ):
+                raise self._unsupported(
+                    f"encoder layer {i} ({type(blk).__name__}) without a standard "
+                    "batch-first nn.MultiheadAttention"
+                )
+
+    # ------------------------------------------------------------ geometry
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 1
+
+    @property
+    def patch_size(self) -> Tuple[int, int]:
+        p = int(self.model.patch_size)
+        return (p, p)
+
+    @property
+    def image_size(self) -> Tuple[int, int]:
+        s = int(self.model.image_size)
+        return (s, s)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.hidden_dim)
+
+    @property
+    def num_classes(self) -> int:
+        linear = [m for m in self.model.heads.modules() if isinstance(m, nn.Linear)]
+        return int(linear[-1].out_features) if linear else 0
+
+    def _remove_head(self, model: nn.Module) -> None:
+        model.heads = nn.Identity()
+
+    def _headless_reason(self) -> str:
+        return "its `heads` hold no nn.Linear"
+
+    @property
+    def in_chans(self) -> Optional[int]:
+        convs = [m for m in self.model.conv_proj.modules() if isinstance(m, nn.Conv2d)]
+        return int(convs[0].in_channels) if convs else None
+
+    @property
+    def blocks(self) -> List[nn.Module]:
+        return list(self.model.encoder.layers)
+
+    def attention_modules(self) -> List[nn.Module]:
+        return [blk.self_attention for blk in self.model.encoder.layers]
+
+    # ------------------------------------------------------------ forward parts
+    def _embed(self, images: Tensor) -> Tensor:
+        m = self.model
+        x = m._process_input(images)
+        x = torch.cat([m.class_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return m.encoder.dropout(x + m.encoder.pos_embedding)
+
+    def _tokens_module(self) -> nn.Module:
+        return self.model.encoder.dropout
+
+    def _final_norm_module(self) -> nn.Module:
+        return self.model.encoder.ln
+
+    def _head_from_normed(self, x: Tensor) -> Tensor:
+        return self.model.heads(x[:, 0])
+
+    def _after_blocks(self) -> List[nn.Module]:
+        return [self.model.encoder.ln, self.model.heads]
+
+    def _attention_input_of(self, block: nn.Module) -> Optional[nn.Module]:
+        return getattr(block, "ln_1", None)
+
+    # ------------------------------------------------------------ masks
+    def _block_hooks(self, state: MaskState, out: List[Any]) -> None:
+        def pre(module, args, kwargs):
+            if state.valid is not None:
+                kwargs["key_padding_mask"] = ~state.valid
+            return args, kwargs
+
+        for mha in self.attention_modules():
+            out.append(mha.register_forward_pre_hook(pre, with_kwargs=True))
+
+    # ------------------------------------------------------------ attention
+    def _attention_hooks(
+        self,
+        layers: List[int],
+        on_block: Callable[[int, Tensor], None],
+        on_pool: Optional[Callable[[Tensor], None]],
+        handles: List[Any],
+    ) -> None:
+        def pre(module, args, kwargs):
+            kwargs["need_weights"] = True
+            kwargs["average_attn_weights"] = False
+            return args, kwargs
+
+        def post(i: int, mha: nn.MultiheadAttention, args, out):
+            probs = out[1]
+            on_block(i, probs)
+            if not torch.is_grad_enabled():  # no gradient wanted: keep the output
+                return None
+            return _output_from_probs(mha, args[0], probs), probs
+
+        modules = self.attention_modules()
+        for i in layers:
+            mha = modules[i]
+            handles.append(mha.register_forward_pre_hook(pre, with_kwargs=True))
+            handles.append(
+                mha.register_forward_hook(lambda m, a, out, i=i: post(i, m, a, out))
+            )
+
+
+def _output_from_probs(mha: nn.MultiheadAttention, x: Tensor, probs: Tensor) -> Tensor:
+    """Self-attention output computed from the reported probabilities.
+
+    ``nn.MultiheadAttention`` returns its weights as a view taken after the values
+    were attended, so the output does not depend on the returned tensor and no
+    gradient reaches it. Recording therefore replaces the output by the same
+    computation from the returned probabilities (value projection, ``probs @ v``,
+    output projection), which makes them part of the graph.
+    """
+    b, t, e = x.shape
+    heads = mha.num_heads
+    bias = None if mha.in_proj_bias is None else mha.in_proj_bias[2 * e :]
+    v = nn.functional.linear(x, mha.in_proj_weight[2 * e :], bias)
+    v = v.reshape(b, t, heads, e // heads).transpose(1, 2)  # (B, heads, T, hd)
+    y = (probs @ v).transpose(1, 2).reshape(b, t, e)
+    return mha.out_proj(y)
+
+
+__all__ = ["TorchvisionViTAdapter"]
