@@ -416,3 +416,39 @@ def test_faith_samples_reach_the_papers_1000(tiny, tmp_path):
     got = per_image(records(tmp_path), "random", "faithfulness")
     assert got[keys[0]] == pytest.approx(float(ref), abs=1e-6)
     assert "| faithfulness subsets | 1000 |" in (tmp_path / "results.md").read_text()
+
+
+# ------------------------------------------------------------------ bad flags
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--evaluator", "teacher"], "--evaluator: invalid choice: 'teacher'"),
+        (["--pointing", "centre"], "--pointing: invalid choice: 'centre'"),
+        (["--pointing-tolerance", "-1"], "--pointing-tolerance: expected a number"),
+        (["--pointing-tolerance", "nan"], "--pointing-tolerance: expected a number"),
+        (["--sensitivity-sizes", "0"], "--sensitivity-sizes: expected a positive"),
+        (["--sensitivity-samples", "1"], "--sensitivity-samples: expected an integer"),
+        (["--non-target", "other"], "--non-target: invalid choice: 'other'"),
+        (["--road", "yes"], "--road: invalid choice: 'yes'"),
+        (["--randomization", "-1"], "--randomization: expected an integer >= 0"),
+        (["--randomization", "3", "--n", "2"], "--randomization: 3 images, more"),
+        (["--metric-batch", "0"], "--metric-batch: expected a positive integer"),
+        (
+            ["--non-target", "distractor", "--data", "{tmp}"],
+            "--non-target: 'distractor' needs the embedded scenes",
+        ),
+        (
+            ["--evaluator", "surrogate", "--model", "test_vit", "--random-weights"],
+            "--evaluator surrogate: the model has no ViT Shapley surrogate",
+        ),
+    ],
+)
+def test_bad_protocol_flags_are_one_line(tmp_path, capsys, args, message):
+    from captum_vit.cli import main
+
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    rc = main(["evaluate", *args, "--methods", "random", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("captum-vit evaluate: error: " + message), err
+    assert not (tmp_path / "o" / "records.jsonl").exists()
