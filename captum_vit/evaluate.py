@@ -10,7 +10,16 @@ class), scores the maps with :mod:`captum_vit.metrics`, and writes
 - ``results.csv`` and ``results.md``: mean and 95% confidence interval (Student t) per
   method and metric; ``results.md`` defines every column and says what a resumed run
   reused;
-- ``curves.png`` and ``curves.npz``: the average insertion and deletion curves.
+- ``curves.png`` and ``curves.npz``: the average insertion and deletion curves (and
+  the non-target and ROAD curves in the ``.npz``);
+- ``sensitivity_n.png`` and ``sensitivity_n.npz``: sensitivity-n over the sweep of n;
+- ``randomization.npz`` (with ``randomization`` > 0): the randomisation check's
+  Spearman and SSIM per randomised parameter group.
+
+The protocol options of :class:`EvalConfig` (which model scores the perturbed
+images, the pointing rule, the sensitivity-n sweep, the non-target class, ROAD, the
+randomisation subset) reproduce the papers' settings; ``results.md`` lists them
+next to the papers'.
 
 The data source is the embedded Fashion-MNIST scenes by default, or any
 :class:`captum_vit.data.ImageDataset`; the model is the embedded default or any
