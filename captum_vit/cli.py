@@ -78,6 +78,20 @@ _two_or_more = _int_at_least(2, "an integer >= 2")
 _non_negative = _int_at_least(0, "an integer >= 0")
 
 
+def _pixels(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of pixels >= 0, got {text!r}"
+        ) from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"expected a number of pixels >= 0, got {text}"
+        )
+    return v
+
+
 def _device(text: str) -> str:
     from .distributed import env_world, parse_device
 
@@ -252,7 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser(
         "evaluate",
         help="score every method with every metric",
-        description="Score methods on the embedded held-out scenes or on --data.",
+        description="Score methods on the embedded held-out scenes or on --data. "
+        "The defaults are quick; the 'protocol' options reproduce the papers' "
+        "settings, e.g. ViT Shapley (Covert et al. 2023): --evaluator surrogate "
+        "--faith-samples 1000 --sensitivity-sizes 13 --sensitivity-samples 1000 "
+        "--curve-steps <patches> --non-target all; ViT-CX / Zhang et al.: "
+        "--pointing first [--pointing-tolerance 15]; SkipPLUS: the AOPC acc. "
+        "columns with --target label; TIS: --removal black|mean|blur|uniform and "
+        "the Insertion - Deletion column. results.md defines every column and "
+        "lists the run's protocol next to the papers'.",
     )
     ev.add_argument(
         "--target",
@@ -279,13 +301,98 @@ def build_parser() -> argparse.ArgumentParser:
         help="how metrics remove patches",
     )
     ev.add_argument(
-        "--curve-steps", type=_positive, default=16, help="points per curve - 1"
+        "--curve-steps",
+        type=_positive,
+        default=16,
+        help="points per insertion/deletion curve - 1 (default 16; ViT Shapley: one "
+        "patch per step, i.e. the number of patches; TIS: 224)",
     )
     ev.add_argument(
         "--faith-samples",
         type=_two_or_more,
         default=64,
-        help="random subsets for the correlations",
+        help="random subsets for the faithfulness correlation (default 64; ViT "
+        "Shapley: 1000)",
+    )
+    pg = ev.add_argument_group(
+        "protocol",
+        "How the metrics are measured; results.md lists this run's settings next to "
+        "the papers'.",
+    )
+    pg.add_argument(
+        "--evaluator",
+        choices=["classifier", "surrogate"],
+        default="classifier",
+        help="model that scores the perturbed images of the removal metrics "
+        "(insertion, deletion, AOPC, faithfulness, sensitivity-n, non-target): the "
+        "classifier (default) or its ViT Shapley surrogate fine-tuned to missing "
+        "patches, as ViT Shapley §6.2 does for every method (needs a surrogate: "
+        "shipped for the embedded default model)",
+    )
+    pg.add_argument(
+        "--pointing",
+        choices=["first", "random", "any"],
+        default="first",
+        help="pointing game: 'first' (default; the papers' rule: the single "
+        "highest pixel of the map at the input's resolution, ties to the first in "
+        "row-major order), 'random' (ties drawn per image) or 'any' (patch-level: "
+        "any pixel of the maximum)",
+    )
+    pg.add_argument(
+        "--pointing-tolerance",
+        type=_pixels,
+        default=0.0,
+        metavar="PX",
+        help="hit radius in pixels of the model input around the ground truth "
+        "(default 0; Zhang et al. 2018: 15)",
+    )
+    pg.add_argument(
+        "--sensitivity-sizes",
+        type=_positive,
+        default=9,
+        metavar="K",
+        help="sensitivity-n sweep: K sizes n = i/(K+1) of the patches, i = 1..K, "
+        "reported as the mean, curve in sensitivity_n.npz (default 9: 10 %%..90 %%; "
+        "13 on 196 patches is ViT Shapley's n = 14..182)",
+    )
+    pg.add_argument(
+        "--sensitivity-samples",
+        type=_two_or_more,
+        default=32,
+        help="random subsets per sensitivity-n size (default 32; ViT Shapley: 1000)",
+    )
+    pg.add_argument(
+        "--non-target",
+        choices=["auto", "distractor", "random", "all", "off"],
+        default="auto",
+        help="class explained for the non-target insertion/deletion columns: 'auto' "
+        "(default: the distractor's on the embedded scenes, else 'random'), "
+        "'random' (another class drawn per image), 'all' (every other class "
+        "averaged, ViT Shapley Table 2; C-1 explanations per image) or 'off'",
+    )
+    pg.add_argument(
+        "--road",
+        choices=["patches", "pixels", "off"],
+        default="patches",
+        help="ROAD MoRF/LeRF columns with noisy linear imputation, removing "
+        "'patches' (default) or 'pixels' (Rong et al.); one sparse solve per "
+        "perturbed image (18 per image and method), 'off' to skip",
+    )
+    pg.add_argument(
+        "--randomization",
+        type=_non_negative,
+        default=0,
+        metavar="N",
+        help="model-parameter randomisation check (Adebayo et al. 2018) on N images "
+        "spread over the data: re-explains each image once per parameter group of "
+        "the model (default 0: off)",
+    )
+    pg.add_argument(
+        "--metric-batch",
+        type=_positive,
+        default=64,
+        help="perturbed images per forward pass in the metrics (default 64; larger "
+        "on a GPU for --faith-samples 1000)",
     )
     _add_common(ev, "out/evaluate", 10)
     ev.set_defaults(func=cmd_evaluate, parser=ev)
@@ -311,6 +418,17 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
                 parser.error(f"--{flag.replace('_', '-')}: needs --data")
     if getattr(args, "boxes", None) and getattr(args, "masks", None):
         parser.error("--masks: give --boxes or --masks, not both")
+    if getattr(args, "non_target", None) == "distractor" and args.data is not None:
+        parser.error(
+            "--non-target: 'distractor' needs the embedded scenes (--data has no "
+            "distractor); use random or all"
+        )
+    if getattr(args, "randomization", 0) and args.n is not None:
+        if args.randomization > args.n:
+            parser.error(
+                f"--randomization: {args.randomization} images, more than --n "
+                f"{args.n}"
+            )
     if args.labels and args.class_map:
         parser.error("--class-map: applies to ImageFolder trees, not to --labels")
     if args.command == "explain" and args.images:
@@ -550,7 +668,7 @@ def _null():
 def cmd_evaluate(args: argparse.Namespace, ctx: Any) -> int:
     from ._jobs import check_job
     from .data import DataError
-    from .evaluate import EvalConfig, run_evaluation
+    from .evaluate import EvalConfig, check_protocol, run_evaluation
     from .models import ModelError
 
     def setup():
@@ -558,25 +676,38 @@ def cmd_evaluate(args: argparse.Namespace, ctx: Any) -> int:
         data = _dataset(args, loaded, 200)
         target = args.target or ("label" if data.has_labels else "pred")
         check_job(data, loaded.num_classes, target, ctx.world_size)
-        return loaded, data, target
+        if args.randomization > len(data):
+            raise CLIError(
+                f"--randomization: {args.randomization} images, more than the "
+                f"{len(data)} image(s) of the data"
+            )
+        cfg = EvalConfig(
+            n=len(data),
+            seed=args.seed,
+            removal=args.removal,
+            chunk=args.batch_size,
+            tis_masks=args.tis_masks,
+            rise_masks=args.rise_masks,
+            curve_steps=args.curve_steps,
+            faith_samples=args.faith_samples,
+            sensitivity_sizes=args.sensitivity_sizes,
+            sensitivity_samples=args.sensitivity_samples,
+            n_steps=args.ig_steps,
+            target=target,
+            amp=args.amp,
+            evaluator=args.evaluator,
+            pointing=args.pointing,
+            pointing_tolerance=args.pointing_tolerance,
+            non_target=args.non_target,
+            road=args.road,
+            randomization=args.randomization,
+            metric_batch=args.metric_batch,
+        )
+        cfg.validate()
+        check_protocol(cfg, loaded, data)
+        return loaded, data, cfg
 
-    loaded, data, target = ctx.agree(
-        setup, (CLIError, ModelError, DataError, ValueError)
-    )
-    cfg = EvalConfig(
-        n=len(data),
-        seed=args.seed,
-        removal=args.removal,
-        chunk=args.batch_size,
-        tis_masks=args.tis_masks,
-        rise_masks=args.rise_masks,
-        curve_steps=args.curve_steps,
-        faith_samples=args.faith_samples,
-        sensitivity_samples=args.faith_samples,
-        n_steps=args.ig_steps,
-        target=target,
-        amp=args.amp,
-    )
+    loaded, data, cfg = ctx.agree(setup, (CLIError, ModelError, DataError, ValueError))
     run_evaluation(
         args.out,
         args.methods,

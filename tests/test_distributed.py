@@ -34,6 +34,7 @@ TIMING = ("seconds", "seconds_ci95")
 SMALL = {
     "evaluate": (
         "--tis-masks 8 --rise-masks 8 --curve-steps 2 --faith-samples 4 --batch-size 2"
+        " --sensitivity-sizes 2 --sensitivity-samples 4 --road off --randomization 2"
     ),
     "explain": "--tis-masks 8 --rise-masks 8 --batch-size 2",
 }
@@ -140,6 +141,9 @@ def test_readme_examples_and_torchrun_tables_equal_one_process(one_process):
         d / "eval_dist" / "results.csv"
     )
     assert set(one) == {"rollout", "genatt", "tis"} and one == two
+    # per-image random choices: the seeded non-target class, the checked subset
+    for key in ("insertion_nontarget", "randomization_spearman", "sensitivity_n"):
+        assert one["genatt"][key] not in ("", "nan"), key
     assert one["genatt"]["n"] == "4" and "pointing" in one["genatt"]
     report = (d / "eval_dist" / "results.md").read_text()
     assert "on 4 images of `my_images`" in report
@@ -215,6 +219,12 @@ def test_killed_rank_resumes_with_another_process_count(files, capsys, tmp_path)
         "2",
         "--faith-samples",
         "4",
+        "--sensitivity-sizes",
+        "2",
+        "--sensitivity-samples",
+        "4",
+        "--road",
+        "off",
         "--quiet",
         "--workers",
         "0",
