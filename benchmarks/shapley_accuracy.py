@@ -63,7 +63,7 @@ def load_models(run: Optional[Path]):
     from captum_vit.zoo import build_model, load_default_model
 
     if run is None:
-        from captum_vit.shapley import load_default_explainer
+        from captum_vit.zoo import load_default_explainer
 
         explainer, surrogate = load_default_explainer()
         default = load_default_model()
