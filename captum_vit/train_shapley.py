@@ -280,6 +280,11 @@ def run_train_shapley(
         except ValueError:
             record = {}
     record.update(
+        classifier={  # how to load it again (benchmarks/shapley_accuracy.py)
+            "model": loaded.name,
+            "checkpoint": loaded.checkpoint,
+            "weights": loaded.weights,
+        },
         model=loaded.describe(),
         data=train.describe(),
         validation=val.describe() if val is not None else None,

@@ -98,7 +98,8 @@ class TrainingResult(NamedTuple):
         history: One record per save point (every ``save_every`` steps and the
             last step): ``epoch`` (passes over the data so far), ``step``,
             ``train_loss`` (mean since the previous point), ``val_loss`` (None
-            without validation data), ``lr``, ``seconds``; plus ``best_val``,
+            without validation data), ``lr``, ``seconds`` (training and validation
+            so far, checkpoint writing excluded); plus ``best_val``,
             ``skipped_images`` (unreadable images met, left out of the loss) and
             ``world_sizes`` (processes of each run that contributed).
     """
@@ -520,7 +521,6 @@ def _train(
                 model.eval()
                 val = val_loss() if val_loss is not None else None
                 elapsed += time.perf_counter() - t0
-                t0 = time.perf_counter()
                 history["epoch"].append(round(step * b / n, 4))
                 history["step"].append(step)
                 history["train_loss"].append(
@@ -540,6 +540,7 @@ def _train(
                 if val is not None and run.show_progress and ctx.is_main:
                     bar.write(f"{run.kind} step {step}: val loss {val:.5g}")
                 save()
+                t0 = time.perf_counter()  # seconds: training, not checkpoint writing
     bar.close()
     if run.select_best and best_state is not None:
         model.load_state_dict(best_state)
