@@ -344,7 +344,9 @@ def _add_train_shapley(sub: Any) -> None:
         "supported model on a folder of images (default: embedded training scenes). "
         "Writes OUT/surrogate.pt and OUT/explainer.pt (use them with explain/evaluate "
         "--shapley OUT); the same command resumes from the step checkpoints, also "
-        "under torchrun with another number of processes.",
+        "under torchrun with another number of processes. --epochs, --lr and "
+        "--subsets apply to every stage run: run the stages one by one (--stage) to "
+        "give each its own.",
     )
     g = tr.add_argument_group("model")
     g.add_argument("--model", default="default", help="as for explain/evaluate")
