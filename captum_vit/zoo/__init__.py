@@ -4,7 +4,8 @@ The zoo gives every tutorial, test and benchmark the same ready-made setting wit
 downloads: :func:`make_scenes` draws reproducible scenes with ground-truth boxes and
 masks, and :func:`load_default_model` returns a stock
 ``timm.models.vision_transformer.VisionTransformer`` trained on them (see
-``MODEL_CARD.md`` next to this file).
+``MODEL_CARD.md`` next to this file); :func:`load_default_explainer` returns the
+ViT Shapley explainer and surrogate trained for it (``SHAPLEY_CARD.md``).
 
 Examples::
 
