@@ -413,7 +413,6 @@ def _train(
             model,
             device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=unused,
-            broadcast_buffers=False,
         )
         forward = ddp
 
