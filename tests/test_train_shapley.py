@@ -325,3 +325,32 @@ def test_bad_input_one_line_each(run, files, capsys, tmp_path):
     _one_line_error(rc, err, "explain", "has no surrogate.pt or explainer.pt")
     rc, _, err = cli(capsys, *_train_args(files, tmp_path / "h", "--batch-size", "0"))
     _one_line_error(rc, err, "train-shapley", "--batch-size: expected a positive")
+
+
+def test_unreadable_image_is_skipped_not_fatal(files, capsys, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(files["images"], images)
+    (images / "broken.png").write_bytes(b"not a png")
+    rc, _, err = cli(
+        capsys,
+        "train-shapley",
+        "--checkpoint",
+        files["model"],
+        "--data",
+        images,
+        "--val-n",
+        "0",
+        "--stage",
+        "surrogate",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--out",
+        tmp_path / "run",
+        *SMALL,
+    )
+    assert rc == 0, err
+    assert "surrogate: skipped an unreadable image (cannot read image" in err
+    record = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert record["surrogate"]["history"]["skipped_images"] == 1  # 11 images, 3 steps

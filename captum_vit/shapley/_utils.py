@@ -127,11 +127,14 @@ class ImageSource:
         return isinstance(self.data, Tensor)
 
     def get(self, index: Sequence[int], device: Device = None) -> Tensor:
-        """Images at ``index`` as one (b, C, H, W) float tensor (unseeded reads)."""
+        """Images at ``index`` as one (b, C, H, W) float tensor (a dataset's random
+        transform, if any, is drawn under a fixed seed: the caller's random state
+        is left alone)."""
         if isinstance(self.data, Tensor):
             x = self.data[torch.as_tensor(index, dtype=torch.long)]
         else:
-            x = torch.stack([_unpack(self.data[int(i)])[0] for i in index])
+            with seeded(0):
+                x = torch.stack([_unpack(self.data[int(i)])[0] for i in index])
         return self._check(x).to(device=device, dtype=torch.float32)
 
     def _check(self, x: Tensor) -> Tensor:

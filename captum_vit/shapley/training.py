@@ -460,7 +460,9 @@ def _train(
     def on_skip(reason: str) -> None:
         skipped.append(reason)
         if len(skipped) <= 5:
-            bar.write(f"{run.kind}: skipped an unreadable image ({reason})")
+            bar.write(
+                f"{run.kind}: skipped an unreadable image ({reason})", file=sys.stderr
+            )
 
     running: List[float] = []
     t0 = time.perf_counter()
@@ -537,7 +539,9 @@ def _train(
                     history["best_val"] = val
                     best_state = _state_copy(model) if run.select_best else None
                 if val is not None and run.show_progress and ctx.is_main:
-                    bar.write(f"{run.kind} step {step}: val loss {val:.5g}")
+                    bar.write(
+                        f"{run.kind} step {step}: val loss {val:.5g}", file=sys.stderr
+                    )
                 save()
                 t0 = time.perf_counter()  # seconds: training, not checkpoint writing
     bar.close()
