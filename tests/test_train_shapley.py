@@ -354,3 +354,31 @@ def test_unreadable_image_is_skipped_not_fatal(files, capsys, tmp_path):
     assert "surrogate: skipped an unreadable image (cannot read image" in err
     record = json.loads((tmp_path / "run" / "record.json").read_text())
     assert record["surrogate"]["history"]["skipped_images"] == 1  # 11 images, 3 steps
+
+
+def test_readme_and_card_commands_use_existing_options():
+    """Every option of the documented train-shapley / --shapley commands exists."""
+    import re
+
+    from captum_vit.cli import build_parser
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    section = readme.split("## ViT Shapley for your model", 1)[1].split("\n## ", 1)[0]
+    card = (root / "captum_vit" / "zoo" / "SHAPLEY_CARD.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in (section + card).split("```bash")[1:]]
+    commands = [
+        c for b in blocks for c in b.replace("\\\n", " ").splitlines() if "--" in c
+    ]
+    subparsers = build_parser()._subparsers._group_actions[0].choices
+    checked = 0
+    for command in commands:
+        words = command.split("#")[0].split()
+        name = next((w for w in words if w in subparsers), None)
+        if name is None:
+            continue
+        known = subparsers[name]._option_string_actions
+        flags = [w for w in words[words.index(name) :] if re.match(r"--[a-z]", w)]
+        assert all(f in known for f in flags), (command, flags)
+        checked += 1
+    assert checked >= 8
