@@ -59,31 +59,26 @@ def spearman(a: Tensor, b: Tensor) -> float:
 
 
 def load_models(run: Optional[Path]):
-    """(classifier, surrogate, explainer, image size) of a run or the default."""
-    from captum_vit.zoo import build_model, load_default_model
+    """(classifier, surrogate, explainer, image size) of a ``captum-vit
+    train-shapley`` run folder, or of the shipped default."""
+    from captum_vit.models import load_model
+    from captum_vit.zoo import load_default_explainer, load_default_model
 
     if run is None:
-        from captum_vit.shapley import load_default_explainer
-
         explainer, surrogate = load_default_explainer()
         default = load_default_model()
         return default.model, surrogate, explainer, int(default.config["image_size"])
-    record = json.loads((run / "record.json").read_text())
-    path = record["classifier"]["path"]
-    if path == "captum_vit.zoo default":
-        classifier = load_default_model().model
-        size = int(load_default_model().config["image_size"])
-    else:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        classifier = build_model(payload["config"])
-        classifier.load_state_dict(payload["state_dict"])
-        classifier.eval()
-        size = int(payload["config"]["image_size"])
-    surrogate = load_surrogate(run / "surrogate.pt", classifier)
+    record = json.loads((run / "record.json").read_text())["classifier"]
+    loaded = load_model(
+        record["model"],
+        record["checkpoint"],
+        random_weights=record["weights"] == "random",
+    )
+    surrogate = load_surrogate(run / "surrogate.pt", loaded.model)
     explainer = None
     if (run / "explainer.pt").is_file():
         explainer = load_explainer(run / "explainer.pt", surrogate)
-    return classifier, surrogate, explainer, size
+    return loaded.model, surrogate, explainer, int(loaded.input_size[0])
 
 
 def crossing(curve: Sequence[Tuple[int, float]], level: float) -> Optional[int]:

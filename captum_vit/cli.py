@@ -3,7 +3,10 @@
 ``captum-vit explain`` explains images (given files, the embedded Fashion-MNIST scenes,
 or with ``--data`` a whole folder, saved as arrays plus a manifest);
 ``captum-vit evaluate`` scores every method with every metric on the embedded scenes or
-on the user's images. Both load any model the same way (:mod:`captum_vit.models`),
+on the user's images; ``captum-vit train-shapley`` trains ViT Shapley's surrogate and
+explainer for a model (:mod:`captum_vit.train_shapley`), which ``explain`` and
+``evaluate`` then use with ``--shapley RUN``. All load any model the same way
+(:mod:`captum_vit.models`),
 read data through :mod:`captum_vit.data`, and run on one CPU, one GPU or, launched as
 ``torchrun --nproc_per_node=N -m captum_vit -- evaluate ...``, on many
 (:mod:`captum_vit.distributed`).
@@ -27,7 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 from torch import Tensor
 
-COMMANDS = ("explain", "evaluate")
+COMMANDS = ("explain", "evaluate", "train-shapley")
 
 
 class CLIError(Exception):
@@ -137,6 +140,36 @@ def _checkpoint(text: str) -> str:
     return _existing_file(text)
 
 
+def _shapley_run(text: str) -> str:
+    from .train_shapley import EXPLAINER_FILE, SURROGATE_FILE
+
+    _existing_dir(text)
+    missing = [
+        f for f in (SURROGATE_FILE, EXPLAINER_FILE) if not (Path(text) / f).is_file()
+    ]
+    if missing:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has no {' or '.join(missing)} (a captum-vit train-shapley run "
+            "folder holds both)"
+        )
+    return text
+
+
+def _float_in(low: float, high: Optional[float], what: str, open_low: bool = False):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        bad = v != v or v < low or (open_low and v == low)
+        if bad or (high is not None and v > high):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return v
+
+    parse.__name__ = what
+    return parse
+
+
 # ------------------------------------------------------------------ parser
 def _add_common(p: argparse.ArgumentParser, default_out: str, batch: int) -> None:
     p.add_argument(
@@ -167,6 +200,13 @@ def _add_common(p: argparse.ArgumentParser, default_out: str, batch: int) -> Non
         "--random-weights",
         action="store_true",
         help="random weights (seeded; no download)",
+    )
+    g.add_argument(
+        "--shapley",
+        type=_shapley_run,
+        default=None,
+        metavar="RUN",
+        help="vit-shapley with the surrogate and explainer of a train-shapley run",
     )
     g = p.add_argument_group("data")
     g.add_argument(
@@ -396,7 +436,178 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(ev, "out/evaluate", 10)
     ev.set_defaults(func=cmd_evaluate, parser=ev)
+    _add_train_shapley(sub)
     return ap
+
+
+def _add_train_shapley(sub: Any) -> None:
+    """The ``train-shapley`` subcommand's options."""
+    from .train_shapley import DEFAULT_SCENES, DEFAULT_VAL
+
+    tr = sub.add_parser(
+        "train-shapley",
+        help="train a ViT Shapley surrogate and explainer for a model",
+        description="Fine-tune the surrogate, then train the explainer, for any "
+        "supported model on a folder of images (default: embedded training scenes). "
+        "Writes OUT/surrogate.pt and OUT/explainer.pt (use them with explain/evaluate "
+        "--shapley OUT); the same command resumes from the step checkpoints, also "
+        "under torchrun with another number of processes. --epochs, --lr and "
+        "--subsets apply to every stage run: run the stages one by one (--stage) to "
+        "give each its own.",
+    )
+    g = tr.add_argument_group("model")
+    g.add_argument("--model", default="default", help="as for explain/evaluate")
+    g.add_argument("--checkpoint", type=_checkpoint, default=None, help="weights")
+    g.add_argument("--use-ema", action="store_true", help="a checkpoint's EMA weights")
+    g.add_argument(
+        "--random-weights", action="store_true", help="random weights (seeded)"
+    )
+    g = tr.add_argument_group("data")
+    g.add_argument(
+        "--data",
+        type=_existing_dir,
+        default=None,
+        help="a folder of images, flat or in sub-folders (labels are not needed); "
+        "default: the embedded Fashion-MNIST training scenes",
+    )
+    g.add_argument(
+        "--n",
+        type=_positive,
+        default=None,
+        help=f"scenes to generate (default {DEFAULT_SCENES}) or a seeded subset of "
+        "--data (default: all)",
+    )
+    g.add_argument(
+        "--val-n",
+        type=_non_negative,
+        default=None,
+        help=f"held-out validation images (default {DEFAULT_VAL} other scenes, or "
+        "min(256, a tenth) of --data; 0: none)",
+    )
+    g.add_argument(
+        "--no-augment",
+        action="store_true",
+        help="no random resized crops, flips or colour jitter on training images",
+    )
+    g.add_argument(
+        "--workers",
+        type=_non_negative,
+        default=None,
+        help="DataLoader worker processes (default: up to 4 per process)",
+    )
+    g = tr.add_argument_group("training")
+    g.add_argument("--out", required=True, metavar="RUN", help="run folder")
+    g.add_argument("--stage", choices=["surrogate", "explainer", "all"], default="all")
+    g.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=64,
+        help="images per step over all processes (default 64, the paper's)",
+    )
+    g.add_argument(
+        "--micro-batch",
+        type=_positive,
+        default=None,
+        help="images per forward/backward pass per process (gradient accumulation)",
+    )
+    g.add_argument(
+        "--epochs",
+        type=_float_in(0.0, None, "a positive number", open_low=True),
+        default=None,
+        help="passes over the data (default 5 surrogate, 10 explainer)",
+    )
+    g.add_argument("--max-steps", type=_positive, default=None, help="step cap")
+    g.add_argument(
+        "--lr",
+        type=_float_in(0.0, None, "a positive number", open_low=True),
+        default=None,
+        help="peak learning rate (default 1e-5 surrogate, 1e-4 explainer)",
+    )
+    g.add_argument(
+        "--subsets",
+        type=_positive,
+        default=None,
+        help="coalitions per image and step (default 1 surrogate, 32 explainer)",
+    )
+    g.add_argument(
+        "--weight-decay", type=_float_in(0.0, None, "a number >= 0"), default=0.01
+    )
+    g.add_argument(
+        "--warmup",
+        type=_float_in(0.0, 1.0, "a fraction in [0, 1]"),
+        default=0.05,
+        help="fraction of steps of linear warm-up",
+    )
+    g.add_argument(
+        "--grad-clip",
+        type=_float_in(0.0, None, "a number >= 0"),
+        default=1.0,
+        help="gradient-norm clipping (0: none)",
+    )
+    g.add_argument(
+        "--mask-mode",
+        choices=["attention", "drop"],
+        default="attention",
+        help="how the surrogate holds patches out while fine-tuned",
+    )
+    g.add_argument(
+        "--shared-blocks",
+        type=_non_negative,
+        default=0,
+        help="leading blocks the explainer keeps frozen, shared with the surrogate",
+    )
+    g.add_argument(
+        "--save-every",
+        type=_positive,
+        default=None,
+        help="steps between validation and checkpoints (default: one pass)",
+    )
+    g.add_argument("--seed", type=_non_negative, default=0, help="seed of everything")
+    g.add_argument(
+        "--half", action="store_true", help="store the final weights as float16"
+    )
+    g = tr.add_argument_group("run")
+    g.add_argument(
+        "--device",
+        type=_device,
+        default=None,
+        help="cpu, cuda or cuda:K (default: the process's GPU if any, else cpu)",
+    )
+    g.add_argument(
+        "--amp", choices=["bf16", "fp16"], default=None, help="mixed precision"
+    )
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    tr.set_defaults(func=cmd_train_shapley, parser=tr, check=_check_train_args)
+
+
+def _check_train_args(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    """train-shapley's cross-flag checks, before any work."""
+    from .evaluate import writable_dir
+
+    if args.checkpoint is not None and args.random_weights:
+        parser.error("--random-weights: cannot be combined with --checkpoint")
+    if args.use_ema and args.checkpoint is None:
+        parser.error("--use-ema: needs --checkpoint")
+    explainer = args.stage in ("explainer", "all")
+    if explainer and args.subsets is not None and args.subsets % 2:
+        parser.error(
+            f"--subsets: the explainer pairs each coalition with its complement; "
+            f"expected an even number, got {args.subsets}"
+        )
+    if args.shared_blocks and not explainer:
+        parser.error("--shared-blocks: applies to the explainer stage")
+    if args.amp == "fp16":
+        from .distributed import env_world, parse_device
+
+        if parse_device(args.device, env_world()[2]).type != "cuda":
+            parser.error(
+                "--amp: fp16 needs a CUDA device (CPU autocast runs bf16); use --amp "
+                "bf16 or --device cuda"
+            )
+    try:
+        writable_dir(args.out)
+    except OSError as exc:
+        parser.error(f"--out: cannot write to {args.out}: {exc}")
 
 
 def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -467,6 +678,10 @@ def _load(args: argparse.Namespace, device: torch.device):
         ViTAdapter(loaded.model)
     except TypeError as exc:
         raise CLIError(f"--model {args.model}: not supported ({exc})") from exc
+    if getattr(args, "shapley", None):
+        from .train_shapley import attach_shapley
+
+        attach_shapley(loaded, args.shapley, device)
     return loaded
 
 
@@ -727,6 +942,77 @@ def cmd_evaluate(args: argparse.Namespace, ctx: Any) -> int:
     return 0
 
 
+# --------------------------------------------------------------------- train-shapley
+def cmd_train_shapley(args: argparse.Namespace, ctx: Any) -> int:
+    from .data import DataError
+    from .models import ModelError
+    from .train_shapley import (
+        StageOptions,
+        check_trainable,
+        run_train_shapley,
+        training_data,
+    )
+
+    def setup():
+        loaded = _load(args, ctx.device)
+        check_trainable(loaded)
+        train, val = training_data(
+            loaded,
+            args.data,
+            n=args.n,
+            n_val=args.val_n,
+            seed=args.seed,
+            augment=not args.no_augment,
+        )
+        if args.batch_size < ctx.world_size:
+            raise CLIError(
+                f"--batch-size {args.batch_size}: the global batch needs at least one "
+                f"image per process ({ctx.world_size} processes)"
+            )
+        return loaded, train, val
+
+    loaded, train, val = ctx.agree(
+        setup, (CLIError, ModelError, DataError, ValueError, OSError)
+    )
+    options = StageOptions(
+        stage=args.stage,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        micro_batch_size=args.micro_batch,
+        lr=args.lr,
+        subsets=args.subsets,
+        weight_decay=args.weight_decay,
+        warmup=args.warmup,
+        grad_clip=args.grad_clip,
+        mask_mode=args.mask_mode,
+        shared_blocks=args.shared_blocks,
+        seed=args.seed,
+        save_every=args.save_every,
+        amp=args.amp,
+        workers=_workers(args, ctx.world_size),
+        half=args.half,
+        show_progress=not args.quiet,
+    )
+    record = run_train_shapley(
+        args.out, loaded, train, val, options, ctx, augment=not args.no_augment
+    )
+    if ctx.is_main:
+        out = Path(args.out)
+        for stage in options.stages():
+            r = record[stage]
+            val_loss = r["history"]["best_val"]
+            speed = r["images_per_s"]
+            print(
+                f"{stage}: {r['history']['step'][-1]} steps on {r['processes']} "
+                f"process(es)"
+                + (f", {speed:.1f} images/s" if speed else "")
+                + (f", best validation loss {val_loss:.5g}" if val_loss else "")
+                + f"; wrote {out / (stage + '.pt')}"
+            )
+    return 0
+
+
 # ------------------------------------------------------------------------------ main
 def _command_of(argv: Sequence[str]) -> Optional[str]:
     return next((a for a in argv if a in COMMANDS), None)
@@ -751,7 +1037,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     prog = f"captum-vit {command}" if command else "captum-vit"
     try:
         args = parser.parse_args(argv)
-        _check_args(args, args.parser)
+        getattr(args, "check", _check_args)(args, args.parser)
     except _UsageError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -809,6 +809,43 @@ class ImageDataset(ItemDataset):
         out.entries = [self.entries[i] for i in chosen]
         return out
 
+    def holdout(self, n: int, seed: int) -> Tuple["ImageDataset", "ImageDataset"]:
+        """Split off ``n`` images drawn with ``seed`` (e.g. for validation).
+
+        Returns:
+            ``(rest, held)``: two datasets over disjoint images, each in key order;
+            ``held`` uses the model's eval preprocessing (no training transform).
+
+        Raises:
+            DataError: ``n`` leaves no image for ``rest``.
+        """
+        if not 0 <= n < len(self.entries):
+            raise DataError(
+                f"cannot hold out {n} of {len(self.entries)} image(s): at least one "
+                "must remain"
+            )
+        chosen = set(random.Random(seed).sample(range(len(self.entries)), n))
+        rest, held = copy.copy(self), copy.copy(self)
+        rest.entries = [e for i, e in enumerate(self.entries) if i not in chosen]
+        held.entries = [e for i, e in enumerate(self.entries) if i in chosen]
+        held.transform = self.preprocessing
+        return rest, held
+
+    def with_transform(self, transform: Optional[Callable]) -> "ImageDataset":
+        """The same images through another transform (None: the eval one).
+
+        Raises:
+            ValueError: the dataset has boxes or masks (they follow the eval
+                preprocessing only).
+        """
+        if transform is not None and self.has_ground_truth:
+            raise ValueError(
+                "transform: boxes and masks follow the model's eval preprocessing only"
+            )
+        out = copy.copy(self)
+        out.transform = transform if transform is not None else self.preprocessing
+        return out
+
     def describe(self) -> Dict[str, Any]:
         return {
             "source": "files",
@@ -890,15 +927,23 @@ class SceneDataset(ItemDataset):
 
     Items are like :class:`ImageDataset`'s, with the main item's box as ``gt``, plus
     ``distractor`` (the distractor's class) and ``gt_distractor`` (its box). Scenes
-    are generated once (``make_scenes(n, split="test", seed=seed)``); for models of
-    another input size they go through the model's preprocessing as float images.
+    are generated once (``make_scenes(n, split=split, seed=seed,
+    image_size=image_size)``); for models of another input size they go through the
+    model's preprocessing as float images.
 
     Args:
         n: Number of scenes.
         preprocessing: The model's :class:`Preprocessing`.
         seed: Scene seed.
-        default_model: True for the embedded default model: the zoo's preprocess is
-            applied directly (no resize), as everywhere else in the package.
+        default_model: True for the embedded default model (or a model in its
+            format): the zoo's preprocess is applied directly (no resize), as
+            everywhere else in the package.
+        split: ``"test"`` (held-out items: evaluation, the default) or ``"train"``
+            (training jobs; needs the full Fashion-MNIST).
+        image_size: Side of the generated scenes (default 64).
+        transform: Another transform of the float (3, S, S) scenes in [0, 1] than
+            the model's eval one (e.g. ``preprocessing.train_transform(...)``); items
+            then carry no ground truth.
     """
 
     has_ground_truth = True
@@ -911,6 +956,9 @@ class SceneDataset(ItemDataset):
         preprocessing: Preprocessing,
         seed: int = 1234,
         default_model: bool = False,
+        split: str = "test",
+        image_size: int = 64,
+        transform: Optional[Callable] = None,
     ) -> None:
         from . import zoo
 
@@ -919,7 +967,13 @@ class SceneDataset(ItemDataset):
         self.n, self.seed = int(n), int(seed)
         self.preprocessing = preprocessing
         self.default_model = default_model
-        self.scenes = zoo.make_scenes(self.n, split="test", seed=self.seed)
+        self.split, self.image_size = split, int(image_size)
+        self.transform = transform
+        if transform is not None:
+            self.has_ground_truth = self.has_distractor = False
+        self.scenes = zoo.make_scenes(
+            self.n, split=split, seed=self.seed, image_size=self.image_size
+        )
 
     def __len__(self) -> int:
         return self.n
@@ -931,7 +985,7 @@ class SceneDataset(ItemDataset):
         return [int(v) for v in self.scenes.labels]
 
     def describe(self) -> Dict[str, Any]:
-        return {
+        out = {
             "source": "embedded scenes",
             "images": self.n,
             "seed": self.seed,
@@ -941,10 +995,24 @@ class SceneDataset(ItemDataset):
                 else self.preprocessing.describe()
             ),
         }
+        if (self.split, self.image_size) != ("test", 64):  # older records lack them
+            out.update(split=self.split, image_size=self.image_size)
+        if self.transform is not None:
+            out["preprocessing"] = " ".join(repr(self.transform).split())
+        return out
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
         s = self.scenes
         image = torch.as_tensor(s.images[index])
+        if self.transform is not None:
+            return {
+                "index": index,
+                "key": f"scene-{index:05d}",
+                "label": int(s.labels[index]),
+                "ok": True,
+                "error": "",
+                "image": self.transform(image).float(),
+            }
         size = tuple(image.shape[-2:])
         gts = [
             boxes_to_mask([tuple(float(v) for v in s.boxes[index, j])], size)
@@ -959,7 +1027,7 @@ class SceneDataset(ItemDataset):
             gts = [self.preprocessing.map_mask(g) for g in gts]
         return {
             "index": index,
-            "key": self.keys()[index],
+            "key": f"scene-{index:05d}",
             "label": int(s.labels[index]),
             "ok": True,
             "error": "",
@@ -1001,7 +1069,7 @@ def _worker_init(_: int) -> None:
 
 def make_loader(
     dataset: torch.utils.data.Dataset,
-    batches: Sequence[Sequence[int]],
+    batches: Union[Sequence[Sequence[int]], torch.utils.data.Sampler],
     workers: int = 0,
     pin_memory: bool = False,
 ) -> torch.utils.data.DataLoader:
@@ -1009,16 +1077,19 @@ def make_loader(
 
     Args:
         dataset: An :class:`ItemDataset`.
-        batches: Lists of dataset indices (e.g. this rank's chunks).
+        batches: Lists of dataset indices (e.g. this rank's chunks), or a
+            ``torch.utils.data.Sampler`` yielding them (long or lazily made runs).
         workers: Worker processes decoding images (0: in the calling process).
         pin_memory: Pin batches for fast host-to-GPU copies.
 
     Returns:
         A ``torch.utils.data.DataLoader`` of collated batches (:func:`collate_items`).
     """
+    if not isinstance(batches, torch.utils.data.Sampler):
+        batches = [list(b) for b in batches]
     return torch.utils.data.DataLoader(
         dataset,
-        batch_sampler=[list(b) for b in batches],
+        batch_sampler=batches,
         num_workers=int(workers),
         pin_memory=bool(pin_memory),
         collate_fn=collate_items,

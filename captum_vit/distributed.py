@@ -132,6 +132,17 @@ class DistContext:
         dist.all_gather_object(out, obj)
         return out
 
+    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum ``tensor`` over the ranks, in place (nothing to do in one process).
+        With nccl it must be on this rank's GPU.
+
+        Returns:
+            ``tensor``.
+        """
+        if self.distributed:
+            dist.all_reduce(tensor)
+        return tensor
+
     def agree(self, fn: Callable[[], T], errors: Tuple[Type[BaseException], ...]) -> T:
         """Run ``fn`` on every rank; if it raised one of ``errors`` on any rank,
         raise the lowest rank's error on every rank (so all stop together with the

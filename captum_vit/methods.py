@@ -204,7 +204,8 @@ def _vit_shapley(model: nn.Module, extras: Dict[str, Any]) -> Explain:
         raise MethodUnavailable(
             "vit-shapley needs a ViT Shapley explainer trained for this model; one is "
             "shipped only for the embedded default model with its shipped weights "
-            "(train one with captum_vit.shapley)"
+            "(train one with `captum-vit train-shapley --out RUN`, then pass "
+            "--shapley RUN)"
         )
     from .attr import ViTShapley
 

@@ -75,7 +75,11 @@ class LoadedModel:
         weights: ``"shipped"`` (the embedded default's), ``"pretrained"``,
             ``"checkpoint"`` or ``"random"``.
         extras: Trained parts that methods can use (the default model's ViT Shapley
-            explainer and surrogate, only with its shipped weights).
+            explainer and surrogate, only with its shipped weights, or those of a
+            ``captum-vit train-shapley`` run attached with
+            :func:`captum_vit.train_shapley.attach_shapley`).
+        checkpoint_digest: SHA-256 of the checkpoint file, if any.
+        shapley: Digest of the attached ViT Shapley run's files, if any.
     """
 
     model: nn.Module
@@ -87,6 +91,7 @@ class LoadedModel:
     weights: str = "random"
     extras: Dict[str, Any] = field(default_factory=dict)
     checkpoint_digest: Optional[str] = None
+    shapley: Optional[str] = None
 
     @property
     def num_classes(self) -> int:
@@ -110,12 +115,15 @@ class LoadedModel:
 
     def describe(self) -> Dict[str, Any]:
         """What identifies the model's numbers (stored with the records of a run)."""
-        return {
+        out = {
             "model": self.name,
             "weights": self.weights,
             "checkpoint_sha256": self.checkpoint_digest,
             "num_classes": self.num_classes,
         }
+        if self.shapley is not None:  # only then: older records stay resumable
+            out["shapley"] = self.shapley
+        return out
 
 
 # ----------------------------------------------------------------- checkpoints

@@ -279,3 +279,61 @@ def test_shared_trunk_stays_frozen_through_training_and_checkpoints(tmp_path):
     train_explainer(explainer, model, x[:8], **kw)
     with pytest.raises(ValueError, match="checkpoint"):
         train_explainer(ShapleyExplainer.from_surrogate(model), model, x[:8], **kw)
+
+
+class _Augmented(torch.utils.data.Dataset):
+    """Images with random noise and a random flip drawn from torch's and Python's
+    global generators, as data augmentation does."""
+
+    def __init__(self, x):
+        self.x, self.draws = x, []
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        import random
+
+        x = self.x[i] + 0.1 * torch.randn_like(self.x[i])
+        self.draws.append(random.random())  # (in-process reads only)
+        return {"image": x.flip(-1) if self.draws[-1] < 0.5 else x, "ok": True}
+
+
+def test_augmentation_is_seeded_per_example_whatever_the_workers():
+    """Every example is read under a seed of its position in the run: the same
+    weights with or without DataLoader workers, and the caller's generators are
+    left alone."""
+    import random
+
+    model = make_model("cls")
+    data = _Augmented(_images(6, seed=9))
+    kw = dict(epochs=2, batch_size=4, subsets_per_image=2, lr=1e-3, seed=2)
+    rng, py = torch.get_rng_state(), random.getstate()
+    a = train_surrogate(model, data, **kw).model.state_dict()
+    assert torch.equal(torch.get_rng_state(), rng) and random.getstate() == py
+    draws, data.draws = data.draws, []
+    assert len(set(draws[1:])) == len(draws) - 1  # one seed per example (and probe)
+    train_surrogate(model, data, **kw)
+    assert data.draws == draws
+    b = train_surrogate(model, data, workers=1, **kw).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = train_surrogate(model, data, **{**kw, "seed": 3}).model.state_dict()
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_run_files_refuse_other_classifiers_and_surrogates(tmp_path):
+    model, other = make_model("cls"), make_model("cls", seed=1)
+    sur_path = save_surrogate(model, tmp_path / "s.pt", classifier=model)
+    with pytest.raises(ValueError, match="fine-tuned from another classifier"):
+        load_surrogate(sur_path, other)
+    assert load_surrogate(sur_path, other, check_classifier=False) is not other
+    explainer = ShapleyExplainer.from_surrogate(model)
+    exp_path = save_explainer(explainer, tmp_path / "e.pt", surrogate=model)
+    with pytest.raises(ValueError, match="trained on another surrogate"):
+        load_explainer(exp_path, other)
+    small = make_model("cls", img_size=16)
+    with pytest.raises(ValueError, match="2x2 patch grid, the surrogate's is 4x4"):
+        load_explainer(
+            save_explainer(ShapleyExplainer.from_surrogate(small), tmp_path / "g.pt"),
+            model,
+        )

@@ -8,13 +8,12 @@ from conftest import image_size, make_model, model_state
 from captum_vit import patch_scores
 from captum_vit.attr._vit_shapley import ViTShapley
 from captum_vit.shapley import (
-    DEFAULT_EXPLAINER,
-    DEFAULT_SURROGATE,
     ShapleyExplainer,
     SurrogateGame,
-    load_default_explainer,
+    efficient_normalization,
+    shared_state_names,
 )
-from captum_vit.shapley import efficient_normalization, shared_state_names
+from captum_vit.zoo import DEFAULT_EXPLAINER, DEFAULT_SURROGATE, load_default_explainer
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -334,11 +334,14 @@ needs only the classifier and unlabelled images, in three steps:
    sum to `v(1) - v(0)` (efficiency).
 3. **Explain** with `ViTShapley(explainer).attribute(images, target=...)`.
 
-Everything here is small enough for a CPU: a tiny timm ViT trained from scratch on
-Fashion-MNIST scenes. The patch grid is small enough that the exact Shapley values can
-be enumerated to check the explainer (4 x 4 = 16 patches, 65,536 coalitions; `SMALL`
-uses 3 x 3). Substitute your own model and images: any timm ViT with a CLS (or
-register) token works.
+Two routes lead there, shown one after the other: the Python functions
+(`train_surrogate`, `train_explainer`) on image tensors, and the `captum-vit
+train-shapley` command on a folder of image files, which also runs under `torchrun`
+on many GPUs. Everything here is small enough for a CPU: a tiny timm ViT trained
+from scratch on Fashion-MNIST scenes. The patch grid is small enough that the exact
+Shapley values can be enumerated to check the explainer (4 x 4 = 16 patches, 65,536
+coalitions; `SMALL` uses 3 x 3). Substitute your own model and images: any supported
+ViT with a CLS (or register) token works.
 """),
     code(_SMALL + """
 # The full sizes train for roughly 10 minutes on a 2-core CPU.
@@ -348,6 +351,7 @@ N_VAL = 32 if SMALL else 200  # held-out images
 CLASSIFIER_EPOCHS = 2 if SMALL else 15
 SURROGATE_EPOCHS = 1 if SMALL else 5
 EXPLAINER_EPOCHS = 1 if SMALL else 6
+CLI_EPOCHS = 1 if SMALL else 3  # each stage of the command-line run
 NUM_SUBSETS = 8 if SMALL else 32  # coalitions per image and step (paper: 32)
 KERNEL_SHAP_EVALS = 2048 if SMALL else 100_000  # budget of the KernelSHAP check
 """),
@@ -576,13 +580,123 @@ ax.legend(fontsize=8)
 fig.tight_layout()
 """),
     md("""
+## The command-line route: a folder of images
+
+`captum-vit train-shapley` does both stages for any supported model on a folder of
+image files (flat or in sub-folders; labels are not needed), through the model's own
+preprocessing plus the paper's augmentation (random resized crops, flips, colour
+jitter; `--no-augment` turns it off). It writes `surrogate.pt` and `explainer.pt`
+into a run folder, with step checkpoints from which the same command resumes.
+
+The command loads models the way `captum-vit explain` and `evaluate` do: a timm name
+and a checkpoint (`--model vit_base_patch16_224 --checkpoint my_vit.pth`), `hf:...`,
+`torchvision:...`. This notebook's classifier has a custom size, so it is saved in the
+embedded model's format (its architecture in a `config` next to the weights) and
+loaded with `--model default --checkpoint classifier.pt`. The images are the training
+scenes, written as PNG files.
+"""),
+    code("""
+import shlex
+from pathlib import Path
+
+import numpy as np
+from IPython.display import Image as ShowImage
+from PIL import Image
+
+from captum_vit.cli import main as captum_vit
+from captum_vit.shapley import load_surrogate
+
+config = dict(
+    image_size=IMAGE_SIZE,
+    patch_size=8,
+    embed_dim=96,
+    depth=4,
+    num_heads=3,
+    mlp_ratio=4.0,
+    num_classes=len(CLASS_NAMES),
+)
+torch.save({"config": config, "state_dict": classifier.state_dict()}, "classifier.pt")
+
+
+def save_png(images01, folder, prefix):
+    Path(folder).mkdir(exist_ok=True)
+    for i, image in enumerate(images01):
+        pixels = (image.transpose(1, 2, 0) * 255).round().astype(np.uint8)
+        Image.fromarray(pixels).save(f"{folder}/{prefix}{i:04d}.png")
+
+
+save_png(train.images, "train_images", "scene")
+save_png(val.images[:4], "val_images", "val")
+print(len(list(Path("train_images").iterdir())), "training images")
+"""),
+    md("""
+The same training as above, from the command line (a shell would run the printed
+commands; here they run in the notebook's process), one stage at a time so that each
+gets its own settings (without `--stage` one command runs both, and `--lr`,
+`--epochs` and `--subsets` then apply to both). `--batch-size` is the global batch;
+under `torchrun --nproc_per_node=N -m captum_vit -- train-shapley ...` every process
+takes its share of it, and `--amp bf16` runs mixed precision.
+"""),
+    code("""
+common = (
+    "captum-vit train-shapley --model default --checkpoint classifier.pt "
+    f"--data train_images --out shapley_run --epochs {CLI_EPOCHS} --batch-size 32 "
+    "--lr 1e-4 --workers 0 --quiet"
+)
+start = time.perf_counter()
+for stage in (
+    "--stage surrogate",
+    f"--stage explainer --subsets {NUM_SUBSETS}",
+):
+    command = f"{common} {stage}"
+    print("$", command)
+    assert captum_vit(shlex.split(command)[1:]) == 0
+print(f"{time.perf_counter() - start:.0f} s")
+"""),
+    md("""
+The run folder holds the two weight files, the step checkpoints and `record.json`
+(settings and losses). Running a command again resumes from its checkpoints (and
+refuses other settings); `--stage explainer` alone trains the explainer again on the
+same surrogate.
+
+`--shapley RUN` hands the run to `captum-vit explain` and `captum-vit evaluate`, which
+check that the surrogate was fine-tuned from the very classifier loaded (a digest of
+its weights is stored in `surrogate.pt`) and that the explainer fits its patch grid:
+"""),
+    code("""
+command = (
+    "captum-vit explain --model default --checkpoint classifier.pt "
+    "--shapley shapley_run --method vit-shapley rollout --out explain_out "
+    + " ".join(sorted(str(p) for p in Path("val_images").iterdir()))
+)
+print("$", command)
+assert captum_vit(shlex.split(command)[1:]) == 0
+ShowImage(filename="explain_out/explain_grid.png")
+"""),
+    md("""
+In Python, `load_surrogate` and `load_explainer` read the run (with the same checks);
+the explainer is then used exactly like the one trained above:
+"""),
+    code("""
+cli_surrogate = load_surrogate("shapley_run/surrogate.pt", classifier)
+cli_explainer = load_explainer("shapley_run/explainer.pt", cli_surrogate)
+cli_game = SurrogateGame(cli_surrogate)
+cli_exact = exact_shapley(cli_game.for_image(image), d)[:, target]
+cli_values = ViTShapley(cli_explainer).shapley_values(image[None])[0, :, target]
+corr = torch.corrcoef(torch.stack([cli_values.double(), cli_exact]))[0, 1].item()
+print(f"command-line explainer vs its exact Shapley values: correlation {corr:.3f}")
+"""),
+    md("""
 ## Scaling up
 
-For a real model, train on many more images with `checkpoint=` paths so the runs can
-resume (`train_surrogate(..., checkpoint="surrogate.ckpt")`), keep the surrogate with
-`save_surrogate`/`load_surrogate`, and judge the explainer with `kernel_shap` on a few
-held-out images (exact enumeration stops at 16 patches) and with the metrics of
-`04_evaluating_explanations.ipynb`.
+For a real model, train on many more images: with the command, a folder of your
+images and `torchrun` on as many GPUs as you have (`--micro-batch` when a batch does
+not fit in memory; the paper's batch is 64 images x 32 coalitions); in Python, with
+`checkpoint=` paths so the runs can resume (`train_surrogate(...,
+checkpoint="surrogate.ckpt")`) and `save_surrogate`/`load_surrogate`. Judge the
+explainer with `kernel_shap` on a few held-out images (exact enumeration stops at 16
+patches) and with the metrics of `04_evaluating_explanations.ipynb`, e.g. `captum-vit
+evaluate --shapley RUN --methods vit-shapley ...`.
 """),
 ]
 

@@ -59,7 +59,7 @@ class ViTShapley(Attribution):
 
     Examples::
 
-        >>> from captum_vit.shapley import load_default_explainer
+        >>> from captum_vit.zoo import load_default_explainer
         >>> explainer, surrogate = load_default_explainer()
         >>> vs = ViTShapley(explainer, surrogate)
         >>> attr = vs.attribute(images, target=labels)     # (B, 3, H, W)

@@ -7,21 +7,18 @@
 - :func:`train_surrogate`, :class:`ShapleyExplainer`, :func:`train_explainer`;
 - ground truth: :func:`exact_shapley` (enumeration, d <= 16) and :func:`kernel_shap`
   (paired sampling, convergence detection);
-- :func:`load_default_explainer`: the trained explainer and surrogate of the embedded
-  default model.
+- the trained explainer and surrogate of the embedded default model:
+  :func:`captum_vit.zoo.load_default_explainer`; training at scale (any model, a
+  folder of images, ``torchrun``): ``captum-vit train-shapley``
+  (:mod:`captum_vit.train_shapley`).
 
 Use :class:`captum_vit.attr.ViTShapley` to explain images with a trained explainer.
 """
 
-from .default import (
-    DEFAULT_EXPLAINER,
-    DEFAULT_SURROGATE,
-    SHAPLEY_WEIGHTS,
-    load_default_explainer,
-)
 from .exact import all_coalitions, exact_shapley
 from .explainer import (
     ShapleyExplainer,
+    classifier_digest,
     efficient_normalization,
     load_explainer,
     load_surrogate,
@@ -29,7 +26,7 @@ from .explainer import (
     save_surrogate,
     shared_state_names,
 )
-from .games import Game, SurrogateGame, masked_logits
+from .games import Game, SurrogateGame, masked_chunks, masked_logits
 from .kernel_shap import KernelShapResult, kernel_shap, solve_constrained
 from .sampling import (
     ShapleySampler,
@@ -46,9 +43,6 @@ from .training import (
 )
 
 __all__ = [
-    "DEFAULT_EXPLAINER",
-    "DEFAULT_SURROGATE",
-    "SHAPLEY_WEIGHTS",
     "Game",
     "KernelShapResult",
     "ShapleyExplainer",
@@ -57,13 +51,14 @@ __all__ = [
     "TrainingResult",
     "UniformSizeSampler",
     "all_coalitions",
+    "classifier_digest",
     "efficient_normalization",
     "exact_shapley",
     "explainer_loss",
     "kernel_shap",
-    "load_default_explainer",
     "load_explainer",
     "load_surrogate",
+    "masked_chunks",
     "masked_logits",
     "save_explainer",
     "save_surrogate",

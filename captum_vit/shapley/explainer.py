@@ -20,6 +20,7 @@ surrogate's ``v(1)`` and the explainer, which lowers the inference cost from abo
 from __future__ import annotations
 
 import copy
+import hashlib
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -32,6 +33,7 @@ from ..vit import PREFIX_TOKENS, TOKENS, ViTAdapter
 
 __all__ = [
     "ShapleyExplainer",
+    "classifier_digest",
     "shared_state_names",
     "efficient_normalization",
     "load_explainer",
@@ -43,6 +45,29 @@ __all__ = [
 _EXPLAINER_FORMAT = "captum_vit.shapley.explainer"
 _SURROGATE_FORMAT = "captum_vit.shapley.surrogate"
 PathLike = Union[str, Path]
+
+
+def classifier_digest(model: nn.Module) -> str:
+    """Short SHA-256 of a model's weights (names and float32 values, any device or
+    dtype): ties a surrogate to the classifier it was fine-tuned from, and an
+    explainer to its surrogate.
+
+    Args:
+        model: Any module.
+
+    Returns:
+        16 hex digits.
+
+    Examples::
+
+        >>> classifier_digest(model) == classifier_digest(copy.deepcopy(model))
+        True
+    """
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().float().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def efficient_normalization(phi: Tensor, v1: Tensor, v0: Tensor) -> Tensor:
@@ -399,6 +424,7 @@ def save_explainer(
     path: PathLike,
     half: bool = False,
     metadata: Optional[Dict[str, Any]] = None,
+    surrogate: Optional[nn.Module] = None,
 ) -> Path:
     """Save an explainer's weights and configuration (loadable with
     ``weights_only=True``).
@@ -409,6 +435,10 @@ def save_explainer(
         half: Store floating-point weights as float16 (half the size; loading casts
             back to the module's dtype).
         metadata: Extra JSON-like information (training record, figures).
+        surrogate: The surrogate it was trained on, exactly as it will be loaded:
+            its :func:`classifier_digest` is stored as
+            ``metadata["surrogate_digest"]`` so that :func:`load_explainer` refuses
+            other surrogates.
 
     Returns:
         The path written.
@@ -422,6 +452,9 @@ def save_explainer(
         raise TypeError(
             f"explainer: expected a ShapleyExplainer, got {type(explainer)}"
         )
+    metadata = dict(metadata or {})
+    if surrogate is not None:
+        metadata["surrogate_digest"] = classifier_digest(surrogate)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
@@ -430,7 +463,7 @@ def save_explainer(
             "version": 1,
             "config": dict(explainer.config),
             "state_dict": _state(explainer, half),
-            "metadata": dict(metadata or {}),
+            "metadata": metadata,
         },
         path,
     )
@@ -438,7 +471,10 @@ def save_explainer(
 
 
 def load_explainer(
-    path: PathLike, surrogate: nn.Module, device: Union[str, torch.device] = "cpu"
+    path: PathLike,
+    surrogate: nn.Module,
+    device: Union[str, torch.device] = "cpu",
+    check_surrogate: bool = True,
 ) -> ShapleyExplainer:
     """Load an explainer saved by :func:`save_explainer` for ``surrogate``.
 
@@ -450,18 +486,35 @@ def load_explainer(
         surrogate: The surrogate the explainer was trained with (same architecture);
             attached as the explainer's default surrogate.
         device: Where to put the explainer.
+        check_surrogate: Refuse a file whose metadata names another surrogate
+            (``surrogate_digest``, see :func:`classifier_digest`).
 
     Returns:
-        The explainer, in eval mode.
+        The explainer, in eval mode (its ``metadata`` attribute holds the file's).
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not an explainer checkpoint, or one for another architecture
-            (patch grid, classes, width, depth or head shape).
+        ValueError: not an explainer checkpoint, one trained on another surrogate,
+            or one for another architecture (patch grid, classes, width, depth or
+            head shape); one line.
     """
     payload = _read(path, _EXPLAINER_FORMAT)
     cfg = payload["config"]
     adapter = ViTAdapter.of(surrogate)
+    grid = tuple(cfg.get("grid_size", ()))
+    if grid and grid != tuple(adapter.grid_size):
+        raise ValueError(
+            f"explainer: {path} was trained for a {grid[0]}x{grid[1]} patch grid, "
+            f"the surrogate's is {adapter.grid_size[0]}x{adapter.grid_size[1]}"
+        )
+    expected = payload.get("metadata", {}).get("surrogate_digest")
+    if check_surrogate and expected is not None:
+        found = classifier_digest(adapter.model)
+        if expected != found:
+            raise ValueError(
+                f"explainer: {path} was trained on another surrogate (weights digest "
+                f"{expected}; this surrogate's is {found})"
+            )
     mine = {
         "num_patches": adapter.num_patches,
         "num_classes": adapter.num_classes,
@@ -490,19 +543,31 @@ def save_surrogate(
     path: PathLike,
     half: bool = False,
     metadata: Optional[Dict[str, Any]] = None,
+    classifier: Optional[nn.Module] = None,
 ) -> Path:
     """Save a surrogate's weights (loadable with ``weights_only=True``).
 
     Args:
-        surrogate: The fine-tuned surrogate (a timm ViT).
+        surrogate: The fine-tuned surrogate (a supported ViT).
         path: Output file.
         half: Store floating-point weights as float16.
         metadata: Extra JSON-like information (e.g. the classifier's config).
+        classifier: The classifier it was fine-tuned from: its
+            :func:`classifier_digest` is stored as ``metadata["classifier_digest"]``
+            so that :func:`load_surrogate` refuses other classifiers.
 
     Returns:
         The path written.
+
+    Examples::
+
+        >>> save_surrogate(surrogate, "surrogate.pt", classifier=model)
+        >>> surrogate = load_surrogate("surrogate.pt", model)
     """
     adapter = ViTAdapter(surrogate)
+    metadata = dict(metadata or {})
+    if classifier is not None:
+        metadata["classifier_digest"] = classifier_digest(classifier)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
@@ -516,7 +581,7 @@ def save_surrogate(
                 "num_layers": adapter.num_layers,
             },
             "state_dict": _state(adapter.model, half),
-            "metadata": dict(metadata or {}),
+            "metadata": metadata,
         },
         path,
     )
@@ -524,25 +589,47 @@ def save_surrogate(
 
 
 def load_surrogate(
-    path: PathLike, classifier: nn.Module, device: Union[str, torch.device] = "cpu"
+    path: PathLike,
+    classifier: nn.Module,
+    device: Union[str, torch.device] = "cpu",
+    check_classifier: bool = True,
 ) -> nn.Module:
     """Load a surrogate saved by :func:`save_surrogate` into a copy of ``classifier``.
 
     Args:
         path: Checkpoint file.
-        classifier: A model of the same architecture (the original classifier); it is
-            copied, never modified.
+        classifier: The classifier the surrogate was fine-tuned from (or a model of
+            the same architecture with ``check_classifier=False``); it is copied,
+            never modified.
         device: Where to put the surrogate.
+        check_classifier: Refuse a file whose metadata names another classifier
+            (``classifier_digest``, see :func:`classifier_digest`): its game would
+            describe that classifier, not this one.
 
     Returns:
-        The surrogate, in eval mode.
+        The surrogate, in eval mode (its ``metadata`` attribute holds the file's).
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a surrogate checkpoint, or one for another architecture.
+        ValueError: not a surrogate checkpoint, one made for another classifier, or
+            one for another architecture; one line.
+
+    Examples::
+
+        >>> surrogate = load_surrogate("run/surrogate.pt", model)
     """
     payload = _read(path, _SURROGATE_FORMAT)
     adapter = ViTAdapter(classifier)
+    metadata = dict(payload.get("metadata", {}))
+    expected = metadata.get("classifier_digest")
+    if check_classifier and expected is not None:
+        found = classifier_digest(adapter.model)
+        if expected != found:
+            raise ValueError(
+                f"surrogate: {path} was fine-tuned from another classifier (weights "
+                f"digest {expected}; this classifier's is {found})"
+            )
     model = copy.deepcopy(adapter.model)
     _load_state(model, payload["state_dict"], path)
+    model.metadata = metadata
     return model.to(device).eval()

@@ -19,7 +19,7 @@ from torch import Tensor
 from ..vit import ATTENTION_MASK, CLASS_HEAD, TOKEN_DROP, TokenMask, ViTAdapter
 from ._utils import check_positive_int, eval_mode
 
-__all__ = ["Game", "SurrogateGame", "masked_logits"]
+__all__ = ["Game", "SurrogateGame", "masked_chunks", "masked_logits"]
 
 #: A game: (n, d) bool keep masks -> (n, C) values.
 Game = Callable[[Tensor], Tensor]
@@ -52,26 +52,53 @@ def masked_logits(
         )
     if n == 0:
         return images.new_zeros(0, mask.adapter.num_classes)
+    x = images.expand(n, *images.shape[1:]) if images.shape[0] == 1 else images
+    outs, order = [], []
+    for idx, mode in masked_chunks(keep, mask.mode, batch_size):
+        chunk_mask = mask if mode == mask.mode else TokenMask(mask.adapter, mode=mode)
+        outs.append(chunk_mask(x[idx.to(x.device)], keep[idx]))
+        order.append(idx)
+    out = torch.cat(outs, dim=0)
+    perm = torch.cat(order)
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.arange(n, device=perm.device)
+    return out[inverse.to(out.device)]
+
+
+def masked_chunks(
+    keep: Tensor, mode: str, batch_size: int = 1024
+) -> List[Tuple[Tensor, str]]:
+    """How :func:`masked_logits` splits rows into forward passes.
+
+    Rows are sorted by their number of kept patches (stable); in ``"drop"`` mode a
+    chunk closes early when padding would waste more than 10 % of its token slots,
+    and a chunk that keeps no patch at all runs with (the equivalent) attention
+    masking, since dropping every patch would leave pooled heads nothing to pool.
+
+    Args:
+        keep: (n, N) boolean keep masks.
+        mode: The TokenMask mode, ``"attention"`` or ``"drop"``.
+        batch_size: Largest number of rows per chunk.
+
+    Returns:
+        ``(rows, mode)`` per forward pass: row indices (long, on ``keep``'s device)
+        and the mode to run them with; together the rows are ``0..n-1`` once each.
+    """
+    n = keep.shape[0]
     counts = keep.sum(dim=1)
     order = torch.argsort(counts, stable=True)
-    x = images.expand(n, *images.shape[1:]) if images.shape[0] == 1 else images
-    if mask.mode == "drop":
+    if mode == "drop":
         bounds = _drop_chunks(counts[order].tolist(), batch_size)
     else:
         bounds = [(lo, min(n, lo + batch_size)) for lo in range(0, n, batch_size)]
-    outs = []
+    out = []
     for lo, hi in bounds:
         idx = order[lo:hi]
-        chunk_mask = mask
-        if mask.mode == "drop" and int(counts[idx].max()) == 0:
-            # drop mode would pool over an empty sequence on pooled heads: use the
-            # (equivalent) attention masking for chunks that keep no patch at all
-            chunk_mask = TokenMask(mask.adapter, mode="attention")
-        outs.append(chunk_mask(x[idx.to(x.device)], keep[idx]))
-    out = torch.cat(outs, dim=0)
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(n, device=order.device)
-    return out[inverse.to(out.device)]
+        chunk_mode = mode
+        if mode == "drop" and int(counts[idx].max()) == 0:
+            chunk_mode = "attention"
+        out.append((idx, chunk_mode))
+    return out
 
 
 def _drop_chunks(

@@ -4,37 +4,72 @@ Both trainers fine-tune a **copy** of the model they are given (the classifier, 
 explainer) and never touch the original, the surrogate or the caller's RNG state. Both
 use AdamW with a linear warm-up then cosine decay, gradient clipping, an optional
 validation loss on fixed held-out tuples (the best-validation weights are returned),
-checkpoints that resume exactly (data order and subsets are functions of ``seed`` and
-the step), and a tqdm bar.
+step checkpoints that resume exactly, and a tqdm bar.
+
+One training loop serves both, on one process or many:
+
+- **steps, not epochs**: the data is an endless stream visiting the images in a
+  fresh seeded permutation every pass; step ``t`` trains on the stream's positions
+  ``t·B .. t·B + B − 1`` (``B`` = the global ``batch_size``). The images of a step,
+  their augmentation (every dataset item is read under a seed of its position) and
+  the coalitions are functions of ``seed`` and ``t`` only.
+- **distributed**: under ``torchrun`` (pass the :class:`~captum_vit.distributed.
+  DistContext`) the trained model is wrapped in ``DistributedDataParallel``; every
+  rank takes its share of the global batch, the frozen classifier or surrogate runs
+  without grad on every rank, and losses are scaled so that the averaged gradient is
+  the gradient of the global batch's mean loss, for any number of processes. Rank 0
+  writes the checkpoints, so a run resumes exactly, also with another number of
+  processes.
+- **memory and precision**: ``micro_batch_size`` splits each rank's share into
+  micro-batches whose gradients accumulate; ``amp="bf16"|"fp16"`` runs the forward
+  passes under autocast (a GradScaler for fp16); TF32 matmuls on Ampere and newer
+  GPUs for the run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Union
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    NamedTuple,
+    Optional,
+    Tuple,
+    Union,
+)
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
+from .._jobs import autocast, check_amp
+from ..distributed import DistContext, shard
 from ..vit import CLASS_HEAD, TokenMask, ViTAdapter
+from ..vit.adapter import logits_of
 from ._utils import (
     ImageSource,
+    Micro,
     check_float,
     check_positive_int,
     cosine_factor,
     eval_mode,
+    item_seed,
     model_device,
+    read_micro_batches,
     step_generator,
 )
 from .explainer import ShapleyExplainer, efficient_normalization
-from .games import SurrogateGame, masked_logits
+from .games import SurrogateGame, masked_chunks, masked_logits
 from .sampling import ShapleySampler, UniformSizeSampler, _SubsetSampler
 
 __all__ = [
@@ -46,8 +81,12 @@ __all__ = [
 ]
 
 _CKPT_FORMAT = "captum_vit.shapley.training"
+_CKPT_VERSION = 2
 Data = Union[Tensor, Dataset]
 PathLike = Union[str, Path]
+#: ``pieces(images, keep, weights, forward) -> [thunk]``: each thunk runs one forward
+#: of the trained model and returns its weighted loss (a scalar).
+Pieces = Callable[[Tensor, Tensor, Tensor, Callable], List[Callable[[], Tensor]]]
 
 
 class TrainingResult(NamedTuple):
@@ -56,8 +95,13 @@ class TrainingResult(NamedTuple):
     Attributes:
         model: The trained copy, in eval mode (best validation weights when a
             validation set was given and ``select_best``).
-        history: Per-epoch records: ``epoch``, ``step``, ``train_loss``, ``val_loss``
-            (None without validation data), ``lr``, ``seconds``; plus ``best_val``.
+        history: One record per save point (every ``save_every`` steps and the
+            last step): ``epoch`` (passes over the data so far), ``step``,
+            ``train_loss`` (mean since the previous point), ``val_loss`` (None
+            without validation data), ``lr``, ``seconds`` (training and validation
+            so far, checkpoint writing excluded); plus ``best_val``,
+            ``skipped_images`` (unreadable images met, left out of the loss) and
+            ``world_sizes`` (processes of each run that contributed).
     """
 
     model: nn.Module
@@ -65,22 +109,28 @@ class TrainingResult(NamedTuple):
 
 
 # ------------------------------------------------------------------------ losses
-def surrogate_loss(teacher_probs: Tensor, student_logits: Tensor) -> Tensor:
+def surrogate_loss(
+    teacher_probs: Tensor, student_logits: Tensor, reduction: str = "mean"
+) -> Tensor:
     """Mean ``KL(f(x) ‖ g(x_s))`` over rows, with ``0 log 0 = 0``.
 
     Args:
         teacher_probs: (n, C) classifier probabilities on the full images.
         student_logits: (n, C) surrogate logits on the masked images.
+        reduction: ``"mean"`` (a scalar) or ``"none"`` (the (n,) per-row values).
 
     Returns:
-        A scalar tensor.
+        A scalar tensor, or (n,) for ``reduction="none"``.
     """
     log_q = F.log_softmax(student_logits.float(), dim=-1)
     p = teacher_probs.float()
-    return (torch.special.xlogy(p, p) - p * log_q).sum(dim=-1).mean()
+    rows = (torch.special.xlogy(p, p) - p * log_q).sum(dim=-1)
+    return rows if reduction == "none" else rows.mean()
 
 
-def explainer_loss(phi: Tensor, subsets: Tensor, values: Tensor, v0: Tensor) -> Tensor:
+def explainer_loss(
+    phi: Tensor, subsets: Tensor, values: Tensor, v0: Tensor, reduction: str = "mean"
+) -> Tensor:
     """ViT Shapley's loss ``N · MSE(v(0) + sᵀφ, v(s))``.
 
     The mean runs over images, subsets and classes, and is multiplied by the number of
@@ -91,19 +141,24 @@ def explainer_loss(phi: Tensor, subsets: Tensor, values: Tensor, v0: Tensor) -> 
         subsets: (B, K, N) boolean (or 0/1) coalitions.
         values: (B, K, C) game values ``v(s)``.
         v0: (C,) or (B, C) value of the empty coalition.
+        reduction: ``"mean"`` (a scalar) or ``"none"`` (the (B,) per-image values,
+            whose mean is the scalar).
 
     Returns:
-        A scalar tensor.
+        A scalar tensor, or (B,) for ``reduction="none"``.
     """
     v0 = v0 if v0.dim() == 2 else v0.unsqueeze(0)
     pred = v0.unsqueeze(1) + torch.einsum("bkn,bnc->bkc", subsets.to(phi.dtype), phi)
+    if reduction == "none":
+        err = (pred - values.to(pred.dtype)).pow(2)
+        return phi.shape[1] * err.mean(dim=(1, 2))
     return phi.shape[1] * F.mse_loss(pred, values.to(pred.dtype))
 
 
 # ------------------------------------------------------------------ checkpoints
 def _fingerprint(**kw: Any) -> Dict[str, Any]:
     return {
-        k: (v if isinstance(v, (int, float, str, bool)) else str(v))
+        k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
         for k, v in kw.items()
     }
 
@@ -116,17 +171,31 @@ def _load_checkpoint(path: Path, kind: str, fingerprint: Dict[str, Any]) -> Dict
         raise ValueError(
             f"checkpoint: {path} belongs to a {payload.get('kind')} run, not {kind}"
         )
-    if payload.get("fingerprint") != fingerprint:
-        diff = {
-            k: (payload.get("fingerprint", {}).get(k), v)
-            for k, v in fingerprint.items()
-            if payload.get("fingerprint", {}).get(k) != v
-        }
+    if payload.get("version") != _CKPT_VERSION:
         raise ValueError(
-            f"checkpoint: {path} was written by a run with other settings "
-            f"(checkpoint vs now: {diff}); delete it or pass resume=False"
+            f"checkpoint: {path} was written by an older captum-vit training loop; "
+            "delete it to start again"
+        )
+    saved = payload.get("fingerprint", {})
+    if saved != fingerprint:
+        keys = sorted(set(saved) | set(fingerprint))
+        diff = [
+            f"{k}: {_short(saved.get(k))} then, {_short(fingerprint.get(k))} now"
+            for k in keys
+            if saved.get(k) != fingerprint.get(k)
+        ]
+        raise ValueError(
+            f"checkpoint: {path} was written by a run with other settings ("
+            + "; ".join(diff[:5])
+            + ("; ..." if len(diff) > 5 else "")
+            + "); resume with the same settings, or delete the file to start again"
         )
     return payload
+
+
+def _short(v: Any) -> str:
+    s = str(v)
+    return s if len(s) <= 40 else s[:37] + "..."
 
 
 def _save_checkpoint(path: Path, payload: Dict[str, Any]) -> None:
@@ -140,36 +209,160 @@ def _state_copy(model: nn.Module) -> Dict[str, Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
+# ------------------------------------------------------------------- the data
+class _Stream:
+    """The training examples: position ``p`` of an endless stream is image
+    ``perm_e[p mod n]`` with ``e = p div n`` and ``perm_e`` a permutation seeded by
+    ``(seed, e)``; step ``t`` takes positions ``t·B .. t·B + B − 1``."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self._perms: Dict[int, Tensor] = {}
+
+    def index(self, position: int) -> int:
+        epoch, i = divmod(position, self.n)
+        perm = self._perms.get(epoch)
+        if perm is None:
+            if len(self._perms) > 1:
+                self._perms.clear()
+            gen = step_generator(self.seed, epoch, 17)
+            perm = self._perms[epoch] = torch.randperm(self.n, generator=gen)
+        return int(perm[i])
+
+    def requests(self, step: int, tags: List[int]) -> List[Tuple[int, int, int]]:
+        """``(index, seed, tag)`` of the step's positions ``tags``."""
+        base = step * self.batch_size
+        return [(self.index(base + j), item_seed(self.seed, base + j), j) for j in tags]
+
+
+def _micro_plan(n: int, rank: int, world: int, micro: Optional[int]) -> List[List[int]]:
+    """This rank's share of ``0..n-1`` (by position, as :func:`shard` does), in
+    micro-batches of at most ``micro``."""
+    mine = shard(list(range(n)), rank, world)
+    size = len(mine) if micro is None else micro
+    return [mine[i : i + size] for i in range(0, len(mine), size)]
+
+
+@contextlib.contextmanager
+def _tf32(device: torch.device) -> Iterator[None]:
+    """TF32 matmuls and convolutions on Ampere and newer GPUs, restored after."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 8:
+        yield
+        return
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def _unused_parameters(model: nn.Module, forward: Callable, x: Tensor) -> bool:
+    """Whether a forward/backward leaves some trainable parameter without a gradient
+    (DDP must then look for unused parameters). Gradients are cleared after."""
+    with torch.random.fork_rng(devices=[]):
+        out = forward(x)
+        logits_of(out).float().sum().backward()
+    unused = any(p.requires_grad and p.grad is None for p in model.parameters())
+    for p in model.parameters():
+        p.grad = None
+    return unused
+
+
+class _Run(NamedTuple):
+    """The settings of one run of the loop."""
+
+    kind: str
+    epochs: float
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup: float
+    grad_clip: Optional[float]
+    seed: int
+    checkpoint: Optional[Path]
+    resume: bool
+    select_best: bool
+    max_steps: Optional[int]
+    save_every: Optional[int]
+    micro_batch_size: Optional[int]
+    amp: Optional[str]
+    workers: int
+    show_progress: bool
+    device: torch.device
+    ctx: DistContext
+    fingerprint: Dict[str, Any]
+
+
+def _validation(
+    run: _Run,
+    source: Optional[ImageSource],
+    prepare: Callable[[Tensor, List[int]], Any],
+    loss: Callable[[Tensor, Any], Tensor],
+) -> Optional[Callable[[], float]]:
+    """A function computing the global mean validation loss on every rank.
+
+    Each rank takes its share of the validation images; ``prepare(images, tags)``
+    computes the fixed targets once (cached with the images), ``loss(images,
+    targets)`` the per-image losses under no grad. Unreadable images are left out.
+    """
+    if source is None:
+        return None
+    ctx, device = run.ctx, run.device
+    n = len(source)
+    plan = _micro_plan(n, ctx.rank, ctx.world_size, run.micro_batch_size or 256)
+    cache: List[Tuple[Micro, Any]] = []
+
+    def requests() -> Iterator[List[Tuple[int, int, int]]]:
+        for tags in plan:
+            yield [(p, item_seed(run.seed, -1 - p), p) for p in tags]
+
+    def fn() -> float:
+        if not cache:
+            with torch.no_grad(), autocast(device, run.amp):
+                for micro in read_micro_batches(
+                    source, requests, len(plan), device, run.workers
+                ):
+                    cache.append((micro, prepare(micro.images, micro.tags)))
+        stats = torch.zeros(2, dtype=torch.float64, device=device)
+        with torch.no_grad(), autocast(device, run.amp):
+            for micro, targets in cache:
+                per_image = loss(micro.images, targets).double()
+                ok = micro.ok.to(per_image.dtype)
+                stats[0] += (per_image * ok).sum()
+                stats[1] += ok.sum()
+        ctx.all_reduce(stats)
+        return float(stats[0] / stats[1]) if float(stats[1]) > 0 else float("nan")
+
+    return fn
+
+
 # ------------------------------------------------------------------- the loop
 def _train(
-    kind: str,
+    run: _Run,
     model: nn.Module,
     source: ImageSource,
-    step_loss: Callable[[Tensor, int], Tensor],
+    subsets: Callable[[int], Tensor],
+    pieces: Pieces,
     val_loss: Optional[Callable[[], float]],
-    *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    weight_decay: float,
-    warmup: float,
-    grad_clip: Optional[float],
-    seed: int,
-    checkpoint: Optional[PathLike],
-    resume: bool,
-    select_best: bool,
-    max_steps: Optional[int],
-    show_progress: bool,
-    device: torch.device,
-    fingerprint: Dict[str, Any],
+    probe_forward: Callable[[nn.Module, Tensor], Any],
 ) -> TrainingResult:
-    steps_per_epoch = math.ceil(len(source) / batch_size)
-    total = epochs * steps_per_epoch
-    if max_steps is not None:
-        total = min(total, check_positive_int("max_steps", max_steps))
-    warmup_steps = int(round(warmup * total))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    ctx, device = run.ctx, run.device
+    world, n, b = ctx.world_size, len(source), run.batch_size
+    if b < world:
+        raise ValueError(
+            f"batch_size: the global batch of {b} image(s) needs at least one image "
+            f"per process ({world} processes)"
+        )
+    steps_per_epoch = math.ceil(n / b)
+    total = max(1, math.ceil(run.epochs * n / b))
+    if run.max_steps is not None:
+        total = min(total, run.max_steps)
+    save_every = run.save_every or steps_per_epoch
+    warmup_steps = int(round(run.warmup * total))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(trainable, lr=run.lr, weight_decay=run.weight_decay)
+    scaler = torch.amp.GradScaler("cuda") if run.amp == "fp16" else None
     history: Dict[str, Any] = {
         "epoch": [],
         "step": [],
@@ -178,92 +371,181 @@ def _train(
         "lr": [],
         "seconds": [],
         "best_val": None,
+        "skipped_images": 0,
+        "world_sizes": [],
     }
     best_state: Optional[Dict[str, Tensor]] = None
     step, elapsed = 0, 0.0
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    if ckpt is not None and resume and ckpt.is_file():
-        payload = _load_checkpoint(ckpt, kind, fingerprint)
-        model.load_state_dict(payload["model"])
-        optim.load_state_dict(payload["optimizer"])
-        step, elapsed = int(payload["step"]), float(payload["seconds"])
-        history = payload["history"]
-        best_state = payload.get("best")
+    ckpt = run.checkpoint
+    if ckpt is not None and run.resume:
+
+        def read() -> Optional[Dict]:
+            if not ckpt.is_file():
+                return None
+            return _load_checkpoint(ckpt, run.kind, run.fingerprint)
+
+        payload = ctx.agree(read, (ValueError,))
+        seen = ctx.all_gather(None if payload is None else int(payload["step"]))
+        if len(set(seen)) > 1:
+            exc = ValueError(
+                f"checkpoint: the processes see different checkpoints at {ckpt} "
+                f"(steps {seen}): every process must see the same output folder"
+            )
+            exc.all_ranks = True  # type: ignore[attr-defined]
+            raise exc
+        if payload is not None:
+            model.load_state_dict(payload["model"])
+            optim.load_state_dict(payload["optimizer"])
+            if scaler is not None and payload.get("scaler"):
+                scaler.load_state_dict(payload["scaler"])
+            step, elapsed = int(payload["step"]), float(payload["seconds"])
+            history = payload["history"]
+            best_state = payload.get("best")
+    if step < total:
+        history["world_sizes"] = list(history.get("world_sizes", [])) + [world]
+
+    forward: Callable = model
+    ddp: Optional[nn.parallel.DistributedDataParallel] = None
+    if ctx.distributed:
+        probe = source.get([0], device)
+        unused = _unused_parameters(model, lambda x: probe_forward(model, x), probe)
+        ddp = nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=unused,
+        )
+        forward = ddp
 
     def save() -> None:
-        if ckpt is None:
+        if ckpt is None or not ctx.is_main:
             return
         _save_checkpoint(
             ckpt,
             {
                 "format": _CKPT_FORMAT,
-                "kind": kind,
-                "fingerprint": fingerprint,
+                "version": _CKPT_VERSION,
+                "kind": run.kind,
+                "fingerprint": run.fingerprint,
                 "step": step,
                 "seconds": elapsed,
                 "model": _state_copy(model),
                 "optimizer": optim.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
                 "history": history,
                 "best": best_state,
             },
         )
 
-    bar = tqdm(total=total, initial=step, disable=not show_progress, desc=kind)
+    stream = _Stream(n, b, run.seed)
+    plan = _micro_plan(b, ctx.rank, world, run.micro_batch_size)
+
+    def requests() -> Iterator[List[Tuple[int, int, int]]]:
+        for t in range(step, total):
+            for tags in plan:
+                yield stream.requests(t, tags)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=total * b,
+        initial=step * b,
+        disable=not (run.show_progress and ctx.is_main),
+        desc=run.kind,
+        unit="img",
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    skipped: List[str] = []
+
+    def on_skip(reason: str) -> None:
+        skipped.append(reason)
+        if len(skipped) <= 5:
+            bar.write(
+                f"{run.kind}: skipped an unreadable image ({reason})", file=sys.stderr
+            )
+
     running: List[float] = []
     t0 = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
+    rng_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=rng_devices), _tf32(device):
+        micros = read_micro_batches(
+            source, requests, (total - step) * len(plan), device, run.workers, on_skip
+        )
         while step < total:
-            epoch = step // steps_per_epoch
-            batches = source.batches(batch_size, seed, epoch)
-            for index in batches[step - epoch * steps_per_epoch :]:
-                if step >= total:
-                    break
-                factor = cosine_factor(step, total, warmup_steps)
-                for group in optim.param_groups:
-                    group["lr"] = lr * factor
-                torch.manual_seed(int(step_generator(seed, step, 3).initial_seed()))
-                model.train()
-                images = source.get(index, device)
-                loss = step_loss(images, step)
-                if not bool(torch.isfinite(loss)):
-                    raise FloatingPointError(
-                        f"{kind} training: non-finite loss at step {step} "
-                        "(lower lr, check the data)"
-                    )
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                if grad_clip is not None and grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            factor = cosine_factor(step, total, warmup_steps)
+            for group in optim.param_groups:
+                group["lr"] = run.lr * factor
+            torch.manual_seed(int(step_generator(run.seed, step, 3).initial_seed()))
+            model.train()
+            keep = subsets(step)  # (B, k, d): the whole global batch's coalitions
+            optim.zero_grad(set_to_none=True)
+            stats = torch.zeros(3, dtype=torch.float64, device=device)
+            n_skipped = len(skipped)
+            for m in range(len(plan)):
+                micro = next(micros)
+                weights = micro.ok.float() * (world / b)
+                with autocast(device, run.amp):
+                    thunks = pieces(micro.images, keep[micro.tags], weights, forward)
+                for i, thunk in enumerate(thunks):
+                    last = m == len(plan) - 1 and i == len(thunks) - 1
+                    sync = ddp.no_sync() if ddp is not None and not last else None
+                    with sync or contextlib.nullcontext():
+                        with autocast(device, run.amp):
+                            loss = thunk()
+                        (scaler.scale(loss) if scaler is not None else loss).backward()
+                    stats[0] += loss.detach().double()
+                    stats[1] += (~torch.isfinite(loss.detach())).double()
+            stats[2] = len(skipped) - n_skipped
+            ctx.all_reduce(stats)
+            history["skipped_images"] += int(stats[2])
+            if float(stats[1]) > 0 and scaler is None:
+                raise FloatingPointError(
+                    f"{run.kind} training: non-finite loss at step {step} "
+                    "(lower lr, check the data)"
+                )
+            if scaler is not None:
+                scaler.unscale_(optim)
+            if run.grad_clip is not None and run.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, run.grad_clip)
+            if scaler is not None:
+                scaler.step(optim)
+                scaler.update()
+            else:
                 optim.step()
-                running.append(float(loss.detach()))
-                step += 1
-                bar.update(1)
+            if float(stats[1]) == 0:
+                running.append(float(stats[0]) / world)
+            step += 1
+            bar.update(b)
+            if running:
                 bar.set_postfix(loss=f"{running[-1]:.4g}")
-            epoch_done = step % steps_per_epoch == 0 or step >= total
-            if epoch_done:
+            if step % save_every == 0 or step == total:
                 model.eval()
                 val = val_loss() if val_loss is not None else None
                 elapsed += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                history["epoch"].append(epoch + 1)
+                history["epoch"].append(round(step * b / n, 4))
                 history["step"].append(step)
                 history["train_loss"].append(
                     float(sum(running) / len(running)) if running else None
                 )
                 history["val_loss"].append(val)
-                history["lr"].append(lr * cosine_factor(step - 1, total, warmup_steps))
+                history["lr"].append(
+                    run.lr * cosine_factor(step - 1, total, warmup_steps)
+                )
                 history["seconds"].append(elapsed)
                 running = []
                 if val is not None and (
                     history["best_val"] is None or val < history["best_val"]
                 ):
                     history["best_val"] = val
-                    best_state = _state_copy(model) if select_best else None
-                if show_progress and val is not None:
-                    bar.write(f"{kind} epoch {epoch + 1}: val loss {val:.5g}")
+                    best_state = _state_copy(model) if run.select_best else None
+                if val is not None and run.show_progress and ctx.is_main:
+                    bar.write(
+                        f"{run.kind} step {step}: val loss {val:.5g}", file=sys.stderr
+                    )
                 save()
+                t0 = time.perf_counter()  # seconds: training, not checkpoint writing
     bar.close()
-    if select_best and best_state is not None:
+    if run.select_best and best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     for p in model.parameters():
@@ -272,20 +554,49 @@ def _train(
 
 
 def _common_checks(
-    epochs: int,
+    epochs: float,
     batch_size: int,
     lr: float,
     weight_decay: float,
     warmup: float,
     grad_clip: Optional[float],
+    max_steps: Optional[int],
+    save_every: Optional[int],
+    micro_batch_size: Optional[int],
+    workers: int,
 ) -> None:
-    check_positive_int("epochs", epochs)
+    check_float("epochs", epochs, 0.0)
+    if not epochs > 0:
+        raise ValueError(f"epochs: expected a positive number, got {epochs}")
     check_positive_int("batch_size", batch_size)
     check_float("lr", lr, 0.0)
     check_float("weight_decay", weight_decay, 0.0)
     check_float("warmup", warmup, 0.0, 1.0)
     if grad_clip is not None:
         check_float("grad_clip", grad_clip, 0.0)
+    for name, value in (
+        ("max_steps", max_steps),
+        ("save_every", save_every),
+        ("micro_batch_size", micro_batch_size),
+    ):
+        if value is not None:
+            check_positive_int(name, value)
+    check_positive_int("workers", workers, 0)
+
+
+def _make_run(kind: str, device: torch.device, fingerprint: Dict, **kw: Any) -> _Run:
+    ctx = kw.pop("ctx")
+    ctx = ctx if ctx is not None else DistContext(device=device)
+    check_amp(device, kw["amp"])
+    ckpt = kw.pop("checkpoint")
+    return _Run(
+        kind=kind,
+        device=device,
+        ctx=ctx,
+        checkpoint=Path(ckpt) if ckpt is not None else None,
+        fingerprint=fingerprint,
+        **kw,
+    )
 
 
 # --------------------------------------------------------------- surrogate
@@ -294,7 +605,7 @@ def train_surrogate(
     data: Data,
     val_data: Optional[Data] = None,
     *,
-    epochs: int = 5,
+    epochs: float = 5,
     batch_size: int = 64,
     subsets_per_image: int = 1,
     lr: float = 1e-5,
@@ -309,6 +620,12 @@ def train_surrogate(
     resume: bool = True,
     select_best: bool = True,
     max_steps: Optional[int] = None,
+    save_every: Optional[int] = None,
+    micro_batch_size: Optional[int] = None,
+    amp: Optional[str] = None,
+    workers: int = 0,
+    ctx: Optional[DistContext] = None,
+    settings: Optional[Dict[str, Any]] = None,
     show_progress: bool = False,
     device: Union[str, torch.device, None] = None,
 ) -> TrainingResult:
@@ -318,17 +635,20 @@ def train_surrogate(
     frozen classifier on the full image and ``g(x_s)`` the copy evaluated on the kept
     patches with :class:`~captum_vit.vit.TokenMask` (attention masking by default).
     Subsets come from :class:`UniformSizeSampler` (size ``Unif{0..d}``, then members).
+    See the module docstring for steps, distributed runs, micro-batches and precision.
 
     Args:
-        classifier: A supported timm ViT with at least one prefix token. It is copied;
+        classifier: A supported ViT with at least one prefix token. It is copied;
             the original is only evaluated (eval mode, no grad) and left as found.
         data: Training images, preprocessed for the classifier: an (N, C, H, W)
-            tensor or a map-style dataset of images / ``(image, label)`` pairs.
+            tensor or a map-style dataset of images, ``(image, label)`` pairs or the
+            dict items of :mod:`captum_vit.data` (its training transform, if any, is
+            applied under a seed of each example's position).
         val_data: Optional held-out images; the validation loss is the mean KL on
             fixed subsets (``subsets_per_image`` per image, drawn once from
             ``seed``).
-        epochs: Passes over ``data``.
-        batch_size: Images per step.
+        epochs: Passes over ``data`` (``ceil(epochs · N / batch_size)`` steps).
+        batch_size: Images per step, over all processes.
         subsets_per_image: Subsets drawn per image per step (the classifier's output
             is computed once per image).
         lr: Peak AdamW learning rate (paper: 1e-5 for ViT-B).
@@ -339,14 +659,27 @@ def train_surrogate(
             token-pooled models, faster).
         sampler: Subset sampler (default ``UniformSizeSampler(num_patches)``).
         forward_batch_size: Largest number of masked images per forward pass.
-        seed: Seed for data order, subsets and any dropout.
-        checkpoint: File written after every epoch; if it exists and ``resume``, the
-            run continues from it (it must come from a run with the same settings).
+        seed: Seed for data order, augmentation, subsets and any dropout.
+        checkpoint: File written every ``save_every`` steps (by rank 0); if it exists
+            and ``resume``, the run continues from it (it must come from a run with
+            the same settings; the number of processes may differ).
         resume: Continue from ``checkpoint`` when present.
         select_best: Return the weights with the best validation loss.
         max_steps: Stop after this many optimizer steps (the schedule spans them).
-        show_progress: Show a tqdm bar.
-        device: Training device (default: the classifier's).
+        save_every: Steps between validation, history records and checkpoints
+            (default: one pass over the data).
+        micro_batch_size: Images per forward/backward pass on each process; the
+            process's share of the batch accumulates gradients over micro-batches
+            (default: the whole share at once).
+        amp: ``"bf16"`` or ``"fp16"`` (CUDA only, with a GradScaler) autocast.
+        workers: DataLoader worker processes reading a dataset.
+        ctx: The process's :class:`~captum_vit.distributed.DistContext` under
+            ``torchrun`` (default: one process).
+        settings: Extra settings identifying the run in its checkpoint (e.g. the
+            model and data descriptions of a command).
+        show_progress: Show a tqdm bar (rank 0).
+        device: Training device (default: the context's under torchrun, else the
+            classifier's).
 
     Returns:
         A :class:`TrainingResult` whose ``model`` is the surrogate (eval mode).
@@ -367,13 +700,24 @@ def train_surrogate(
         raise ValueError(
             "classifier: ViT Shapley needs a model with at least one prefix token"
         )
-    _common_checks(epochs, batch_size, lr, weight_decay, warmup, grad_clip)
+    _common_checks(
+        epochs,
+        batch_size,
+        lr,
+        weight_decay,
+        warmup,
+        grad_clip,
+        max_steps,
+        save_every,
+        micro_batch_size,
+        workers,
+    )
     check_positive_int("subsets_per_image", subsets_per_image)
     check_positive_int("forward_batch_size", forward_batch_size)
     TokenMask(adapter, mode=mode)  # validates mode
     source = ImageSource(data, "data")
     val_source = ImageSource(val_data, "val_data") if val_data is not None else None
-    device = model_device(classifier, device)
+    device = _device(ctx, classifier, device)
     d = adapter.num_patches
     sampler = sampler if sampler is not None else UniformSizeSampler(d)
     if sampler.num_players != d:
@@ -381,81 +725,65 @@ def train_surrogate(
             f"sampler: draws subsets of {sampler.num_players} players, the model has "
             f"{d} patches"
         )
-    source_probe = source.get([0])
-    adapter.check_images(source_probe, "data")
+    adapter.check_images(source.get([0]), "data")
     teacher = adapter.model
     student = copy.deepcopy(teacher).to(device)
     for p in student.parameters():
         p.requires_grad_(True)
         p.grad = None
-    student_mask = TokenMask(student, mode=mode)
+    masks = {m: TokenMask(student, mode=m) for m in ("attention", mode)}
     k = subsets_per_image
+    b = batch_size
 
     def teacher_probs(images: Tensor) -> Tensor:
         with torch.no_grad(), eval_mode(teacher):
             out = adapter.logits(images.to(model_device(teacher)))
-            return out.float().softmax(-1)
+            return out.float().softmax(-1).to(device)
 
-    def step_loss(images: Tensor, step: int) -> Tensor:
-        p = teacher_probs(images).to(device)
-        keep = sampler.sample(images.shape[0] * k, generator=step_generator(seed, step))
-        logits = masked_logits(
-            student_mask,
-            images.repeat_interleave(k, dim=0),
-            keep.to(device),
-            forward_batch_size,
-        )
-        return surrogate_loss(p.repeat_interleave(k, dim=0), logits)
+    def subsets(step: int) -> Tensor:
+        gen = step_generator(seed, step)
+        return sampler.sample(b * k, generator=gen).reshape(b, k, d)
 
-    val_fn: Optional[Callable[[], float]] = None
-    if val_source is not None:
-        n_val = len(val_source)
-        val_keep = sampler.sample(n_val * k, generator=step_generator(seed, -1, 5))
-        val_target = torch.cat(
-            [
-                teacher_probs(val_source.get(range(i, min(n_val, i + 256)), device))
-                for i in range(0, n_val, 256)
-            ]
-        ).cpu()
+    def pieces(
+        images: Tensor, keep: Tensor, weights: Tensor, forward: Callable
+    ) -> List[Callable[[], Tensor]]:
+        target = teacher_probs(images).repeat_interleave(k, dim=0)
+        x = images.repeat_interleave(k, dim=0)
+        rows = keep.reshape(-1, d).to(device)
+        w = weights.repeat_interleave(k) / k  # an image's loss: mean over its subsets
 
-        def _val() -> float:
-            total, count = 0.0, 0
-            with torch.no_grad():
-                for i in range(0, n_val, batch_size):
-                    idx = list(range(i, min(n_val, i + batch_size)))
-                    x = val_source.get(idx, device).repeat_interleave(k, dim=0)
-                    keep = val_keep[i * k : (i + len(idx)) * k].to(device)
-                    logits = masked_logits(student_mask, x, keep, forward_batch_size)
-                    p = val_target[i : i + len(idx)].to(device)
-                    loss = surrogate_loss(p.repeat_interleave(k, dim=0), logits)
-                    total += float(loss) * x.shape[0]
-                    count += x.shape[0]
-            return total / count
+        def piece(idx: Tensor, chunk_mode: str) -> Tensor:
+            with masks[chunk_mode].keep(rows[idx]):
+                logits = logits_of(forward(x[idx]))
+            return (surrogate_loss(target[idx], logits, "none") * w[idx]).sum()
 
-        val_fn = _val
+        return [
+            (lambda i=idx, m=cm: piece(i, m))
+            for idx, cm in masked_chunks(rows, mode, forward_batch_size)
+        ]
 
-    fingerprint = _fingerprint(
-        n=len(source),
-        n_val=len(val_source) if val_source is not None else 0,
-        epochs=epochs,
-        batch_size=batch_size,
-        subsets_per_image=k,
-        lr=lr,
-        weight_decay=weight_decay,
-        warmup=warmup,
-        grad_clip=grad_clip,
-        mode=mode,
-        sampler=repr(sampler),
-        seed=seed,
-        max_steps=max_steps,
-        num_patches=d,
-    )
-    return _train(
+    run = _make_run(
         "surrogate",
-        student,
-        source,
-        step_loss,
-        val_fn,
+        device,
+        _fingerprint(
+            n=len(source),
+            n_val=len(val_source) if val_source is not None else 0,
+            epochs=epochs,
+            batch_size=batch_size,
+            subsets_per_image=k,
+            lr=lr,
+            weight_decay=weight_decay,
+            warmup=warmup,
+            grad_clip=grad_clip,
+            mode=mode,
+            sampler=repr(sampler),
+            seed=seed,
+            max_steps=max_steps,
+            save_every=save_every,
+            amp=amp,
+            num_patches=d,
+            **(settings or {}),
+        ),
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
@@ -467,10 +795,47 @@ def train_surrogate(
         resume=resume,
         select_best=select_best,
         max_steps=max_steps,
+        save_every=save_every,
+        micro_batch_size=micro_batch_size,
+        amp=amp,
+        workers=workers,
         show_progress=show_progress,
-        device=device,
-        fingerprint=fingerprint,
+        ctx=ctx,
     )
+    val_keep: Optional[Tensor] = None
+    if val_source is not None:
+        gen = step_generator(seed, -1, 5)
+        val_keep = sampler.sample(len(val_source) * k, generator=gen).reshape(-1, k, d)
+
+    def val_prepare(images: Tensor, tags: List[int]) -> Tuple[Tensor, Tensor]:
+        return teacher_probs(images), val_keep[tags].reshape(-1, d).to(device)
+
+    def val_per_image(images: Tensor, targets: Tuple[Tensor, Tensor]) -> Tensor:
+        probs, rows = targets
+        x = images.repeat_interleave(k, dim=0)
+        logits = masked_logits(masks[mode], x, rows, forward_batch_size)
+        kl = surrogate_loss(probs.repeat_interleave(k, dim=0), logits, "none")
+        return kl.reshape(-1, k).mean(dim=1)
+
+    return _train(
+        run,
+        student,
+        source,
+        subsets,
+        pieces,
+        _validation(run, val_source, val_prepare, val_per_image),
+        lambda model, x: model(x),
+    )
+
+
+def _device(
+    ctx: Optional[DistContext], model: nn.Module, device: Union[str, torch.device, None]
+) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    if ctx is not None and ctx.distributed:
+        return ctx.device
+    return model_device(model)
 
 
 # --------------------------------------------------------------- explainer
@@ -480,7 +845,7 @@ def train_explainer(
     data: Data,
     val_data: Optional[Data] = None,
     *,
-    epochs: int = 10,
+    epochs: float = 10,
     batch_size: int = 32,
     num_subsets: int = 32,
     paired: bool = True,
@@ -495,6 +860,12 @@ def train_explainer(
     resume: bool = True,
     select_best: bool = True,
     max_steps: Optional[int] = None,
+    save_every: Optional[int] = None,
+    micro_batch_size: Optional[int] = None,
+    amp: Optional[str] = None,
+    workers: int = 0,
+    ctx: Optional[DistContext] = None,
+    settings: Optional[Dict[str, Any]] = None,
     show_progress: bool = False,
     device: Union[str, torch.device, None] = None,
 ) -> TrainingResult:
@@ -504,17 +875,19 @@ def train_explainer(
     (paired with their complements by default), the frozen surrogate gives
     ``v(s)``, ``v(1)`` and the cached ``v(0)`` (probabilities), and the loss is
     ``N · MSE(v(0) + sᵀφ, v(s))`` over images, subsets and all classes, with ``φ`` the
-    efficiently normalised explainer output (Covert et al., appendix C).
+    efficiently normalised explainer output (Covert et al., appendix C). See the
+    module docstring for steps, distributed runs, micro-batches and precision.
 
     Args:
         explainer: A :class:`ShapleyExplainer` (e.g. ``from_surrogate(surrogate)``);
             it is copied, the original is not modified.
-        surrogate: The surrogate defining the game (only evaluated, left as found).
+        surrogate: The surrogate defining the game (only evaluated, without grad, on
+            every process; left as found).
         data: Training images (tensor or dataset, as for :func:`train_surrogate`).
         val_data: Optional held-out images; the validation loss uses fixed tuples
             ``(x, s, v(s))`` computed once.
-        epochs: Passes over ``data``.
-        batch_size: Images per step (paper: 64).
+        epochs: Passes over ``data`` (``ceil(epochs · N / batch_size)`` steps).
+        batch_size: Images per step over all processes (paper: 64).
         num_subsets: Coalitions per image per step (paper: 32; even when paired).
         paired: Paired (complement) sampling.
         lr: Peak AdamW learning rate (paper: 1e-4).
@@ -524,13 +897,23 @@ def train_explainer(
         game_mode: TokenMask mode used to evaluate the surrogate (``"drop"``: the same
             values as attention masking, on shorter sequences).
         forward_batch_size: Largest number of masked images per surrogate forward.
-        seed: Seed for data order and subsets.
-        checkpoint: Resumable checkpoint file, written after every epoch.
+        seed: Seed for data order, augmentation and subsets.
+        checkpoint: Resumable checkpoint file, written every ``save_every`` steps.
         resume: Continue from ``checkpoint`` when present.
         select_best: Return the weights with the best validation loss.
         max_steps: Stop after this many optimizer steps.
-        show_progress: Show a tqdm bar.
-        device: Training device (default: the explainer's).
+        save_every: Steps between validation, history records and checkpoints
+            (default: one pass over the data).
+        micro_batch_size: Images per forward/backward pass on each process
+            (gradient accumulation; default: the process's whole share).
+        amp: ``"bf16"`` or ``"fp16"`` (CUDA only, with a GradScaler) autocast.
+        workers: DataLoader worker processes reading a dataset.
+        ctx: The process's :class:`~captum_vit.distributed.DistContext` under
+            ``torchrun`` (default: one process).
+        settings: Extra settings identifying the run in its checkpoint.
+        show_progress: Show a tqdm bar (rank 0).
+        device: Training device (default: the context's under torchrun, else the
+            explainer's).
 
     Returns:
         A :class:`TrainingResult` whose ``model`` is the trained explainer (eval mode,
@@ -551,89 +934,82 @@ def train_explainer(
             f"explainer: expected a ShapleyExplainer, got {type(explainer)}"
         )
     explainer.check_surrogate(surrogate)
-    _common_checks(epochs, batch_size, lr, weight_decay, warmup, grad_clip)
+    _common_checks(
+        epochs,
+        batch_size,
+        lr,
+        weight_decay,
+        warmup,
+        grad_clip,
+        max_steps,
+        save_every,
+        micro_batch_size,
+        workers,
+    )
     check_positive_int("num_subsets", num_subsets, 2 if paired else 1)
     if paired and num_subsets % 2:
         raise ValueError(f"num_subsets: must be even when paired, got {num_subsets}")
     game = SurrogateGame(surrogate, mode=game_mode, batch_size=forward_batch_size)
     source = ImageSource(data, "data")
     val_source = ImageSource(val_data, "val_data") if val_data is not None else None
-    device = model_device(explainer, device)
+    device = _device(ctx, explainer, device)
     game.adapter.check_images(source.get([0]), "data")
     d = explainer.num_patches
     sampler = ShapleySampler(d)
     k = num_subsets
+    b = batch_size
     model = copy.deepcopy(explainer).to(device)
     for p in model.parameters():
         p.grad = None
     sur_device = model_device(game.model)
 
-    def targets(images: Tensor, keep: Tensor):
+    def targets(images: Tensor, keep: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         x = images.to(sur_device)
         v1 = game.full_value(x)
         v0 = game.empty_value(x)
         vs = game(x.repeat_interleave(k, dim=0), keep.reshape(-1, d).to(sur_device))
-        b = images.shape[0]
-        return v1.to(device), v0.to(device), vs.reshape(b, k, -1).to(device)
+        n = images.shape[0]
+        return v1.to(device), v0.to(device), vs.reshape(n, k, -1).to(device)
 
-    def step_loss(images: Tensor, step: int) -> Tensor:
-        b = images.shape[0]
-        keep = sampler.sample(
-            b * k, paired=paired, generator=step_generator(seed, step)
-        )
-        keep = keep.reshape(b, k, d)
+    def subsets(step: int) -> Tensor:
+        gen = step_generator(seed, step)
+        return sampler.sample(b * k, paired=paired, generator=gen).reshape(b, k, d)
+
+    def pieces(
+        images: Tensor, keep: Tensor, weights: Tensor, forward: Callable
+    ) -> List[Callable[[], Tensor]]:
         v1, v0, vs = targets(images, keep)
-        phi = efficient_normalization(model(images), v1, v0)
-        return explainer_loss(phi, keep.to(device), vs, v0)
+        keep = keep.to(device)
 
-    val_fn: Optional[Callable[[], float]] = None
-    if val_source is not None:
-        n_val = len(val_source)
-        val_keep = sampler.sample(
-            n_val * k, paired=paired, generator=step_generator(seed, -1, 5)
-        ).reshape(n_val, k, d)
-        val_targets = []
-        for i in range(0, n_val, batch_size):
-            idx = list(range(i, min(n_val, i + batch_size)))
-            v1, v0, vs = targets(val_source.get(idx, device), val_keep[idx])
-            val_targets.append((idx, v1, v0, vs))
+        def piece() -> Tensor:
+            phi = efficient_normalization(forward(images).float(), v1, v0)
+            return (explainer_loss(phi, keep, vs, v0, "none") * weights).sum()
 
-        def _val() -> float:
-            total, count = 0.0, 0
-            with torch.no_grad():
-                for idx, v1, v0, vs in val_targets:
-                    x = val_source.get(idx, device)
-                    phi = efficient_normalization(model(x), v1, v0)
-                    loss = explainer_loss(phi, val_keep[idx].to(device), vs, v0)
-                    total += float(loss) * len(idx)
-                    count += len(idx)
-            return total / count
+        return [piece]
 
-        val_fn = _val
-
-    fingerprint = _fingerprint(
-        n=len(source),
-        n_val=len(val_source) if val_source is not None else 0,
-        epochs=epochs,
-        batch_size=batch_size,
-        num_subsets=k,
-        paired=paired,
-        lr=lr,
-        weight_decay=weight_decay,
-        warmup=warmup,
-        grad_clip=grad_clip,
-        seed=seed,
-        max_steps=max_steps,
-        num_patches=d,
-        num_classes=explainer.num_classes,
-        shared_blocks=explainer.shared_blocks,
-    )
-    result = _train(
+    run = _make_run(
         "explainer",
-        model,
-        source,
-        step_loss,
-        val_fn,
+        device,
+        _fingerprint(
+            n=len(source),
+            n_val=len(val_source) if val_source is not None else 0,
+            epochs=epochs,
+            batch_size=batch_size,
+            num_subsets=k,
+            paired=paired,
+            lr=lr,
+            weight_decay=weight_decay,
+            warmup=warmup,
+            grad_clip=grad_clip,
+            seed=seed,
+            max_steps=max_steps,
+            save_every=save_every,
+            amp=amp,
+            num_patches=d,
+            num_classes=explainer.num_classes,
+            shared_blocks=explainer.shared_blocks,
+            **(settings or {}),
+        ),
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
@@ -645,9 +1021,36 @@ def train_explainer(
         resume=resume,
         select_best=select_best,
         max_steps=max_steps,
+        save_every=save_every,
+        micro_batch_size=micro_batch_size,
+        amp=amp,
+        workers=workers,
         show_progress=show_progress,
-        device=device,
-        fingerprint=fingerprint,
+        ctx=ctx,
+    )
+    val_keep: Optional[Tensor] = None
+    if val_source is not None:
+        gen = step_generator(seed, -1, 5)
+        val_keep = sampler.sample(len(val_source) * k, paired=paired, generator=gen)
+        val_keep = val_keep.reshape(-1, k, d)
+
+    def val_prepare(images: Tensor, tags: List[int]) -> Tuple[Tensor, ...]:
+        keep = val_keep[tags]
+        return (keep.to(device),) + targets(images, keep)
+
+    def val_per_image(images: Tensor, prepared: Tuple[Tensor, ...]) -> Tensor:
+        keep, v1, v0, vs = prepared
+        phi = efficient_normalization(model(images).float(), v1, v0)
+        return explainer_loss(phi, keep, vs, v0, "none")
+
+    result = _train(
+        run,
+        model,
+        source,
+        subsets,
+        pieces,
+        _validation(run, val_source, val_prepare, val_per_image),
+        lambda m, x: m(x),
     )
     result.model.surrogate = surrogate
     return result

@@ -4,7 +4,8 @@ The zoo gives every tutorial, test and benchmark the same ready-made setting wit
 downloads: :func:`make_scenes` draws reproducible scenes with ground-truth boxes and
 masks, and :func:`load_default_model` returns a stock
 ``timm.models.vision_transformer.VisionTransformer`` trained on them (see
-``MODEL_CARD.md`` next to this file).
+``MODEL_CARD.md`` next to this file); :func:`load_default_explainer` returns the
+ViT Shapley explainer and surrogate trained for it (``SHAPLEY_CARD.md``).
 
 Examples::
 
@@ -35,10 +36,13 @@ from .scenes import (
 
 __all__ = [
     "CLASS_NAMES",
+    "DEFAULT_EXPLAINER",
+    "DEFAULT_SURROGATE",
     "DEFAULT_WEIGHTS",
     "DefaultModel",
     "MEAN",
     "SAMPLE_PATH",
+    "SHAPLEY_WEIGHTS",
     "STD",
     "Scenes",
     "build_model",
@@ -53,6 +57,13 @@ __all__ = [
 
 #: Path of the shipped weights of the default model.
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default_vit.pt"
+#: Folder of the shipped ViT Shapley weights of the default model (see
+#: ``SHAPLEY_CARD.md``).
+SHAPLEY_WEIGHTS = Path(__file__).resolve().parent / "shapley_weights"
+#: Shipped surrogate weights (float16) for the default model.
+DEFAULT_SURROGATE = SHAPLEY_WEIGHTS / "surrogate.pt"
+#: Shipped explainer weights (float16) for the default surrogate.
+DEFAULT_EXPLAINER = SHAPLEY_WEIGHTS / "explainer.pt"
 
 #: Per-channel input normalisation of the default model: ``(x - MEAN) / STD``.
 MEAN: Tuple[float, float, float] = (0.5, 0.5, 0.5)
@@ -218,27 +229,60 @@ def load_default_scenes(
     return preprocess(scenes.images), scenes
 
 
-def load_default_explainer(device: Union[str, torch.device] = "cpu"):
-    """The trained ViT Shapley explainer and surrogate of the default model.
+def load_default_explainer(
+    device: Union[str, torch.device] = "cpu",
+) -> Tuple[torch.nn.Module, torch.nn.Module]:
+    """The trained ViT Shapley explainer and surrogate of the embedded default model.
 
-    A re-export of :func:`captum_vit.shapley.load_default_explainer` (imported
-    lazily, since the shapley package builds on this one).
+    The surrogate is the default classifier (:func:`load_default_model`) fine-tuned
+    with attention masking; the explainer was trained on its game. See
+    ``SHAPLEY_CARD.md`` next to this file for training and accuracy figures.
 
     Args:
         device: Where to put both models.
 
     Returns:
-        ``(explainer, surrogate)`` in eval mode.
+        ``(explainer, surrogate)``, both in eval mode; the surrogate is attached to
+        the explainer, so ``ViTShapley(explainer)`` works directly.
 
     Raises:
-        FileNotFoundError: the trained weights are not shipped with this install.
+        FileNotFoundError: the shipped weights (or the default classifier) are missing.
+
+    Warns:
+        UserWarning: the default classifier's weights differ from the ones the
+            surrogate was fine-tuned from (the explanations then describe the older
+            classifier's surrogate).
 
     Examples::
 
         >>> from captum_vit import ViTShapley
         >>> explainer, surrogate = load_default_explainer()
-        >>> attr = ViTShapley(explainer).attribute(load_default_scenes(2)[0])
+        >>> inputs, scenes = load_default_scenes(n=4)
+        >>> maps = ViTShapley(explainer).attribute_all_classes(inputs)
+        >>> maps.shape
+        torch.Size([4, 10, 8, 8])
     """
-    from ..shapley.default import load_default_explainer as _load
+    import warnings
 
-    return _load(device)
+    from ..shapley import classifier_digest, load_explainer, load_surrogate
+
+    for path in (DEFAULT_SURROGATE, DEFAULT_EXPLAINER):
+        if not path.is_file():
+            raise FileNotFoundError(f"no shipped ViT Shapley weights at {path}")
+    default = load_default_model()
+    # the shipped pair is checked here with a warning (not refused): the installed
+    # default classifier may have been retrained since the surrogate was made
+    surrogate = load_surrogate(
+        DEFAULT_SURROGATE, default.model, device=device, check_classifier=False
+    )
+    expected = getattr(surrogate, "metadata", {}).get("classifier_digest")
+    if expected is not None and expected != classifier_digest(default.model):
+        warnings.warn(
+            "the shipped ViT Shapley surrogate was fine-tuned from other default-model "
+            "weights than the ones installed; retrain it with `captum-vit "
+            "train-shapley` (see captum_vit/zoo/SHAPLEY_CARD.md)",
+            UserWarning,
+            stacklevel=2,
+        )
+    explainer = load_explainer(DEFAULT_EXPLAINER, surrogate, device=device)
+    return explainer, surrogate
