@@ -550,7 +550,7 @@ def run_evaluation(
         "data": dataset.describe(),
     }
     if cfg.evaluator == "surrogate":
-        from .shapley.train import classifier_digest
+        from .shapley import classifier_digest
 
         settings["surrogate_sha256"] = classifier_digest(evaluator)
     removal = _removal(cfg.removal, loaded.preprocessing)
