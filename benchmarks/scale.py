@@ -18,6 +18,9 @@ excluded). With a GPU (``torch.cuda.is_available()``) the same command runs with
 process per GPU, in float32 and with ``--amp bf16``; the largest difference between
 the bf16 and float32 table means is reported (the effect of autocast on the numbers).
 
+Each image costs about 110 s of one CPU core (every metric of ``evaluate`` on 196
+patches), so the default is 8 images: two chunks of 4, one per process with two.
+
 Usage (the run behind benchmarks/RESULTS.md, on an idle machine)::
 
     python benchmarks/scale.py --out benchmarks/results/scale
@@ -138,7 +141,9 @@ def max_difference(a: Dict[str, Dict[str, float]], b: Dict[str, Dict[str, float]
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="vit_small_patch16_224")
-    ap.add_argument("--n", type=int, default=32, help="images per run")
+    ap.add_argument(
+        "--n", type=int, default=8, help="images per run (about 110 s each on one core)"
+    )
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--tis-masks", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1, help="threads per process")
