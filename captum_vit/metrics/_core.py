@@ -22,20 +22,17 @@ Everything here is private; the public functions live in the sibling modules.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-
-from .._utils import BLUR_KERNEL, BLUR_SIGMA, gaussian_blur  # noqa: F401
-
 # check_batch and evaluates_argument are used by the metric modules as _core.<name>
 from .._guard import evaluates_argument  # noqa: F401
 from .._utils import check_batch, check_image_batch, check_int, check_number  # noqa
 from .._utils import check_seed as _shared_check_seed
+from .._utils import gaussian_blur
 from .._utils import format_target as _shared_format_target
 from ..vit.adapter import logits_of
 
@@ -479,14 +476,6 @@ def vit_adapter(forward_func: Any) -> Any:
         return None
 
 
-def is_vit(forward_func: Any) -> bool:
-    """Whether ``forward_func`` is a supported ViT that can drop patch tokens."""
-    from ..vit import TOKEN_DROP
-
-    adapter = vit_adapter(forward_func)
-    return adapter is not None and adapter.has(TOKEN_DROP)
-
-
 def prepare(
     forward_func: Callable,
     inputs: Any,
@@ -811,7 +800,3 @@ def area(fractions: Tensor, curves: Tensor, mode: str) -> Tensor:
         return curves.mean(dim=-1)
     x = fractions.to(curves.device, curves.dtype)
     return torch.trapezoid(curves, x, dim=-1)
-
-
-def ceil_div(a: int, b: int) -> int:
-    return int(math.ceil(a / b))
