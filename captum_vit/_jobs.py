@@ -23,6 +23,7 @@ from typing import Any, Iterator, List, Optional, Sequence, Set, Tuple
 import torch
 
 from .distributed import DistContext, shard
+from .vit.adapter import logits_of
 
 
 class SettingsMismatch(ValueError):
@@ -207,12 +208,6 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work (for honest timings)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def logits_of(output: Any) -> torch.Tensor:
-    """The logits of a model's output (Hugging Face models return an object with a
-    ``logits`` field)."""
-    return getattr(output, "logits", output)
 
 
 def predicted(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:

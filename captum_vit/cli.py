@@ -773,9 +773,10 @@ def _explain_target(args: argparse.Namespace) -> Any:
 
 def _explain_few(args: argparse.Namespace, ctx: Any) -> int:
     """Explain given files or a few embedded scenes into one comparison grid."""
-    from ._jobs import autocast, check_amp, image_seed, logits_of, synchronize
+    from ._jobs import autocast, check_amp, image_seed, synchronize
     from .data import DataError, SceneDataset, read_image
     from .methods import MethodUnavailable, resolve_methods
+    from .vit import logits_of
     from .viz import comparison_grid
 
     methods = resolve_methods(args.methods)
