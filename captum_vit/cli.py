@@ -23,7 +23,6 @@ import argparse
 import os
 import re
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -768,7 +767,7 @@ def _explain_target(args: argparse.Namespace) -> Any:
 
 def _explain_few(args: argparse.Namespace, ctx: Any) -> int:
     """Explain given files or a few embedded scenes into one comparison grid."""
-    from ._jobs import autocast, check_amp, image_seed, synchronize
+    from ._jobs import check_amp, image_seed, timed_explain
     from .data import DataError, SceneDataset, read_image
     from .methods import MethodUnavailable, resolve_methods
     from .vit import logits_of
@@ -845,13 +844,7 @@ def _explain_few(args: argparse.Namespace, ctx: Any) -> int:
         except MethodUnavailable as exc:
             print(f"{method.name}: skipped ({exc})")
             continue
-        amp = autocast(ctx.device, args.amp) if method.perturbation else _null()
-        synchronize(ctx.device)
-        t0 = time.perf_counter()
-        with amp:
-            attr = explain(inputs, target, seeds=seeds)
-        synchronize(ctx.device)
-        dt = time.perf_counter() - t0
+        attr, dt = timed_explain(explain, method, inputs, target, seeds, args.amp)
         maps[method.name] = attr.detach().float().cpu()
         signed[method.name] = method.signed
         from .evaluate import format_seconds
@@ -867,12 +860,6 @@ def _explain_few(args: argparse.Namespace, ctx: Any) -> int:
     comparison_grid(images01, maps, path=str(path), row_titles=titles, signed=signed)
     print(f"wrote {path}")
     return 0
-
-
-def _null():
-    from contextlib import nullcontext
-
-    return nullcontext()
 
 
 # -------------------------------------------------------------------------- evaluate
