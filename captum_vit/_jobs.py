@@ -17,12 +17,14 @@ import contextlib
 import hashlib
 import json
 import sys
+import time
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import torch
 
 from .distributed import DistContext, shard
+from .vit.adapter import logits_of
 
 
 class SettingsMismatch(ValueError):
@@ -209,10 +211,129 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def logits_of(output: Any) -> torch.Tensor:
-    """The logits of a model's output (Hugging Face models return an object with a
-    ``logits`` field)."""
-    return getattr(output, "logits", output)
+def build_methods(
+    methods: Sequence[Any],
+    loaded: Any,
+    options: Dict[str, Any],
+    announce: bool,
+    log: Optional[Callable[[str], None]] = None,
+) -> Dict[str, Callable[..., torch.Tensor]]:
+    """Build every method for a loaded model, ``{name: explain}``.
+
+    The builders read the model's trained parts (``loaded.extras``) and ``options``
+    (``tis_masks``, ``rise_masks``, ``n_steps``, ``show_progress``). A method the
+    model cannot serve (:class:`~captum_vit.methods.MethodUnavailable`) is left out
+    with one line ``"<name>: skipped (<why>)"`` to ``log`` (default ``print``) when
+    ``announce`` (rank 0).
+    """
+    from .methods import MethodUnavailable
+
+    extras = dict(loaded.extras, **options)
+    built: Dict[str, Callable[..., torch.Tensor]] = {}
+    for method in methods:
+        try:
+            built[method.name] = method.build(loaded.model, extras)
+        except MethodUnavailable as exc:
+            if announce:
+                (log or print)(f"{method.name}: skipped ({exc})")
+    return built
+
+
+def method_autocast(method: Any, device: torch.device, amp: Optional[str]):
+    """``--amp`` autocast for a perturbation method's forward passes; gradient and
+    attention methods run in full precision."""
+    return autocast(device, amp) if method.perturbation else contextlib.nullcontext()
+
+
+def timed_explain(
+    explain: Callable[..., torch.Tensor],
+    method: Any,
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    seeds: Sequence[int],
+    amp: Optional[str],
+) -> Tuple[torch.Tensor, float]:
+    """``explain(inputs, target, seeds=seeds)`` under :func:`method_autocast`, and
+    its wall-clock seconds (queued GPU work included)."""
+    device = inputs.device
+    synchronize(device)
+    t0 = time.perf_counter()
+    with method_autocast(method, device, amp):
+        attr = explain(inputs, target, seeds=seeds)
+    synchronize(device)
+    return attr, time.perf_counter() - t0
+
+
+def chunk_inputs(
+    batch: Dict[str, Any],
+    model: torch.nn.Module,
+    target: Any,
+    log: Optional[Callable[[str], None]],
+) -> Tuple[torch.Tensor, List[str], Dict[str, str], torch.Tensor, torch.Tensor]:
+    """The readable images of a loaded chunk and the classes to explain.
+
+    Every unreadable image gets one ``"warning: skipped <key>: <error>"`` line (to
+    ``log``, else stderr).
+
+    Args:
+        batch: The chunk from the job's loader.
+        model: The model (on the device the images go to).
+        target: ``"pred"`` (the model's prediction), ``"label"`` or a class index.
+        log: Receives the warnings.
+
+    Returns:
+        ``(idx, keys, skipped, inputs, targets)``: the positions in the chunk of the
+        readable images, their keys, ``{key: error}`` of the others, the readable
+        images on the model's device and their (B,) classes.
+    """
+    device = next(model.parameters()).device
+    ok = batch["ok"]
+    skipped = {
+        k: e for k, e, o in zip(batch["key"], batch["error"], ok.tolist()) if not o
+    }
+    for k, e in skipped.items():
+        (log or note)(f"warning: skipped {k}: {e}")
+    idx = ok.nonzero().flatten()
+    keys = [batch["key"][int(i)] for i in idx]
+    inputs = batch["image"][idx].to(device, non_blocking=True)
+    if target == "pred" and keys:
+        targets = predicted(model, inputs)
+    elif target in ("pred", "label"):
+        targets = batch["label"][idx].to(device)
+    else:
+        targets = torch.full((len(keys),), int(target), device=device)
+    return idx, keys, skipped, inputs, targets
+
+
+def run_chunks(
+    ctx: DistContext,
+    dataset: Any,
+    work: Sequence[Tuple[int, List[int], List[str]]],
+    workers: int,
+    desc: str,
+    show_progress: bool,
+    run_chunk: Callable[..., None],
+) -> None:
+    """Load this rank's chunks of :func:`plan` and call ``run_chunk(batch, start,
+    positions, methods, bar)`` on each, with a bar over the images on rank 0; then
+    wait for every rank."""
+    from .data import make_loader
+
+    loader = make_loader(
+        dataset, [w[1] for w in work], workers, pin_memory=ctx.device.type == "cuda"
+    )
+    bar = make_progress(
+        sum(len(w[1]) for w in work),
+        desc + (f" (rank 0 of {ctx.world_size})" if ctx.world_size > 1 else ""),
+        show_progress and ctx.is_main,
+    )
+    try:
+        for (start, positions, left), batch in zip(work, loader):
+            run_chunk(batch, start, positions, left, bar)
+            bar.update(len(positions))
+    finally:
+        bar.close()
+    ctx.barrier()
 
 
 def predicted(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -240,6 +361,14 @@ def note(line: str) -> None:
     from tqdm.auto import tqdm
 
     tqdm.write(line, file=sys.stderr)
+
+
+def check_count(name: str, value: Any, low: int = 1) -> None:
+    """Raise ValueError (naming ``name``) unless a job setting that counts something
+    is an int (not a bool) of at least ``low``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        what = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ValueError(f"{name}: expected {what}, got {value!r}")
 
 
 def check_job(dataset: Any, num_classes: int, target: Any, world_size: int) -> None:

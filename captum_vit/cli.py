@@ -23,7 +23,6 @@ import argparse
 import os
 import re
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -580,22 +579,18 @@ def _add_train_shapley(sub: Any) -> None:
     tr.set_defaults(func=cmd_train_shapley, parser=tr, check=_check_train_args)
 
 
-def _check_train_args(args: argparse.Namespace, parser: argparse.ArgumentParser):
-    """train-shapley's cross-flag checks, before any work."""
-    from .evaluate import writable_dir
-
+def _check_weights(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    """--checkpoint, --random-weights and --use-ema together (every command)."""
     if args.checkpoint is not None and args.random_weights:
         parser.error("--random-weights: cannot be combined with --checkpoint")
     if args.use_ema and args.checkpoint is None:
         parser.error("--use-ema: needs --checkpoint")
-    explainer = args.stage in ("explainer", "all")
-    if explainer and args.subsets is not None and args.subsets % 2:
-        parser.error(
-            f"--subsets: the explainer pairs each coalition with its complement; "
-            f"expected an even number, got {args.subsets}"
-        )
-    if args.shared_blocks and not explainer:
-        parser.error("--shared-blocks: applies to the explainer stage")
+
+
+def _check_run(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    """--amp against --device, then --out (every command's last checks)."""
+    from .evaluate import writable_dir
+
     if args.amp == "fp16":
         from .distributed import env_world, parse_device
 
@@ -610,19 +605,29 @@ def _check_train_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
         parser.error(f"--out: cannot write to {args.out}: {exc}")
 
 
+def _check_train_args(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    """train-shapley's cross-flag checks, before any work."""
+    _check_weights(args, parser)
+    explainer = args.stage in ("explainer", "all")
+    if explainer and args.subsets is not None and args.subsets % 2:
+        parser.error(
+            f"--subsets: the explainer pairs each coalition with its complement; "
+            f"expected an even number, got {args.subsets}"
+        )
+    if args.shared_blocks and not explainer:
+        parser.error("--shared-blocks: applies to the explainer stage")
+    _check_run(args, parser)
+
+
 def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Cross-flag checks, then the output folder: all before any work."""
-    from .evaluate import writable_dir
     from .methods import resolve_methods
 
     try:
         resolve_methods(args.methods)
     except ValueError as exc:
         parser.error(f"--method: {exc}")
-    if args.checkpoint is not None and args.random_weights:
-        parser.error("--random-weights: cannot be combined with --checkpoint")
-    if args.use_ema and args.checkpoint is None:
-        parser.error("--use-ema: needs --checkpoint")
+    _check_weights(args, parser)
     if args.data is None:
         for flag in ("labels", "class_map", "boxes", "masks", "png"):
             if getattr(args, flag, None):
@@ -647,18 +652,7 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
             parser.error("--data: give image files or --data, not both")
         if args.n is not None:
             parser.error("--n: applies to the embedded scenes or --data, not to files")
-    if args.amp == "fp16":
-        from .distributed import env_world, parse_device
-
-        if parse_device(args.device, env_world()[2]).type != "cuda":
-            parser.error(
-                "--amp: fp16 needs a CUDA device (CPU autocast runs bf16); use --amp "
-                "bf16 or --device cuda"
-            )
-    try:
-        writable_dir(args.out)
-    except OSError as exc:
-        parser.error(f"--out: cannot write to {args.out}: {exc}")
+    _check_run(args, parser)
 
 
 # ------------------------------------------------------------------ shared setup
@@ -773,9 +767,10 @@ def _explain_target(args: argparse.Namespace) -> Any:
 
 def _explain_few(args: argparse.Namespace, ctx: Any) -> int:
     """Explain given files or a few embedded scenes into one comparison grid."""
-    from ._jobs import autocast, check_amp, image_seed, logits_of, synchronize
+    from ._jobs import check_amp, image_seed, timed_explain
     from .data import DataError, SceneDataset, read_image
     from .methods import MethodUnavailable, resolve_methods
+    from .vit import logits_of
     from .viz import comparison_grid
 
     methods = resolve_methods(args.methods)
@@ -849,13 +844,7 @@ def _explain_few(args: argparse.Namespace, ctx: Any) -> int:
         except MethodUnavailable as exc:
             print(f"{method.name}: skipped ({exc})")
             continue
-        amp = autocast(ctx.device, args.amp) if method.perturbation else _null()
-        synchronize(ctx.device)
-        t0 = time.perf_counter()
-        with amp:
-            attr = explain(inputs, target, seeds=seeds)
-        synchronize(ctx.device)
-        dt = time.perf_counter() - t0
+        attr, dt = timed_explain(explain, method, inputs, target, seeds, args.amp)
         maps[method.name] = attr.detach().float().cpu()
         signed[method.name] = method.signed
         from .evaluate import format_seconds
@@ -871,12 +860,6 @@ def _explain_few(args: argparse.Namespace, ctx: Any) -> int:
     comparison_grid(images01, maps, path=str(path), row_titles=titles, signed=signed)
     print(f"wrote {path}")
     return 0
-
-
-def _null():
-    from contextlib import nullcontext
-
-    return nullcontext()
 
 
 # -------------------------------------------------------------------------- evaluate

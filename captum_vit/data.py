@@ -776,14 +776,6 @@ class ImageDataset(ItemDataset):
             raise DataError(f"--masks {str(masks)!r}: no such folder")
         return cls(entries, preprocessing, box_map, masks, root=r, transform=transform)
 
-    @classmethod
-    def from_files(
-        cls, paths: Sequence[PathLike], preprocessing: Preprocessing
-    ) -> "ImageDataset":
-        """Given image files (keys are the paths as given)."""
-        entries = [ImageEntry(str(p), Path(p)) for p in paths]
-        return cls(entries, preprocessing)
-
     def __len__(self) -> int:
         return len(self.entries)
 

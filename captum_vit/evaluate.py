@@ -33,7 +33,6 @@ from __future__ import annotations
 import csv
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -46,19 +45,21 @@ from . import metrics
 from ._jobs import (
     RecordStore,
     autocast,
+    build_methods,
     check_amp,
+    check_count,
     check_job,
+    chunk_inputs,
     chunks_of,
     image_seed,
-    make_progress,
-    note,
+    method_autocast,
     plan,
-    predicted,
-    synchronize,
+    run_chunks,
+    timed_explain,
 )
 from .data import ItemDataset, SceneDataset
 from .distributed import DistContext
-from .methods import Method, MethodUnavailable, resolve_methods
+from .methods import Method, resolve_methods
 
 #: Columns of the table: (key, header, better).
 METRICS: List[Tuple[str, str, str]] = [
@@ -273,13 +274,9 @@ class EvalConfig:
             "metric_batch",
         )
         for name in positive:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ValueError(f"{name}: expected a positive integer, got {v!r}")
+            check_count(name, getattr(self, name))
         for name in ("faith_samples", "sensitivity_samples"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 2:
-                raise ValueError(f"{name}: expected an integer >= 2, got {v!r}")
+            check_count(name, getattr(self, name), 2)
         if self.removal not in ("tokens", "black", "mean", "blur", "uniform"):
             raise ValueError(f"removal: unknown removal {self.removal!r}")
         if self.target not in ("label", "pred"):
@@ -556,40 +553,21 @@ def run_evaluation(
     removal = _removal(cfg.removal, loaded.preprocessing)
     if isinstance(removal, Tensor):
         removal = removal.to(device)
-    model_ = loaded.model
-    extras: Dict[str, Any] = dict(loaded.extras)
-    extras.update(
+    options = dict(
         tis_masks=cfg.tis_masks,
         rise_masks=cfg.rise_masks,
         n_steps=cfg.n_steps,
         show_progress=False,
     )
-    built: Dict[str, Callable[..., Tensor]] = {}
-    for method in chosen:
-        try:
-            built[method.name] = method.build(model_, extras)
-        except MethodUnavailable as exc:
-            if ctx.is_main:
-                (log or print)(f"{method.name}: skipped ({exc})")
+    built = build_methods(chosen, loaded, options, ctx.is_main, log)
     by_name = {m.name: m for m in chosen}
     store = RecordStore(out, ctx.rank)
     chunks = chunks_of(len(dataset), cfg.chunk)
     work, reused, total = plan(ctx, store, settings, list(built), chunks)
-
-    from .data import make_loader
-
-    loader = make_loader(
-        dataset, [w[1] for w in work], workers, pin_memory=device.type == "cuda"
-    )
-    bar = make_progress(
-        sum(len(w[1]) for w in work),
-        "evaluate" + (f" (rank 0 of {ctx.world_size})" if ctx.world_size > 1 else ""),
-        show_progress and ctx.is_main,
-    )
     job = _EvalJob(
         built,
         by_name,
-        model_,
+        loaded.model,
         evaluator,
         loaded.num_classes,
         cfg,
@@ -599,13 +577,17 @@ def run_evaluation(
         dataset,
         set(randomization_positions(len(dataset), cfg.randomization)),
     )
-    try:
-        for (start, positions, left), batch in zip(work, loader):
-            job.run(batch, start, positions, left, log, bar)
-            bar.update(len(positions))
-    finally:
-        bar.close()
-    ctx.barrier()
+    run_chunks(
+        ctx,
+        dataset,
+        work,
+        workers,
+        "evaluate",
+        show_progress,
+        lambda batch, start, positions, left, bar: job.run(
+            batch, start, positions, left, log, bar
+        ),
+    )
     if not ctx.is_main:
         return None
     return write_tables(
@@ -665,20 +647,10 @@ class _EvalJob:
         """Score the pending methods ``left`` on one loaded chunk and append one
         record per method."""
         cfg, dataset = self.cfg, self.dataset
-        device = next(self.model.parameters()).device
-        ok = batch["ok"]
-        skipped = {
-            k: e for k, e, o in zip(batch["key"], batch["error"], ok.tolist()) if not o
-        }
-        for k, e in skipped.items():
-            (log or note)(f"warning: skipped {k}: {e}")
-        idx = ok.nonzero().flatten()
-        keys = [batch["key"][int(i)] for i in idx]
-        inputs = batch["image"][idx].to(device, non_blocking=True)
-        if cfg.target == "label" or not keys:
-            target = batch["label"][idx].to(device)
-        else:
-            target = predicted(self.model, inputs)
+        idx, keys, skipped, inputs, target = chunk_inputs(
+            batch, self.model, cfg.target, log
+        )
+        device = inputs.device
         gt = distractor = None
         if dataset.has_ground_truth:
             gt = (batch["gt"][idx], batch["has_gt"][idx])
@@ -757,14 +729,10 @@ class _EvalJob:
         b = inputs.shape[0]
 
         def method_amp():
-            return autocast(device, cfg.amp) if method.perturbation else nullcontext()
+            return method_autocast(method, device, cfg.amp)
 
-        synchronize(device)
-        t0 = time.perf_counter()
-        with method_amp():
-            attr = explain(inputs, target, seeds=seeds)
-        synchronize(device)
-        seconds = (time.perf_counter() - t0) / b
+        attr, seconds = timed_explain(explain, method, inputs, target, seeds, cfg.amp)
+        seconds /= b
         attr = attr.detach().float()
         ev = self.evaluator
         common = dict(

@@ -19,32 +19,29 @@ from __future__ import annotations
 import csv
 import io
 import os
-import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from ._jobs import (
     RecordStore,
-    autocast,
+    build_methods,
     check_amp,
+    check_count,
     check_job,
+    chunk_inputs,
     chunks_of,
     image_seed,
-    make_progress,
-    note,
     plan,
-    predicted,
-    synchronize,
+    run_chunks,
+    timed_explain,
 )
-from .data import ItemDataset, make_loader
+from .data import ItemDataset
 from .distributed import DistContext
-from .methods import Method, MethodUnavailable, resolve_methods
+from .methods import Method, resolve_methods
 
 #: Columns of ``manifest.csv``.
 MANIFEST_COLUMNS = ["file", "target", "method", "seconds", "status"]
@@ -139,13 +136,9 @@ def run_explain(
     device = ctx.device
     check_amp(device, amp)
     chosen: List[Method] = resolve_methods(methods)
-    for name, v in (
-        ("batch_size", batch_size),
-        ("tis_masks", tis_masks),
-        ("rise_masks", rise_masks),
-    ):
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            raise ValueError(f"{name}: expected a positive integer, got {v!r}")
+    check_count("batch_size", batch_size)
+    check_count("tis_masks", tis_masks)
+    check_count("rise_masks", rise_masks)
     check_job(dataset, model.num_classes, target, ctx.world_size)
     out = writable_dir(out_dir)
     settings = {
@@ -160,17 +153,10 @@ def run_explain(
         "amp": amp,
         "seed": seed,
     }
-    extras: Dict[str, Any] = dict(model.extras)
-    extras.update(
+    options = dict(
         tis_masks=tis_masks, rise_masks=rise_masks, n_steps=n_steps, show_progress=False
     )
-    built: Dict[str, Callable[..., Tensor]] = {}
-    for method in chosen:
-        try:
-            built[method.name] = method.build(model.model, extras)
-        except MethodUnavailable as exc:
-            if ctx.is_main:
-                (log or print)(f"{method.name}: skipped ({exc})")
+    built = build_methods(chosen, model, options, ctx.is_main, log)
     by_name = {m.name: m for m in chosen}
     store = RecordStore(out, ctx.rank)
     work, reused, total = plan(
@@ -180,24 +166,18 @@ def run_explain(
         (log or print)(
             f"resuming: {reused} of {total} (method, image) maps already done in {out}"
         )
-    loader = make_loader(
-        dataset, [w[1] for w in work], workers, pin_memory=device.type == "cuda"
-    )
-    bar = make_progress(
-        sum(len(w[1]) for w in work),
-        "explain" + (f" (rank 0 of {ctx.world_size})" if ctx.world_size > 1 else ""),
-        show_progress and ctx.is_main,
-    )
     job = _ExplainJob(
         built, by_name, model, target, amp, seed, png, settings, store, out
     )
-    try:
-        for (start, positions, left), batch in zip(work, loader):
-            job.run(batch, start, left, log)
-            bar.update(len(positions))
-    finally:
-        bar.close()
-    ctx.barrier()
+    run_chunks(
+        ctx,
+        dataset,
+        work,
+        workers,
+        "explain",
+        show_progress,
+        lambda batch, start, positions, left, bar: job.run(batch, start, left, log),
+    )
     if not ctx.is_main:
         return None
     return write_manifest(out, list(built), settings)
@@ -220,37 +200,19 @@ class _ExplainJob:
 
     def run(self, batch: Dict[str, Any], start: int, left: List[str], log) -> None:
         """Run the pending methods on one chunk, save the maps, append records."""
-        model = self.loaded.model
-        device = next(model.parameters()).device
-        ok = batch["ok"]
-        idx = ok.nonzero().flatten()
-        keys = [batch["key"][int(i)] for i in idx]
-        skipped = {
-            k: e for k, e, o in zip(batch["key"], batch["error"], ok.tolist()) if not o
-        }
-        for k, e in skipped.items():
-            (log or note)(f"warning: skipped {k}: {e}")
-        inputs = batch["image"][idx].to(device, non_blocking=True)
-        if self.target == "pred" and keys:
-            t = predicted(model, inputs)
-        elif self.target in ("pred", "label"):
-            t = batch["label"][idx].to(device)
-        else:
-            t = torch.full((len(keys),), int(self.target), device=device)
+        _, keys, skipped, inputs, t = chunk_inputs(
+            batch, self.loaded.model, self.target, log
+        )
         seeds = [image_seed(self.seed, k) for k in keys]
         maps: Dict[str, np.ndarray] = {}
         rows: Dict[str, List[dict]] = {}
         for name in left:
             seconds = float("nan")
             if keys:
-                perturbation = self.by_name[name].perturbation
-                amp = autocast(device, self.amp) if perturbation else nullcontext()
-                synchronize(device)
-                t0 = time.perf_counter()
-                with amp:
-                    attr = self.built[name](inputs, t, seeds=seeds)
-                synchronize(device)
-                seconds = (time.perf_counter() - t0) / len(keys)
+                attr, seconds = timed_explain(
+                    self.built[name], self.by_name[name], inputs, t, seeds, self.amp
+                )
+                seconds /= len(keys)
                 maps[name] = attr.detach().float().sum(1).cpu().numpy()
             rows[name] = [
                 {"file": k, "target": int(ti), "seconds": seconds, "status": "ok"}
@@ -283,7 +245,7 @@ class _ExplainJob:
                 }
             )
             if log is not None:
-                log(f"{name}: images {start}-{start + len(ok) - 1} done")
+                log(f"{name}: images {start}-{start + len(batch['ok']) - 1} done")
 
 
 def _draw(out, key, x, maps, by_name, loaded, target) -> None:

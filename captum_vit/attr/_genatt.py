@@ -21,6 +21,7 @@ from ._utils import (
     TargetType,
     evaluates_model,
     format_target,
+    head_readout,
     pack_output,
     require_autograd,
     unpack_inputs,
@@ -119,13 +120,13 @@ class GenAtt(GradientAttribution):
             grads = rec.grad(objective)
         r = genatt_relevance([a.detach() for a in rec.attentions], grads)
         p = self.adapter.num_prefix_tokens
-        if rec.pool_attention is not None:  # read out through the attention pool
-            cam = (rec.pool_gradient * rec.pool_attention.detach()).clamp(min=0)
-            w = rec.pool_readout(cam.mean(dim=1), r.shape[-1]).to(r)
-        else:
-            w = self.adapter.readout_weights(grid[0] * grid[1]).to(r)
-            w = w.expand(r.shape[0], -1)
-        scores = torch.einsum("bt,bts->bs", w, r)[:, p:]
+        w = head_readout(
+            self.adapter,
+            rec,
+            r,
+            lambda pool: (rec.pool_gradient * pool.detach()).clamp(min=0).mean(dim=1),
+        )
+        scores = torch.einsum("bt,bts->bs", w.to(r), r)[:, p:]
         return pack_output(
             tokens_to_pixels(scores.detach(), grid, images, interpolate_mode), was_tuple
         )

@@ -48,6 +48,7 @@ from ._utils import (
     check_number,
     evaluates_model,
     format_target,
+    head_readout,
     pack_output,
     require_autograd,
     unpack_inputs,
@@ -787,8 +788,6 @@ class PLUSWrapper(Attribution):
         sub = ViTSubNetwork(self.adapter, first, grid)
         blocks = list(range(first, n_layers))
         p = self.adapter.num_prefix_tokens
-        t_len = hidden.shape[1]
-        pool_w = None  # readout through an attention pool (SigLIP), per sample
         if self._kind == "genatt":
             h = hidden.detach().requires_grad_(True)
             with torch.enable_grad(), record_attention(
@@ -805,9 +804,11 @@ class PLUSWrapper(Attribution):
                         objective, atts + ([pool] if pool is not None else [])
                     )
                 )
-            if pool is not None:
-                cam = (grads.pop() * pool.detach()).clamp(min=0).mean(dim=1)
-                pool_w = rec.pool_readout(cam, t_len)
+            pool_grad = grads.pop() if pool is not None else None
+
+            def pool_rows(pool: Tensor) -> Tensor:
+                return (pool_grad * pool.detach()).clamp(min=0).mean(dim=1)
+
             # Ā_k = mean_heads(clamp(∇A ⊙ A, min=0)); GenAtt step R <- R + Ā R
             mats = [
                 (g * a.detach()).clamp(min=0).mean(dim=1) for a, g in zip(atts, grads)
@@ -823,16 +824,11 @@ class PLUSWrapper(Attribution):
                     a = discard_lowest(a, rollout.discard_ratio, p)
                     a = a + torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
                     mats.append(a / a.sum(dim=-1, keepdim=True))
-                if rec.pool_attention is not None:
-                    rows = rollout.pool_rows(rec.pool_attention)
-                    pool_w = rec.pool_readout(rows, t_len)
+            pool_rows = rollout.pool_rows
             plus_identity = False
-        # u_l = w^T M_{L-1} ... M_l for every l, accumulated from the last block down.
-        if pool_w is not None:
-            u = pool_w.to(hidden)
-        else:
-            w = self.adapter.readout_weights(grid[0] * grid[1]).to(hidden)
-            u = w.expand(hidden.shape[0], -1)
+        # u_l = w^T M_{L-1} ... M_l for every l, accumulated from the last block down;
+        # w reads through the attention pool (SigLIP) per sample where there is one.
+        u = head_readout(self.adapter, rec, hidden, pool_rows).to(hidden)
         scores = hidden.new_zeros(hidden.shape[0], grid[0] * grid[1])
         chosen = set(self.layers)
         for k in reversed(blocks):

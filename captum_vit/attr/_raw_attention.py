@@ -18,6 +18,7 @@ from ._utils import (
     check_choice,
     evaluates_model,
     format_target,
+    head_readout,
     pack_output,
     unpack_inputs,
 )
@@ -101,11 +102,9 @@ class RawAttention(Attribution):
             self.adapter.logits(images)
         a = fuse_heads(rec.attentions[self.layer], self.head_fusion)  # (B, T, T)
         p = self.adapter.num_prefix_tokens
-        if rec.pool_attention is not None:  # read out through the attention pool
-            rows = fused_pool_rows(rec.pool_attention, self.head_fusion)
-            w = rec.pool_readout(rows, a.shape[-1])
-        else:
-            w = self.adapter.readout_weights(grid[0] * grid[1]).expand(a.shape[0], -1)
+        w = head_readout(
+            self.adapter, rec, a, lambda pool: fused_pool_rows(pool, self.head_fusion)
+        )
         scores = torch.einsum("bt,bts->bs", w.to(a), a)[:, p:]
         return pack_output(
             tokens_to_pixels(scores, grid, images, interpolate_mode), was_tuple

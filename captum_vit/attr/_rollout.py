@@ -18,6 +18,7 @@ from ._utils import (
     check_number,
     evaluates_model,
     format_target,
+    head_readout,
     pack_output,
     unpack_inputs,
 )
@@ -161,10 +162,7 @@ class AttentionRollout(Attribution):
             self.adapter.logits(images)
         r = self.rollout(rec.attentions)
         p = self.adapter.num_prefix_tokens
-        if rec.pool_attention is not None:  # read out through the attention pool
-            w = rec.pool_readout(self.pool_rows(rec.pool_attention), r.shape[-1])
-        else:
-            w = self.adapter.readout_weights(grid[0] * grid[1]).expand(r.shape[0], -1)
+        w = head_readout(self.adapter, rec, r, self.pool_rows)
         scores = torch.einsum("bt,bts->bs", w.to(r), r)[:, p:]
         return pack_output(
             tokens_to_pixels(scores, grid, images, interpolate_mode), was_tuple

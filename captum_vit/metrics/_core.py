@@ -22,20 +22,17 @@ Everything here is private; the public functions live in the sibling modules.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
-
-
-from .._utils import BLUR_KERNEL, BLUR_SIGMA, gaussian_blur  # noqa: F401
 
 # check_batch and evaluates_argument are used by the metric modules as _core.<name>
 from .._guard import evaluates_argument  # noqa: F401
 from .._utils import check_batch, check_image_batch, check_int, check_number  # noqa
 from .._utils import check_seed as _shared_check_seed
+from .._utils import gaussian_blur
 from .._utils import format_target as _shared_format_target
 from ..vit.adapter import logits_of
 
@@ -101,6 +98,20 @@ def check_choice(value: Any, choices: Sequence[str], name: str) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name}: expected one of {tuple(choices)}, got {value!r}")
     return value
+
+
+def check_subset(values: Any, choices: Sequence[str], name: str) -> Tuple[str, ...]:
+    """A name or a non-empty sequence of distinct names from ``choices``, as a tuple."""
+    values = (values,) if isinstance(values, str) else tuple(values)
+    if (
+        not values
+        or any(v not in choices for v in values)
+        or len(set(values)) != len(values)
+    ):
+        raise ValueError(
+            f"{name}: expected a non-empty subset of {tuple(choices)}, got {values!r}"
+        )
+    return values
 
 
 def check_positive_int(value: Any, name: str, allow_none: bool = True) -> Optional[int]:
@@ -479,12 +490,26 @@ def vit_adapter(forward_func: Any) -> Any:
         return None
 
 
-def is_vit(forward_func: Any) -> bool:
-    """Whether ``forward_func`` is a supported ViT that can drop patch tokens."""
-    from ..vit import TOKEN_DROP
-
-    adapter = vit_adapter(forward_func)
-    return adapter is not None and adapter.has(TOKEN_DROP)
+def prepare_call(kw: Dict[str, Any], metric: str, target_name: str = "target") -> Setup:
+    """:func:`prepare` from a public metric's keyword arguments (its ``locals()``):
+    the arguments every removal metric shares, under their public names
+    (``score`` defaults to ``"probability"`` for metrics without one)."""
+    return prepare(
+        kw["forward_func"],
+        kw["inputs"],
+        kw["attributions"],
+        kw["target"],
+        kw["additional_forward_args"],
+        feature_mask=kw["feature_mask"],
+        removal=kw["removal"],
+        score=kw.get("score", "probability"),
+        attribution_reduction=kw["attribution_reduction"],
+        max_examples_per_batch=kw["max_examples_per_batch"],
+        seed=kw["seed"],
+        show_progress=kw["show_progress"],
+        target_name=target_name,
+        metric=metric,
+    )
 
 
 def prepare(
@@ -730,6 +755,25 @@ def feature_ranks(
     return ranks
 
 
+def as_fractions(fractions: Any) -> Tensor:
+    """``fractions`` as a flat float64 tensor (range checks are the caller's)."""
+    try:
+        return torch.as_tensor(fractions, dtype=torch.float64).flatten()
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(
+            f"fractions: expected a sequence of numbers, got {fractions!r}"
+        ) from None
+
+
+def curve_points(
+    num: int, n_steps: Optional[int], fractions: Optional[Sequence[float]]
+) -> Tuple[Tensor, Tensor]:
+    """A curve's points: the (S,) numbers of features moved (long) and the (S,)
+    fractions of the ``num`` features they are (float32, the curve's x-axis)."""
+    counts = steps_to_counts(num, n_steps, fractions)
+    return counts, (counts.double() / num).float()
+
+
 def steps_to_counts(
     num: int, n_steps: Optional[int], fractions: Optional[Sequence[float]]
 ) -> Tensor:
@@ -737,12 +781,7 @@ def steps_to_counts(
     if fractions is not None:
         if n_steps is not None:
             raise ValueError("n_steps: give either n_steps or fractions, not both")
-        try:
-            f = torch.as_tensor(fractions, dtype=torch.float64).flatten()
-        except (TypeError, ValueError, RuntimeError):
-            raise TypeError(
-                f"fractions: expected a sequence of numbers, got {fractions!r}"
-            ) from None
+        f = as_fractions(fractions)
         if f.numel() < 2 or not bool(((f >= 0) & (f <= 1)).all()):
             raise ValueError(
                 "fractions: expected at least two fractions in [0, 1], got "
@@ -811,7 +850,3 @@ def area(fractions: Tensor, curves: Tensor, mode: str) -> Tensor:
         return curves.mean(dim=-1)
     x = fractions.to(curves.device, curves.dtype)
     return torch.trapezoid(curves, x, dim=-1)
-
-
-def ceil_div(a: int, b: int) -> int:
-    return int(math.ceil(a / b))

@@ -122,6 +122,14 @@ def _subset_correlations(
     return torch.stack(out, dim=1).float()
 
 
+def _check_samples(n_samples: Any) -> int:
+    """``n_samples`` random subsets: a correlation needs at least two."""
+    n_samples = _core.check_positive_int(n_samples, "n_samples", allow_none=False)
+    if n_samples < 2:
+        raise ValueError("n_samples: a correlation needs at least 2 subsets")
+    return n_samples
+
+
 def _check_size(n: Any, num: int, name: str) -> int:
     n = _core.check_int(name, n)
     if not 1 <= n <= num:
@@ -203,21 +211,7 @@ def faithfulness_correlation(
         _core.check_int("subset_size", subset_size, 1)
     if subsets is None and n_samples < 2:
         raise ValueError("n_samples: a correlation needs at least 2 subsets")
-    setup = _core.prepare(
-        forward_func,
-        inputs,
-        attributions,
-        target,
-        additional_forward_args,
-        feature_mask=feature_mask,
-        removal=removal,
-        score=score,
-        attribution_reduction=attribution_reduction,
-        max_examples_per_batch=max_examples_per_batch,
-        seed=seed,
-        show_progress=show_progress,
-        metric="faithfulness_correlation",
-    )
+    setup = _core.prepare_call(dict(locals()), "faithfulness_correlation")
     num = setup.num_features
     if subset_size is not None:  # validated also when `subsets` overrides it
         subset_size = _check_size(subset_size, num, "subset_size")
@@ -291,9 +285,7 @@ def sensitivity_n(
         >>> sensitivity_n(model, images, attr, n=list(range(14, 183, 14)))
     """
     _core.check_choice(correlation, _CORRELATIONS, "correlation")
-    n_samples = _core.check_positive_int(n_samples, "n_samples", allow_none=False)
-    if n_samples < 2:
-        raise ValueError("n_samples: a correlation needs at least 2 subsets")
+    n_samples = _check_samples(n_samples)
     single = not isinstance(n, (list, tuple, range)) and not (
         isinstance(n, Tensor) and n.dim() > 0
     )
@@ -306,21 +298,7 @@ def sensitivity_n(
     if not ns:
         raise ValueError("n: expected at least one subset size")
     ns = [_core.check_int("n", v, 1) for v in ns]  # range checked once F is known
-    setup = _core.prepare(
-        forward_func,
-        inputs,
-        attributions,
-        target,
-        additional_forward_args,
-        feature_mask=feature_mask,
-        removal=removal,
-        score=score,
-        attribution_reduction=attribution_reduction,
-        max_examples_per_batch=max_examples_per_batch,
-        seed=seed,
-        show_progress=show_progress,
-        metric="sensitivity_n",
-    )
+    setup = _core.prepare_call(dict(locals()), "sensitivity_n")
     num = setup.num_features
     ns = [_check_size(v, num, "n") for v in ns]
     out = _sensitivity(setup, ns, n_samples, seed, correlation)
@@ -411,34 +389,13 @@ def sensitivity_n_sweep(
         >>> res.n, res.curve      # (S,) sizes and (B, S) curve
     """
     _core.check_choice(correlation, _CORRELATIONS, "correlation")
-    n_samples = _core.check_positive_int(n_samples, "n_samples", allow_none=False)
-    if n_samples < 2:
-        raise ValueError("n_samples: a correlation needs at least 2 subsets")
-    try:
-        f = torch.as_tensor(fractions, dtype=torch.float64).flatten()
-    except (TypeError, ValueError, RuntimeError):
-        raise TypeError(
-            f"fractions: expected a sequence of numbers, got {fractions!r}"
-        ) from None
+    n_samples = _check_samples(n_samples)
+    f = _core.as_fractions(fractions)
     if f.numel() < 1 or not bool(((f > 0) & (f <= 1)).all()):
         raise ValueError(
             f"fractions: expected at least one fraction in (0, 1], got {f.tolist()}"
         )
-    setup = _core.prepare(
-        forward_func,
-        inputs,
-        attributions,
-        target,
-        additional_forward_args,
-        feature_mask=feature_mask,
-        removal=removal,
-        score=score,
-        attribution_reduction=attribution_reduction,
-        max_examples_per_batch=max_examples_per_batch,
-        seed=seed,
-        show_progress=show_progress,
-        metric="sensitivity_n_sweep",
-    )
+    setup = _core.prepare_call(dict(locals()), "sensitivity_n_sweep")
     num = setup.num_features
     ns = sorted(set(torch.round(f * num).long().clamp(1, num).tolist()))
     curve = _sensitivity(setup, ns, n_samples, seed, correlation)

@@ -134,15 +134,7 @@ def insertion_deletion_curves(
         >>> curves = insertion_deletion_curves(model, images, attr, target=labels)
         >>> curves.deletion.shape     # (B, 197) for ViT-B/16 at 224
     """
-    modes = tuple(modes) if not isinstance(modes, str) else (modes,)
-    if (
-        not modes
-        or any(m not in _DIRECTIONS for m in modes)
-        or len(set(modes)) != len(modes)
-    ):
-        raise ValueError(
-            f"modes: expected a non-empty subset of {_DIRECTIONS}, got {modes!r}"
-        )
+    modes = _core.check_subset(modes, _DIRECTIONS, "modes")
     kwargs = dict(locals())
     _, x, curves = _run(kwargs, modes, metric="insertion_deletion_curves")
     return PerturbationCurves(
@@ -163,23 +155,8 @@ def _run(
 ):
     """Prepare a call from its keyword arguments and compute the curves
     (``metric`` names the caller in capability errors)."""
-    setup = _core.prepare(
-        kw["forward_func"],
-        kw["inputs"],
-        kw["attributions"],
-        kw["target"],
-        kw["additional_forward_args"],
-        feature_mask=kw["feature_mask"],
-        removal=kw["removal"],
-        score=kw.get("score", "probability"),
-        attribution_reduction=kw["attribution_reduction"],
-        max_examples_per_batch=kw["max_examples_per_batch"],
-        seed=kw["seed"],
-        show_progress=kw["show_progress"],
-        target_name=target_name,
-        metric=metric,
-    )
-    counts = _core.steps_to_counts(setup.num_features, kw["n_steps"], kw["fractions"])
+    setup = _core.prepare_call(kw, metric, target_name)
+    counts, x = _core.curve_points(setup.num_features, kw["n_steps"], kw["fractions"])
     curves = _curves(
         setup,
         counts,
@@ -189,7 +166,6 @@ def _run(
         seed=kw["seed"],
         kind=kind,
     )
-    x = (counts.double() / setup.num_features).float()
     return setup, x, curves
 
 

@@ -114,15 +114,7 @@ def road_curves(
         >>> c = road_curves(model, images, attr, labels, score="accuracy")
         >>> c.morf.mean(0), c.lerf.mean(0)       # accuracy per fraction
     """
-    modes = (modes,) if isinstance(modes, str) else tuple(modes)
-    if (
-        not modes
-        or any(m not in _ROAD_MODES for m in modes)
-        or len(set(modes)) != len(modes)
-    ):
-        raise ValueError(
-            f"modes: expected a non-empty subset of {_ROAD_MODES}, got {modes!r}"
-        )
+    modes = _core.check_subset(modes, _ROAD_MODES, "modes")
     _core.check_choice(score, _ROAD_SCORES, "score")
     imputation = NoisyLinearImputation(noise)
     inputs = _core.check_inputs(inputs)
@@ -150,8 +142,7 @@ def road_curves(
         show_progress=show_progress,
         metric="ROAD",
     )
-    counts = _core.steps_to_counts(setup.num_features, None, fractions)
-    x = (counts.double() / setup.num_features).float()
+    counts, x = _core.curve_points(setup.num_features, None, fractions)
     out = {}
     for mode in modes:
         out[mode] = _curves(

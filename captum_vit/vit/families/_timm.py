@@ -1,6 +1,8 @@
-"""What timm's token-sequence families (ViT, Eva, BEiT) share.
+"""What timm's families share: geometry from ``patch_embed``, the class count and the
+``pretrained_cfg`` normalisation (every timm family, Swin included); and what the
+token-sequence families (ViT, Eva, BEiT) share besides.
 
-Geometry comes from ``patch_embed``; blocks are ``model.blocks``; the final norm is
+Blocks are ``model.blocks``; the final norm is
 ``model.norm`` and ``model.forward_head`` pools and classifies. Attention modules keep
 their post-softmax probabilities in ``attn.attn_drop`` on the explicit path; timm's
 fused kernel (``fused_attn=True``, the default) never materialises them, so recording
@@ -28,7 +30,37 @@ def pretrained_cfg_normalization(model: Any) -> Optional[Normalization]:
     return tuple(cfg["mean"]), tuple(cfg["std"])
 
 
-class TimmTokenAdapter(ViTAdapter):
+class TimmAdapter(ViTAdapter):
+    """Shared base of the timm adapters (not a family itself): what ``patch_embed``,
+    ``num_classes`` and ``pretrained_cfg`` say."""
+
+    @property
+    def patch_size(self) -> Tuple[int, int]:
+        return tuple(int(p) for p in self.model.patch_embed.patch_size)
+
+    @property
+    def grid_size(self) -> Tuple[int, int]:
+        return tuple(int(g) for g in self.model.patch_embed.grid_size)
+
+    @property
+    def image_size(self) -> Tuple[int, int]:
+        return tuple(int(s) for s in self.model.patch_embed.img_size)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.model.num_classes)
+
+    @property
+    def in_chans(self) -> Optional[int]:
+        proj = getattr(self.model.patch_embed, "proj", None)
+        return int(proj.in_channels) if hasattr(proj, "in_channels") else None
+
+    @property
+    def input_normalization(self) -> Optional[Normalization]:
+        return pretrained_cfg_normalization(self.model)
+
+
+class TimmTokenAdapter(TimmAdapter):
     """Shared base of the timm token-sequence adapters (not a family itself)."""
 
     def _validate(self) -> None:
@@ -46,29 +78,8 @@ class TimmTokenAdapter(ViTAdapter):
         return int(self.model.num_prefix_tokens)
 
     @property
-    def patch_size(self) -> Tuple[int, int]:
-        return tuple(int(p) for p in self.model.patch_embed.patch_size)
-
-    @property
-    def grid_size(self) -> Tuple[int, int]:
-        return tuple(int(g) for g in self.model.patch_embed.grid_size)
-
-    @property
-    def image_size(self) -> Tuple[int, int]:
-        return tuple(int(s) for s in self.model.patch_embed.img_size)
-
-    @property
     def embed_dim(self) -> int:
         return int(self.model.embed_dim)
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.model.num_classes)
-
-    @property
-    def in_chans(self) -> Optional[int]:
-        proj = getattr(self.model.patch_embed, "proj", None)
-        return int(proj.in_channels) if hasattr(proj, "in_channels") else None
 
     @property
     def dynamic_img_size(self) -> bool:
@@ -102,10 +113,6 @@ class TimmTokenAdapter(ViTAdapter):
         return [
             m for n in names if isinstance(m := getattr(self.model, n, None), nn.Module)
         ]
-
-    @property
-    def input_normalization(self) -> Optional[Normalization]:
-        return pretrained_cfg_normalization(self.model)
 
     # ------------------------------------------------------------ attention
     def _attention_hooks(

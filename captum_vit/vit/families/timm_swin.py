@@ -19,7 +19,7 @@ stages), for which the paper gives no definition.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, List, Sequence
 
 import torch.nn as nn
 from torch import Tensor
@@ -29,15 +29,13 @@ from ..adapter import (
     RECORDED_ATTENTION,
     TOKEN_DROP,
     TOKENS,
-    Normalization,
-    ViTAdapter,
 )
-from ._timm import pretrained_cfg_normalization
+from ._timm import TimmAdapter
 
 _WHY = "does not allow: its shifted windows need the full patch grid"
 
 
-class SwinAdapter(ViTAdapter):
+class SwinAdapter(TimmAdapter):
     """timm ``SwinTransformer``."""
 
     family = "timm_swin"
@@ -76,29 +74,8 @@ class SwinAdapter(ViTAdapter):
         return 0
 
     @property
-    def patch_size(self) -> Tuple[int, int]:
-        return tuple(int(p) for p in self.model.patch_embed.patch_size)
-
-    @property
-    def image_size(self) -> Tuple[int, int]:
-        return tuple(int(s) for s in self.model.patch_embed.img_size)
-
-    @property
-    def grid_size(self) -> Tuple[int, int]:
-        return tuple(int(g) for g in self.model.patch_embed.grid_size)
-
-    @property
     def embed_dim(self) -> int:
         return int(self.model.num_features)
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.model.num_classes)
-
-    @property
-    def in_chans(self) -> Optional[int]:
-        proj = getattr(self.model.patch_embed, "proj", None)
-        return int(proj.in_channels) if hasattr(proj, "in_channels") else None
 
     @property
     def pool(self) -> str:
@@ -110,10 +87,6 @@ class SwinAdapter(ViTAdapter):
 
     def attention_modules(self) -> List[nn.Module]:
         return [blk.attn for blk in self.blocks]
-
-    @property
-    def input_normalization(self) -> Optional[Normalization]:
-        return pretrained_cfg_normalization(self.model)
 
     # ------------------------------------------------------------ parameters
     def _after_blocks(self) -> List[nn.Module]:
