@@ -143,6 +143,25 @@ def test_shipped_model_loads_weights_only() -> None:
     assert default.model.num_prefix_tokens == 1
 
 
+def test_default_model_records_its_normalisation_like_timm() -> None:
+    """The "black" fills read the model's pretrained_cfg: for the default model black
+    must be pixel value 0 under its own preprocessing, without input_mean/input_std."""
+    from timm.data import resolve_data_config
+
+    from captum_vit import ViTCX
+
+    default = zoo.load_default_model()
+    cfg = resolve_data_config({}, model=default.model)
+    assert cfg["mean"] == zoo.MEAN and cfg["std"] == zoo.STD
+    assert cfg["input_size"] == (3, 64, 64)
+    inputs, _ = zoo.load_default_scenes(n=2, seed=3, root=SAMPLE)
+    black = zoo.preprocess(torch.zeros(1, 3, 1, 1))[0]  # (3, 1, 1)
+    e = ViTCX(default.model)
+    got = e.attribute(inputs, target=[0, 1], seed=0, baselines="black")
+    ref = e.attribute(inputs, target=[0, 1], seed=0, baselines=black)
+    torch.testing.assert_close(got, ref)
+
+
 def test_shipped_model_accuracy_on_held_out_sample_scenes() -> None:
     default = zoo.load_default_model()
     held_out = zoo.make_scenes(400, split="test", seed=2024, root=SAMPLE)

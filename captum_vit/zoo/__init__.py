@@ -135,7 +135,8 @@ def build_model(config: Dict[str, Any]) -> torch.nn.Module:
 
     Returns:
         A ``timm.models.vision_transformer.VisionTransformer`` with a CLS token and
-        CLS pooling, in train mode.
+        CLS pooling, in train mode, whose ``pretrained_cfg`` records the default
+        model's normalisation (:data:`MEAN`, :data:`STD`) and input size.
 
     Raises:
         KeyError: a required key is missing.
@@ -152,7 +153,7 @@ def build_model(config: Dict[str, Any]) -> torch.nn.Module:
     missing = [k for k in _ARCH_KEYS if k not in config]
     if missing:
         raise KeyError(f"model config lacks {missing}")
-    return VisionTransformer(
+    model = VisionTransformer(
         img_size=int(config["image_size"]),
         patch_size=int(config["patch_size"]),
         in_chans=3,
@@ -164,6 +165,18 @@ def build_model(config: Dict[str, Any]) -> torch.nn.Module:
         class_token=True,
         global_pool="token",
     )
+    # What timm.create_model records for its own models: the input normalisation
+    # (read by the "black" fills and by timm.data.resolve_data_config) and size.
+    size = int(config["image_size"])
+    model.pretrained_cfg = {
+        "input_size": (3, size, size),
+        "mean": MEAN,
+        "std": STD,
+        "interpolation": "bilinear",
+        "crop_pct": 1.0,
+        "num_classes": int(config["num_classes"]),
+    }
+    return model
 
 
 def load_default_model(
