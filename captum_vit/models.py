@@ -366,6 +366,54 @@ def _seeded(seed: int) -> Iterator[None]:
 
 
 # ----------------------------------------------------------------- families
+def _vit_architecture(state: Dict[str, Tensor]) -> Optional[Dict[str, int]]:
+    """Blocks, width, patch size and patch count of a timm ViT state_dict (None if
+    it is not one)."""
+    proj, pos = state.get("patch_embed.proj.weight"), state.get("pos_embed")
+    parts = (k.split(".") for k in state)
+    blocks = {
+        int(p[1]) for p in parts if p[0] == "blocks" and p[1:2] and p[1].isdigit()
+    }
+    if not isinstance(proj, Tensor) or proj.dim() != 4 or not blocks:
+        return None
+    arch = {"depth": max(blocks) + 1, "embed_dim": int(proj.shape[0])}
+    arch["patch_size"] = int(proj.shape[-1])
+    if isinstance(pos, Tensor) and pos.dim() == 3:
+        arch["tokens"] = int(pos.shape[1])
+    return arch
+
+
+def _describe(arch: Dict[str, int]) -> str:
+    text = f"{arch['depth']} blocks, width {arch['embed_dim']}, "
+    text += f"{arch['patch_size']} px patches"
+    return text + (f", {arch['tokens']} tokens" if "tokens" in arch else "")
+
+
+def _check_default_architecture(
+    state: Dict[str, Tensor], config: Dict[str, Any], checkpoint: Any
+) -> None:
+    """One line when a bare state_dict is a ViT of another architecture than the
+    embedded default's (e.g. the 4-block default of earlier versions)."""
+    arch = _vit_architecture(state)
+    if arch is None:
+        return  # not a ViT state_dict: load_weights reports the keys
+    grid = int(config["image_size"]) // int(config["patch_size"])
+    want = {
+        "depth": int(config["depth"]),
+        "embed_dim": int(config["embed_dim"]),
+        "patch_size": int(config["patch_size"]),
+        "tokens": grid * grid + 1,
+    }
+    if any(arch[k] != want[k] for k in arch):
+        raise ModelError(
+            f"--checkpoint {str(checkpoint)!r}: its architecture differs from the "
+            f"embedded default model's ({_describe(arch)}; the default has "
+            f"{_describe(want)}); pass a zoo-format file that carries its 'config' "
+            "(as python -m captum_vit.zoo.train writes), or the timm --model it was "
+            "built as"
+        )
+
+
 def _load_default(_name, checkpoint, random_weights, use_ema):
     from . import zoo
 
@@ -377,6 +425,8 @@ def _load_default(_name, checkpoint, random_weights, use_ema):
         state, meta = read_checkpoint(checkpoint, use_ema)
         if isinstance(meta.get("config"), dict):  # the zoo's own format
             config = dict(meta["config"])
+        else:  # a bare state_dict: it must be the default's architecture
+            _check_default_architecture(state, config, checkpoint)
         model = zoo.build_model(config)
         k = checkpoint_num_classes(model, state)
         if k is not None and k != int(config["num_classes"]):

@@ -96,6 +96,29 @@ def test_default_model_checkpoints_and_vit_shapley_only_with_shipped_weights(
             METHODS["vit-shapley"].build(loaded.model, loaded.extras)
 
 
+def test_default_model_refuses_a_state_dict_of_another_architecture(tmp_path: Path):
+    """A bare state_dict of another ViT (here the 4-block, width-96 default of earlier
+    versions, or the current one with a block less) says the architecture differs;
+    the zoo format, which carries its config, still loads any architecture."""
+    from captum_vit import zoo
+
+    config = dict(torch.load(zoo.DEFAULT_WEIGHTS, weights_only=True)["config"])
+    old = dict(config, depth=4, embed_dim=96, num_heads=4)
+    if (old["depth"], old["embed_dim"]) == (config["depth"], config["embed_dim"]):
+        old.update(depth=config["depth"] - 1)
+    torch.save(zoo.build_model(old).state_dict(), tmp_path / "old.pth")
+    with pytest.raises(ModelError, match="architecture differs") as info:
+        load_model("default", tmp_path / "old.pth")
+    msg = str(info.value)
+    assert "\n" not in msg and f"{old['depth']} blocks" in msg
+    assert f"{config['depth']} blocks" in msg and "old.pth" in msg
+    torch.save(
+        {"config": old, "state_dict": zoo.build_model(old).state_dict()},
+        tmp_path / "zoo.pt",
+    )
+    assert len(load_model("default", tmp_path / "zoo.pt").model.blocks) == old["depth"]
+
+
 def _custom_pickle(path: Path) -> None:
     with path.open("wb") as fh:
         pickle.dump({"state_dict": {"w": torch.ones(1)}, "obj": Path("x")}, fh, 2)
