@@ -217,3 +217,24 @@ def test_shared_blocks_validated_and_unshared_by_default():
     # all blocks shared is allowed: only the final norm and the head part train
     full = ShapleyExplainer.from_surrogate(surrogate, shared_blocks=2)
     assert ViTShapley(full).shares_trunk()
+
+
+def test_default_explainer_warns_when_the_installed_classifier_is_another(
+    tmp_path, monkeypatch
+):
+    """The shipped surrogate records the digest of the classifier it was fine-tuned
+    from: the shipped pair loads silently, a retrained default classifier warns."""
+    import warnings
+
+    from captum_vit import zoo
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_default_explainer()
+    payload = torch.load(zoo.DEFAULT_WEIGHTS, weights_only=True)
+    payload["state_dict"] = dict(payload["state_dict"])
+    payload["state_dict"]["head.bias"] = payload["state_dict"]["head.bias"] + 0.01
+    torch.save(payload, tmp_path / "retrained.pt")
+    monkeypatch.setattr(zoo, "DEFAULT_WEIGHTS", tmp_path / "retrained.pt")
+    with pytest.warns(UserWarning, match="other default-model weights"):
+        load_default_explainer()
