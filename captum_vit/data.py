@@ -996,15 +996,15 @@ class SceneDataset(ItemDataset):
     def __getitem__(self, index: int) -> Dict[str, Any]:
         s = self.scenes
         image = torch.as_tensor(s.images[index])
+        item = {
+            "index": index,
+            "key": f"scene-{index:05d}",
+            "label": int(s.labels[index]),
+            "ok": True,
+            "error": "",
+        }
         if self.transform is not None:
-            return {
-                "index": index,
-                "key": f"scene-{index:05d}",
-                "label": int(s.labels[index]),
-                "ok": True,
-                "error": "",
-                "image": self.transform(image).float(),
-            }
+            return dict(item, image=self.transform(image).float())
         size = tuple(image.shape[-2:])
         gts = [
             boxes_to_mask([tuple(float(v) for v in s.boxes[index, j])], size)
@@ -1017,18 +1017,14 @@ class SceneDataset(ItemDataset):
         else:
             x = self.preprocessing(image).float()
             gts = [self.preprocessing.map_mask(g) for g in gts]
-        return {
-            "index": index,
-            "key": f"scene-{index:05d}",
-            "label": int(s.labels[index]),
-            "ok": True,
-            "error": "",
-            "image": x,
-            "gt": gts[0],
-            "has_gt": bool(gts[0].any()),
-            "distractor": int(s.distractor_labels[index]),
-            "gt_distractor": gts[1],
-        }
+        return dict(
+            item,
+            image=x,
+            gt=gts[0],
+            has_gt=bool(gts[0].any()),
+            distractor=int(s.distractor_labels[index]),
+            gt_distractor=gts[1],
+        )
 
 
 def _digest(text: str) -> str:
