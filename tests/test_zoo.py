@@ -189,7 +189,9 @@ def test_training_resumes_exactly(idx_root: Path, tmp_path: Path) -> None:
         "--threads=1",
         f"--data-root={idx_root}",
     ]
-    full = train_mod.train(train_mod.parse_args([f"--out={tmp_path / 'a'}", *common]))
+    full = train_mod.train(
+        train_mod.parse_args([f"--out={tmp_path / 'a'}", "--workers=0", *common])
+    )
     # the interrupted run generates its scenes in a DataLoader worker: same batches
     part = [f"--out={tmp_path / 'b'}", "--workers=1", *common]
     train_mod.train(train_mod.parse_args([*part, "--stop-after=1"]))
@@ -201,3 +203,65 @@ def test_training_resumes_exactly(idx_root: Path, tmp_path: Path) -> None:
     assert full["results"]["test_accuracy"] == resumed["results"]["test_accuracy"]
     model = zoo.load_default_model(weights=tmp_path / "b" / "default_vit.pt").model
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_init_starts_a_second_schedule_from_earlier_weights(
+    idx_root: Path, tmp_path: Path
+) -> None:
+    common = [
+        "--epochs=1",
+        "--train-size=32",
+        "--batch-size=16",
+        "--embed-dim=16",
+        "--depth=1",
+        "--heads=2",
+        "--image-size=32",
+        "--eval-size=16",
+        "--epoch-eval-size=16",
+        "--threads=1",
+        "--workers=0",
+        f"--data-root={idx_root}",
+    ]
+    train_mod.train(train_mod.parse_args([f"--out={tmp_path / 'a'}", *common]))
+    first = tmp_path / "a" / "default_vit.pt"
+    saved = torch.load(first, weights_only=True)
+
+    args = train_mod.parse_args([f"--out={tmp_path / 'b'}", f"--init={first}", *common])
+    config = train_mod._config_from_args(args)
+    start = train_mod._initial_model(config, args.init).state_dict()
+    for key, value in saved["state_dict"].items():
+        torch.testing.assert_close(start[key], value, rtol=0, atol=0)
+    assert config["training"]["init"]["file"] == "default_vit.pt"
+    assert config["training"]["init"]["results"] == saved["config"]["results"]
+
+    # the second schedule trains on and records where it started
+    second = train_mod.train(args)
+    assert second["training"]["init"]["sha256"] == config["training"]["init"]["sha256"]
+    moved = torch.load(tmp_path / "b" / "default_vit.pt", weights_only=True)
+    assert any(
+        not torch.equal(moved["state_dict"][k], v)
+        for k, v in saved["state_dict"].items()
+    )
+
+    # another architecture, a missing file, another file format: one clear error each
+    deeper = train_mod.parse_args(
+        [f"--out={tmp_path / 'c'}", f"--init={first}", *common, "--depth=2"]
+    )
+    with pytest.raises(ValueError, match="another architecture.*depth 1 != 2"):
+        train_mod.train(deeper)
+    with pytest.raises(FileNotFoundError, match="--init: no weights"):
+        train_mod.train(
+            train_mod.parse_args([f"--out={tmp_path / 'c'}", "--init=nope.pt", *common])
+        )
+    torch.save(saved["state_dict"], tmp_path / "bare.pt")
+    with pytest.raises(ValueError, match="not in the trainer's format"):
+        train_mod.train(
+            train_mod.parse_args(
+                [f"--out={tmp_path / 'c'}", f"--init={tmp_path / 'bare.pt'}", *common]
+            )
+        )
+    # resuming without the starting point it was made with is refused
+    with pytest.raises(ValueError, match="different settings"):
+        train_mod.train(
+            train_mod.parse_args([f"--out={tmp_path / 'b'}", "--resume", *common])
+        )

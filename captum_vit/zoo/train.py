@@ -8,8 +8,8 @@ AdamW with linear warm-up and cosine decay and light label smoothing.
 
 Usage::
 
-    python -m captum_vit.zoo.train --out runs/zoo --threads 1   # the shipped run
-    python -m captum_vit.zoo.train --out runs/zoo --threads 1 --resume
+    python -m captum_vit.zoo.train --out runs/zoo   # the shipped recipe (MODEL_CARD.md)
+    python -m captum_vit.zoo.train --out runs/zoo --resume
     python -m captum_vit.zoo.train --evaluate-only            # shipped weights
 
 Each epoch writes ``<out>/checkpoint.pt`` (full training state, for ``--resume``) and
@@ -20,6 +20,7 @@ with ``torch.load(..., weights_only=True)``).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -46,6 +47,17 @@ from . import (
 
 __all__ = ["evaluate", "evaluate_dropped_tokens", "main", "parse_args", "train"]
 
+# Settings that must agree between --init's weights and the model being trained.
+_ARCH = (
+    "image_size",
+    "patch_size",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "num_classes",
+)
+
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse the command line.
@@ -61,13 +73,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         description="Train or evaluate the default ViT on Fashion-MNIST scenes.",
     )
     p.add_argument("--out", type=Path, default=Path("runs/zoo"), help="run folder")
-    p.add_argument("--epochs", type=int, default=9)
-    p.add_argument("--train-size", type=int, default=16000, help="scenes per epoch")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--train-size", type=int, default=32000, help="scenes per epoch")
+    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     p.add_argument("--min-lr", type=float, default=1e-5)
     p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--warmup-epochs", type=float, default=0.3)
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
@@ -75,13 +87,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument(
         "--workers",
         type=int,
-        default=0,
+        default=1,
         help="DataLoader processes generating scenes beside training (0: inline)",
     )
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--patch-size", type=int, default=8)
     p.add_argument("--embed-dim", type=int, default=128)
-    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--depth", type=int, default=6)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--mlp-ratio", type=float, default=4.0)
     p.add_argument(
@@ -93,6 +105,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--eval-seed", type=int, default=1234)
     p.add_argument("--data-root", type=str, default=None, help="Fashion-MNIST root")
     p.add_argument("--resume", action="store_true", help="continue <out>/checkpoint.pt")
+    p.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="start from these weights (an earlier run's default_vit.pt, same "
+        "architecture) instead of random ones: a second schedule",
+    )
     p.add_argument(
         "--stop-after",
         type=int,
@@ -246,8 +265,56 @@ def _config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
             "grad_clip": args.grad_clip,
             "threads": args.threads,
             "workers": args.workers,
+            "init": _init_record(args.init),
         },
     }
+
+
+def _init_record(path: Optional[Path]) -> Optional[Dict[str, Any]]:
+    """What ``--init`` started from: the file's name, digest and its own training."""
+    if path is None:
+        return None
+    payload = _load_init(path)
+    digest = hashlib.sha256()
+    for key, value in sorted(payload["state_dict"].items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    config = payload["config"]
+    return {
+        "file": path.name,
+        "sha256": digest.hexdigest(),
+        "training": config.get("training"),
+        "results": config.get("results"),
+    }
+
+
+def _load_init(path: Path) -> Dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"--init: no weights at {path}")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or not {"config", "state_dict"} <= set(payload):
+        raise ValueError(
+            f"--init: {path} is not in the trainer's format (a dict with 'config' "
+            "and 'state_dict', e.g. <out>/default_vit.pt)"
+        )
+    return payload
+
+
+def _initial_model(config: Dict[str, Any], init: Optional[Path]) -> torch.nn.Module:
+    """The model to train: freshly initialised, or with ``--init``'s weights."""
+    model = build_model(config)
+    if init is None:
+        return model
+    payload = _load_init(init)
+    theirs = {k: payload["config"].get(k) for k in _ARCH}
+    ours = {k: config[k] for k in _ARCH}
+    if theirs != ours:
+        diff = ", ".join(
+            f"{k} {theirs[k]} != {ours[k]}" for k in _ARCH if theirs[k] != ours[k]
+        )
+        raise ValueError(f"--init: {init} has another architecture ({diff})")
+    model.load_state_dict(payload["state_dict"])
+    return model
 
 
 def _comparable(config: Dict[str, Any]) -> Dict[str, Any]:
@@ -255,6 +322,7 @@ def _comparable(config: Dict[str, Any]) -> Dict[str, Any]:
     training = {
         k: v for k, v in config["training"].items() if k not in ("threads", "workers")
     }
+    training.setdefault("init", None)  # checkpoints from before --init existed
     return {**config, "training": training}
 
 
@@ -279,7 +347,7 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     config = _config_from_args(args)
-    model = build_model(config)
+    model = _initial_model(config, args.init)
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         is_norm_or_bias = param.ndim <= 1 or name.endswith(("pos_embed", "cls_token"))
