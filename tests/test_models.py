@@ -97,13 +97,14 @@ def test_default_model_checkpoints_and_vit_shapley_only_with_shipped_weights(
 
 
 def test_default_model_refuses_a_state_dict_of_another_architecture(tmp_path: Path):
-    """A bare state_dict of another ViT (here the 4-block, width-96 default of earlier
-    versions, or the current one with a block less) says the architecture differs;
-    the zoo format, which carries its config, still loads any architecture."""
+    """A bare state_dict of another ViT (here the 4-block, width-128 default of
+    earlier versions, or the current one with a block less while that is the shipped
+    one) says the architecture differs; the zoo format, which carries its config,
+    still loads any architecture."""
     from captum_vit import zoo
 
     config = dict(torch.load(zoo.DEFAULT_WEIGHTS, weights_only=True)["config"])
-    old = dict(config, depth=4, embed_dim=96, num_heads=4)
+    old = dict(config, depth=4, embed_dim=128, num_heads=4)
     if (old["depth"], old["embed_dim"]) == (config["depth"], config["embed_dim"]):
         old.update(depth=config["depth"] - 1)
     torch.save(zoo.build_model(old).state_dict(), tmp_path / "old.pth")
