@@ -175,10 +175,11 @@ def test_load_default_scenes_matches_preprocess() -> None:
     torch.testing.assert_close(inputs, (torch.from_numpy(s.images) - 0.5) / 0.5)
 
 
-def test_training_resumes_exactly(idx_root: Path, tmp_path: Path) -> None:
-    common = [
-        "--epochs=2",
-        "--train-size=48",
+def _tiny_run(idx_root: Path, epochs: int, train_size: int) -> list:
+    """Trainer arguments for a seconds-long run of a 1-block model on 32 px scenes."""
+    return [
+        f"--epochs={epochs}",
+        f"--train-size={train_size}",
         "--batch-size=16",
         "--embed-dim=16",
         "--depth=1",
@@ -189,6 +190,10 @@ def test_training_resumes_exactly(idx_root: Path, tmp_path: Path) -> None:
         "--threads=1",
         f"--data-root={idx_root}",
     ]
+
+
+def test_training_resumes_exactly(idx_root: Path, tmp_path: Path) -> None:
+    common = _tiny_run(idx_root, epochs=2, train_size=48)
     full = train_mod.train(
         train_mod.parse_args([f"--out={tmp_path / 'a'}", "--workers=0", *common])
     )
@@ -208,27 +213,15 @@ def test_training_resumes_exactly(idx_root: Path, tmp_path: Path) -> None:
 def test_init_starts_a_second_schedule_from_earlier_weights(
     idx_root: Path, tmp_path: Path
 ) -> None:
-    common = [
-        "--epochs=1",
-        "--train-size=32",
-        "--batch-size=16",
-        "--embed-dim=16",
-        "--depth=1",
-        "--heads=2",
-        "--image-size=32",
-        "--eval-size=16",
-        "--epoch-eval-size=16",
-        "--threads=1",
-        "--workers=0",
-        f"--data-root={idx_root}",
-    ]
+    common = [*_tiny_run(idx_root, epochs=1, train_size=32), "--workers=0"]
     train_mod.train(train_mod.parse_args([f"--out={tmp_path / 'a'}", *common]))
     first = tmp_path / "a" / "default_vit.pt"
     saved = torch.load(first, weights_only=True)
 
     args = train_mod.parse_args([f"--out={tmp_path / 'b'}", f"--init={first}", *common])
-    config = train_mod._config_from_args(args)
-    start = train_mod._initial_model(config, args.init).state_dict()
+    init = train_mod._load_init(args.init)
+    config = train_mod._config_from_args(args, init)
+    start = train_mod._initial_model(config, init, args.init).state_dict()
     for key, value in saved["state_dict"].items():
         torch.testing.assert_close(start[key], value, rtol=0, atol=0)
     assert config["training"]["init"]["file"] == "default_vit.pt"

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from . import _ARCH_KEYS  # what --init's weights must share with the trained model
 from . import (
     CLASS_NAMES,
     DEFAULT_WEIGHTS,
@@ -46,17 +47,6 @@ from . import (
 )
 
 __all__ = ["evaluate", "evaluate_dropped_tokens", "main", "parse_args", "train"]
-
-# Settings that must agree between --init's weights and the model being trained.
-_ARCH = (
-    "image_size",
-    "patch_size",
-    "embed_dim",
-    "depth",
-    "num_heads",
-    "mlp_ratio",
-    "num_classes",
-)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -237,7 +227,10 @@ class _SceneStream(torch.utils.data.IterableDataset):
             yield preprocess(batch.images), torch.from_numpy(batch.labels)
 
 
-def _config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
+def _config_from_args(
+    args: argparse.Namespace, init: Optional[Dict[str, Any]]
+) -> Dict[str, Any]:
+    """The exported config; ``init``: ``--init``'s payload (:func:`_load_init`)."""
     return {
         "architecture": "timm.models.vision_transformer.VisionTransformer",
         "image_size": args.image_size,
@@ -265,16 +258,17 @@ def _config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
             "grad_clip": args.grad_clip,
             "threads": args.threads,
             "workers": args.workers,
-            "init": _init_record(args.init),
+            "init": _init_record(args.init, init),
         },
     }
 
 
-def _init_record(path: Optional[Path]) -> Optional[Dict[str, Any]]:
+def _init_record(
+    path: Optional[Path], payload: Optional[Dict[str, Any]]
+) -> Optional[Dict[str, Any]]:
     """What ``--init`` started from: the file's name, digest and its own training."""
-    if path is None:
+    if path is None or payload is None:
         return None
-    payload = _load_init(path)
     digest = hashlib.sha256()
     for key, value in sorted(payload["state_dict"].items()):
         digest.update(key.encode())
@@ -288,7 +282,10 @@ def _init_record(path: Optional[Path]) -> Optional[Dict[str, Any]]:
     }
 
 
-def _load_init(path: Path) -> Dict[str, Any]:
+def _load_init(path: Optional[Path]) -> Optional[Dict[str, Any]]:
+    """``--init``'s file (``{"config", "state_dict"}``), or None without ``--init``."""
+    if path is None:
+        return None
     if not path.is_file():
         raise FileNotFoundError(f"--init: no weights at {path}")
     payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -300,20 +297,21 @@ def _load_init(path: Path) -> Dict[str, Any]:
     return payload
 
 
-def _initial_model(config: Dict[str, Any], init: Optional[Path]) -> torch.nn.Module:
+def _initial_model(
+    config: Dict[str, Any], init: Optional[Dict[str, Any]], path: Optional[Path]
+) -> torch.nn.Module:
     """The model to train: freshly initialised, or with ``--init``'s weights."""
     model = build_model(config)
     if init is None:
         return model
-    payload = _load_init(init)
-    theirs = {k: payload["config"].get(k) for k in _ARCH}
-    ours = {k: config[k] for k in _ARCH}
+    theirs = {k: init["config"].get(k) for k in _ARCH_KEYS}
+    ours = {k: config[k] for k in _ARCH_KEYS}
     if theirs != ours:
         diff = ", ".join(
-            f"{k} {theirs[k]} != {ours[k]}" for k in _ARCH if theirs[k] != ours[k]
+            f"{k} {theirs[k]} != {ours[k]}" for k in _ARCH_KEYS if theirs[k] != ours[k]
         )
-        raise ValueError(f"--init: {init} has another architecture ({diff})")
-    model.load_state_dict(payload["state_dict"])
+        raise ValueError(f"--init: {path} has another architecture ({diff})")
+    model.load_state_dict(init["state_dict"])
     return model
 
 
@@ -346,8 +344,9 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
     torch.manual_seed(args.seed)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    config = _config_from_args(args)
-    model = _initial_model(config, args.init)
+    init = _load_init(args.init)
+    config = _config_from_args(args, init)
+    model = _initial_model(config, init, args.init)
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         is_norm_or_bias = param.ndim <= 1 or name.endswith(("pos_embed", "cls_token"))
