@@ -258,3 +258,14 @@ def test_init_starts_a_second_schedule_from_earlier_weights(
         train_mod.train(
             train_mod.parse_args([f"--out={tmp_path / 'b'}", "--resume", *common])
         )
+
+
+def test_main_reports_a_bad_init_or_resume_in_one_line(
+    idx_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    common = [f"--out={tmp_path / 'r'}", *_tiny_run(idx_root, epochs=1, train_size=16)]
+    assert train_mod.main([*common, f"--init={tmp_path / 'nope.pt'}"]) == 2
+    assert train_mod.main([*common, "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--init: no weights" in err[0], err
+    assert "--resume: no checkpoint" in err[1], err

@@ -518,10 +518,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         The process exit status (0 on success).
     """
     args = parse_args(argv)
-    if args.evaluate_only:
-        _evaluate_only(args)
-    else:
-        train(args)
+    try:
+        if args.evaluate_only:
+            _evaluate_only(args)
+        else:
+            train(args)
+    except (FileNotFoundError, ValueError) as err:
+        if not str(err).startswith("--"):  # not a flag's setup error: a real failure
+            raise
+        print(f"python -m captum_vit.zoo.train: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
