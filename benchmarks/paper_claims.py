@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from scipy import stats
 
 from captum_vit._jobs import RecordStore
+from captum_vit.evaluate import _dedupe, mean_ci
 
 #: metric -> +1 when higher is better, -1 when lower is better
 DIRECTION = {
@@ -66,15 +66,15 @@ CLAIMS: List[Tuple[str, str, str, Tuple[str, ...]]] = [
 
 
 def per_image(run: Path) -> Dict[str, Dict[str, Dict[str, float]]]:
-    """``{method: {metric: {image key: value}}}`` from a run folder's records (the
-    first record of a (method, chunk) pair wins, as in the run's own tables)."""
-    seen = set()
+    """``{method: {metric: {image key: value}}}`` from a run folder's records: those
+    of the run's latest settings, the first record of a (method, chunk) pair winning,
+    as in the run's own tables."""
+    records = RecordStore(run).read()
+    settings = records[-1].get("settings") if records else None
     out: Dict[str, Dict[str, Dict[str, float]]] = {}
-    for rec in RecordStore(run).read():
-        ident = (rec.get("method"), rec.get("start"))
-        if ident in seen or not rec.get("keys"):
+    for rec in _dedupe([r for r in records if r.get("settings") == settings]):
+        if not rec.get("keys"):
             continue
-        seen.add(ident)
         by_metric = out.setdefault(rec["method"], {})
         for metric in DIRECTION:
             values = rec.get(metric)
@@ -96,8 +96,8 @@ def paired(
     x = np.array([a[k] for k in keys], dtype=np.float64)
     y = np.array([b[k] for k in keys], dtype=np.float64)
     d = direction * (x - y)
-    half = stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size)
-    return x.mean(), y.mean(), d.mean(), float(half), float((d > 0).mean()), d.size
+    diff, half = mean_ci(d)
+    return x.mean(), y.mean(), diff, half, float((d > 0).mean()), d.size
 
 
 def verdict(diff: float, half: float) -> str:

@@ -103,3 +103,16 @@ def test_cli_refuses_a_folder_without_records(tmp_path: Path, capsys) -> None:
     pc = _module()
     assert pc.main([str(tmp_path)]) == 2
     assert "no records" in capsys.readouterr().err
+
+
+def test_only_the_latest_settings_count(tmp_path: Path) -> None:
+    """Records of an earlier run with other settings in the same folder are ignored,
+    as in evaluate's own tables."""
+    pc = _module()
+    old = {"method": "tis", "start": 0, "keys": ["a", "b"], "deletion": [9.0, 9.0]}
+    new = {"method": "tis", "start": 0, "keys": ["a", "b"], "deletion": [0.1, 0.2]}
+    lines = [dict(old, settings={"n": 1}), dict(new, settings={"n": 2})]
+    (tmp_path / "records.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in lines) + "\n"
+    )
+    assert pc.per_image(tmp_path)["tis"]["deletion"] == {"a": 0.1, "b": 0.2}
