@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import _ARCH_KEYS  # what --init's weights must share with the trained model
-from . import (
+from . import (  # _ARCH_KEYS: what --init's weights must share with the trained model
+    _ARCH_KEYS,
     CLASS_NAMES,
     DEFAULT_WEIGHTS,
     MEAN,
