@@ -78,8 +78,10 @@ class LoadedModel:
             explainer and surrogate, only with its shipped weights, or those of a
             ``captum-vit train-shapley`` run attached with
             :func:`captum_vit.train_shapley.attach_shapley`).
-        checkpoint_digest: SHA-256 of the checkpoint file, if any.
-        shapley: Digest of the attached ViT Shapley run's files, if any.
+        checkpoint_digest: SHA-256 of the checkpoint file, if any (for the
+            embedded default without one: of its shipped weights file).
+        shapley: Digest of the ViT Shapley surrogate and explainer files in
+            ``extras`` (the shipped pair or an attached run), if any.
     """
 
     model: nn.Module
@@ -743,6 +745,14 @@ def load_model(
         name, checkpoint, random_weights, use_ema
     )
     model = model.to(device).eval()
+    digest = file_digest(checkpoint) if checkpoint is not None else None
+    if source == "default" and checkpoint is None:
+        from . import zoo
+
+        # "shipped" names no version: the file's digest does, so that records of a
+        # run on an earlier default (another architecture or training) are not
+        # resumed as if they were this model's
+        digest = file_digest(zoo.DEFAULT_WEIGHTS)
     loaded = LoadedModel(
         model=model,
         name=spec,
@@ -751,11 +761,17 @@ def load_model(
         preprocessing=pre,
         checkpoint=str(checkpoint) if checkpoint is not None else None,
         weights=weights,
-        checkpoint_digest=file_digest(checkpoint) if checkpoint is not None else None,
+        checkpoint_digest=digest,
     )
     if source == "default" and weights == "shipped":
+        from . import zoo
         from .methods import default_model_extras
 
         # the shipped ViT Shapley parts belong to these exact weights only
         loaded.extras = default_model_extras(device)
+        if loaded.extras:  # a retrained pair gives other vit-shapley numbers
+            loaded.shapley = "+".join(
+                file_digest(p)[:16]
+                for p in (zoo.DEFAULT_SURROGATE, zoo.DEFAULT_EXPLAINER)
+            )
     return loaded

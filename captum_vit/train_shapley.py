@@ -273,6 +273,9 @@ def run_train_shapley(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     record_path = out / RECORD_FILE
+    # the classifier only: a ViT Shapley pair already attached to it (the default's
+    # shipped one) plays no part in training a new pair
+    model_desc = {k: v for k, v in loaded.describe().items() if k != "shapley"}
     record: Dict[str, Any] = {}
     if record_path.is_file():
         try:
@@ -285,13 +288,13 @@ def run_train_shapley(
             "checkpoint": loaded.checkpoint,
             "weights": loaded.weights,
         },
-        model=loaded.describe(),
+        model=model_desc,
         data=train.describe(),
         validation=val.describe() if val is not None else None,
         augment=augment,
     )
     common = dict(
-        model=json.dumps(loaded.describe(), sort_keys=True),
+        model=json.dumps(model_desc, sort_keys=True),
         data=json.dumps(train.describe(), sort_keys=True),
         validation=json.dumps(val.describe() if val is not None else None),
         augment=augment,

@@ -300,6 +300,40 @@ def test_evaluate_resume_with_other_settings_is_one_line(tmp_path, capsys):
     )
 
 
+@pytest.mark.parametrize("changed", ["DEFAULT_WEIGHTS", "DEFAULT_EXPLAINER"])
+def test_records_of_another_default_model_are_not_resumed(
+    tmp_path, capsys, monkeypatch, changed
+):
+    """The embedded default's weights are "shipped" in every version: a folder of
+    records made with an earlier default classifier, or an earlier ViT Shapley
+    pair, must refuse to resume rather than mix that model's numbers into this
+    one's table."""
+    import warnings
+
+    import torch
+
+    from captum_vit import zoo
+
+    path = getattr(zoo, changed)
+    if not path.is_file():
+        pytest.skip(f"{path.name} not shipped")
+    out = tmp_path / "run"
+    base = ["evaluate", "--n", "2", "--methods", "random", *FAST, "--out", out]
+    assert cli(capsys, *base)[0] == 0
+    payload = torch.load(path, weights_only=True)
+    state = dict(payload["state_dict"])
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = state[name] + 0.01
+    payload["state_dict"] = state
+    torch.save(payload, tmp_path / path.name)
+    monkeypatch.setattr(zoo, changed, tmp_path / path.name)
+    with warnings.catch_warnings():  # the shipped pair's own digest check
+        warnings.simplefilter("ignore")
+        rc, _, err = cli(capsys, *base)
+    assert rc == 2 and err.count("\n") == 1
+    assert "holds records made with other settings (model:" in err
+
+
 def test_amp_bf16_runs_perturbation_methods_and_metrics_on_cpu(tmp_path, capsys):
     """bf16 autocast is a precision change, not another method: the table stays
     close to the float32 one (the differences are measured by benchmarks/scale.py)."""
