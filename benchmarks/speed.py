@@ -10,8 +10,8 @@ machine, batch and model:
   is above 1.0x):
 
   ==============  ==========================================================
-  rollout         1 forward
-  genatt, ixg     1 forward + backward
+  rollout         1 forward (raw-attention too)
+  genatt, ixg     1 forward + backward (gradcam, transformer-attribution too)
   ig              ``n_steps`` forwards + backwards (Captum batches them by 64)
   skipplus-*      the floor of the wrapped method (the ratio is the wrapper's
                   price over plain IG / IxG)
@@ -20,6 +20,7 @@ machine, batch and model:
                   ``M = min(n_masks, non-constant channels)`` (k-means centroids)
   vit-shapley     1 forward (the classifier's; Covert et al.'s measure)
   leave-one-out   ``N + 1`` forwards (N patches)
+  rise            ``n_masks`` forwards of masked images (64 per pass)
   random          none
   ==============  ==========================================================
 
@@ -36,6 +37,8 @@ Usage (the run behind benchmarks/RESULTS.md)::
 
     python benchmarks/speed.py --threads 1 --out benchmarks/results/speed
     python benchmarks/speed.py --quick          # small settings, a few minutes
+    python benchmarks/speed.py --threads 1 --models embedded \\
+        --out benchmarks/results/speed_default   # after retraining the default
 """
 
 from __future__ import annotations
@@ -161,10 +164,13 @@ def floor_of(
     base = name.replace("skipplus-", "")
     if name == "random":
         return None, "-"
-    if base in ("rollout", "vit-shapley"):
+    if base in ("rollout", "raw-attention", "vit-shapley"):
         return forwards(model, x, b, b), "1 fwd"
-    if base in ("genatt", "ixg"):
+    if base in ("genatt", "ixg", "gradcam", "transformer-attribution"):
         return forward_backward(model, x, b, b), "1 fwd+bwd"
+    if base == "rise":
+        masks = opts["rise_masks"]
+        return forwards(model, x, b * masks, 64), f"{masks} fwd"
     if base == "ig":
         steps = opts["n_steps"]
         return forward_backward(model, x, b * steps, 64), f"{steps} fwd+bwd"
@@ -295,15 +301,28 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--image-sizes", type=int, nargs="+", default=[160, 224, 288])
     p.add_argument("--tis-masks", type=int, default=1024)
     p.add_argument("--ig-steps", type=int, default=20)
+    p.add_argument("--rise-masks", type=int, default=4000)
     p.add_argument("--quick", action="store_true", help="small settings")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        choices=["embedded", "vit_base"],
+        default=["embedded", "vit_base"],
+        help="which models' tables to make (the embedded default's change with it; "
+        "ViT-B's, with random weights, do not)",
+    )
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/speed"))
     args = p.parse_args(argv)
     if args.quick:
-        args.tis_masks, args.ig_steps = 64, 4
+        args.tis_masks, args.ig_steps, args.rise_masks = 64, 4, 64
         args.batch_sizes, args.base_batch_sizes = [1, 4], [1]
         args.image_sizes, args.repeats = [224], 2
     torch.set_num_threads(args.threads)
-    opts = {"tis_masks": args.tis_masks, "n_steps": args.ig_steps}
+    opts = {
+        "tis_masks": args.tis_masks,
+        "n_steps": args.ig_steps,
+        "rise_masks": args.rise_masks,
+    }
     devices = [torch.device("cpu")]
     if args.device == "auto":
         if torch.cuda.is_available():
@@ -343,26 +362,30 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                 for b in batches
             ]
 
-        print(f"== {device}: embedded default model", flush=True)
-        model, extras = embedded(device)
-        tables["embedded"] = table(model, extras, args.methods, [args.batch], True)
-        print(f"== {device}: embedded, batch growth", flush=True)
-        tables["embedded_batch"] = table(
-            model, extras, args.methods, args.batch_sizes, False
-        )
-        print(f"== {device}: vit_base_patch16_224 at 224", flush=True)
-        model, extras = vit_base(224, device)
-        tables["vit_base"] = table(model, extras, args.methods, [args.batch], True)
-        print(f"== {device}: vit_base, batch growth", flush=True)
-        tables["vit_base_batch"] = table(
-            model, extras, args.growth_methods, args.base_batch_sizes, False
-        )
-        print(f"== {device}: vit_base, image-size growth", flush=True)
-        rows = []
-        for size in args.image_sizes:
-            model, extras = vit_base(size, device)
-            rows += table(model, extras, args.growth_methods, [args.batch], False)
-        tables["vit_base_size"] = sorted(rows, key=lambda r: (r["method"], r["size"]))
+        if "embedded" in args.models:
+            print(f"== {device}: embedded default model", flush=True)
+            model, extras = embedded(device)
+            tables["embedded"] = table(model, extras, args.methods, [args.batch], True)
+            print(f"== {device}: embedded, batch growth", flush=True)
+            tables["embedded_batch"] = table(
+                model, extras, args.methods, args.batch_sizes, False
+            )
+        if "vit_base" in args.models:
+            print(f"== {device}: vit_base_patch16_224 at 224", flush=True)
+            model, extras = vit_base(224, device)
+            tables["vit_base"] = table(model, extras, args.methods, [args.batch], True)
+            print(f"== {device}: vit_base, batch growth", flush=True)
+            tables["vit_base_batch"] = table(
+                model, extras, args.growth_methods, args.base_batch_sizes, False
+            )
+            print(f"== {device}: vit_base, image-size growth", flush=True)
+            rows = []
+            for size in args.image_sizes:
+                model, extras = vit_base(size, device)
+                rows += table(model, extras, args.growth_methods, [args.batch], False)
+            tables["vit_base_size"] = sorted(
+                rows, key=lambda r: (r["method"], r["size"])
+            )
         result["tables"][str(device)] = tables
         titles = {
             "embedded": f"Embedded default (64 px, 64 patches), batch {args.batch}",
@@ -372,7 +395,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             "vit_base_size": f"vit_base_patch16: image-size growth, batch {args.batch}",
         }
         for key, title in titles.items():
-            md.append(markdown(f"{title} ({device})", tables[key]))
+            if key in tables:
+                md.append(markdown(f"{title} ({device})", tables[key]))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "speed.json").write_text(json.dumps(result, indent=1))
     (args.out / "speed.md").write_text("\n".join(md))
