@@ -15,8 +15,9 @@ KernelSHAP run (other seed, paired sampling) is followed batch by batch to count
 many game evaluations it needs to be as close to the ground truth as the explainer
 (per image; and where the mean L2 curve crosses the explainer's mean L2).
 
-Ground truth is cached per image in ``<out>/ground_truth.pt`` so an interrupted run
-continues. Usage::
+Ground truth is cached per image in ``<out>/ground_truth_<kind>.pt``, with the digest
+of the surrogate and the threshold it was computed for, so an interrupted run continues
+and a cache of another game is refused. Usage::
 
     python benchmarks/shapley_accuracy.py --run runs/shapley_d16 --ground-truth exact \\
         --n-images 50 --threads 1
@@ -39,6 +40,7 @@ from torch import Tensor
 from captum_vit.attr._vit_shapley import ViTShapley
 from captum_vit.shapley import (
     SurrogateGame,
+    classifier_digest,
     exact_shapley,
     kernel_shap,
     load_explainer,
@@ -129,6 +131,24 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     cache: Dict[str, Dict] = (
         torch.load(gt_path, weights_only=True) if gt_path.is_file() else {}
     )
+    # the ground truth belongs to one surrogate game and one convergence threshold:
+    # a cache made for others must not be read as this run's truth
+    meta = {
+        "surrogate": classifier_digest(surrogate),
+        "threshold": None if args.ground_truth == "exact" else args.threshold,
+    }
+    if "meta" in cache and cache["meta"] != meta:
+        raise SystemExit(
+            f"{gt_path} holds ground truth for another surrogate or threshold "
+            f"({cache['meta']} there, {meta} here): use another --out"
+        )
+    if cache and "meta" not in cache:
+        print(
+            f"{gt_path}: made before caches recorded their surrogate; assumed to "
+            "be this run's (the surrogate file must be the same)",
+            flush=True,
+        )
+    cache["meta"] = meta
     key_fmt = "{seed}:{i}"
     for i in range(args.n_images):
         key = key_fmt.format(seed=args.image_seed, i=i)
