@@ -745,14 +745,6 @@ def load_model(
         name, checkpoint, random_weights, use_ema
     )
     model = model.to(device).eval()
-    digest = file_digest(checkpoint) if checkpoint is not None else None
-    if source == "default" and checkpoint is None:
-        from . import zoo
-
-        # "shipped" names no version: the file's digest does, so that records of a
-        # run on an earlier default (another architecture or training) are not
-        # resumed as if they were this model's
-        digest = file_digest(zoo.DEFAULT_WEIGHTS)
     loaded = LoadedModel(
         model=model,
         name=spec,
@@ -761,17 +753,23 @@ def load_model(
         preprocessing=pre,
         checkpoint=str(checkpoint) if checkpoint is not None else None,
         weights=weights,
-        checkpoint_digest=digest,
+        checkpoint_digest=file_digest(checkpoint) if checkpoint is not None else None,
     )
-    if source == "default" and weights == "shipped":
+    if source == "default" and checkpoint is None:
         from . import zoo
-        from .methods import default_model_extras
 
-        # the shipped ViT Shapley parts belong to these exact weights only
-        loaded.extras = default_model_extras(device)
-        if loaded.extras:  # a retrained pair gives other vit-shapley numbers
-            loaded.shapley = "+".join(
-                file_digest(p)[:16]
-                for p in (zoo.DEFAULT_SURROGATE, zoo.DEFAULT_EXPLAINER)
-            )
+        # "shipped" names no version: the file's digest does, so that records of a
+        # run on an earlier default (another architecture or training) are not
+        # resumed as if they were this model's
+        loaded.checkpoint_digest = file_digest(zoo.DEFAULT_WEIGHTS)
+        if weights == "shipped":
+            from .methods import default_model_extras
+
+            # the shipped ViT Shapley parts belong to these exact weights only
+            loaded.extras = default_model_extras(device)
+            if loaded.extras:  # a retrained pair gives other vit-shapley numbers
+                loaded.shapley = "+".join(
+                    file_digest(p)[:16]
+                    for p in (zoo.DEFAULT_SURROGATE, zoo.DEFAULT_EXPLAINER)
+                )
     return loaded
