@@ -15,7 +15,10 @@ The claims checked are the ones the papers make and issue 16 asks about: ViT Sha
 best on deletion and faithfulness (Covert et al. 2023; against every other method),
 ViT-CX and TIS above attention rollout on insertion − deletion (Xie et al. 2023;
 Englebert et al. 2023), SkipPLUS improving IG and IxG (Mehri et al. 2024; on
-insertion − deletion, the positive/negative accuracy AOPC and faithfulness).
+insertion − deletion, the positive/negative accuracy AOPC and faithfulness); and,
+for the baselines of issue 15, TIS above ViT-CX and RISE on insertion − deletion
+(Englebert et al. 2023, Table 1) and Transformer Attribution above rollout and raw
+attention on the positive/negative perturbation curves (Chefer et al. 2021).
 
 Usage: python benchmarks/paper_claims.py RUN_DIR [RUN_DIR ...] [--markdown]
 """
@@ -61,6 +64,20 @@ CLAIMS: List[Tuple[str, str, str, Tuple[str, ...]]] = [
         "skipplus-ixg",
         "ixg",
         ("ins_minus_del", "aopc_acc_positive", "aopc_acc_negative", "faithfulness"),
+    ),
+    ("Englebert et al. 2023", "tis", "vitcx", ("ins_minus_del",)),
+    ("Englebert et al. 2023", "tis", "rise", ("ins_minus_del",)),
+    (
+        "Chefer et al. 2021",
+        "transformer-attribution",
+        "rollout",
+        ("aopc_acc_positive", "aopc_acc_negative"),
+    ),
+    (
+        "Chefer et al. 2021",
+        "transformer-attribution",
+        "raw-attention",
+        ("aopc_acc_positive", "aopc_acc_negative"),
     ),
 ]
 

@@ -26,8 +26,10 @@ Protocols (``--protocol``; flags given after it override the preset):
   passes per image and method, estimated at about four hours of one CPU core for
   200 scenes and every method.
 
-Examples (the runs behind benchmarks/RESULTS.md):
-    python benchmarks/quality.py --n 200 --out benchmarks/results/quality_tokens
+Examples (RESULTS.md §1 ran the ``quick`` protocol as ``captum-vit evaluate`` under
+``torchrun``, one table per removal; the commands are printed above its tables):
+    python benchmarks/quality.py --removals tokens black --n 500 \\
+        --out benchmarks/results/quality
     python benchmarks/quality.py --protocol paper --removals tokens black --n 200 \\
         --device cuda --out benchmarks/results/paper
     python benchmarks/quality.py --quick          # a smoke run of a few seconds
