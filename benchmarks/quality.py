@@ -17,17 +17,19 @@ Protocols (``--protocol``; flags given after it override the preset):
   papers'); ROAD on patches; the randomisation check on 20 scenes. About 15 400
   perturbed forward passes per image and method on the embedded model's 64 patches
   (13 000 of them for sensitivity-n) plus nine extra explanations per image (the
-  non-target classes): estimated at roughly a day of one CPU core for 200 scenes
-  and every method (from ~1 ms per perturbed pass of the shipped 4-block model on
-  one core; not run).
+  non-target classes): estimated at about 30 hours of one CPU core for 200 scenes
+  and every method (from ≈ 1.8 ms per perturbed pass of the shipped 6-block model
+  on one core, measured in the 500-scene evaluation run; not run).
 - ``paper-cpu``: the same protocol with fewer random subsets (faithfulness 200,
   sensitivity-n 13 × 100) and the distractor's class as the one non-target class
   (already explained for the distractor pointing column): about 1 900 perturbed
-  passes per image and method, estimated at a few hours of one CPU core for 200
-  scenes and every method.
+  passes per image and method, estimated at about four hours of one CPU core for
+  200 scenes and every method.
 
-Examples (the runs behind benchmarks/RESULTS.md):
-    python benchmarks/quality.py --n 200 --out benchmarks/results/quality_tokens
+Examples (RESULTS.md §1 ran the ``quick`` protocol as ``captum-vit evaluate`` under
+``torchrun``, one table per removal; the commands are printed above its tables):
+    python benchmarks/quality.py --removals tokens black --n 500 \\
+        --out benchmarks/results/quality
     python benchmarks/quality.py --protocol paper --removals tokens black --n 200 \\
         --device cuda --out benchmarks/results/paper
     python benchmarks/quality.py --quick          # a smoke run of a few seconds

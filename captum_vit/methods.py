@@ -336,13 +336,22 @@ def default_model_extras(device: Union[str, torch.device] = "cpu") -> Dict[str, 
     explainer and surrogate) on ``device``, or ``{}`` on an install without them.
 
     They belong to the default model's *shipped* weights: pass them only with that
-    model (``captum_vit.models.load_model("default")`` does so).
+    model (``captum_vit.models.load_model("default")`` does so). When the installed
+    default classifier has another architecture than the shipped pair (it was
+    retrained), this warns and returns ``{}``: the model still loads, so that
+    ``captum-vit train-shapley`` can make a new pair, and ``vit-shapley`` says it
+    is unavailable.
     """
+    import warnings
+
     from . import zoo
 
     try:
         explainer, surrogate = zoo.load_default_explainer(device)
     except FileNotFoundError:
+        return {}
+    except ValueError as exc:
+        warnings.warn(str(exc), UserWarning, stacklevel=2)
         return {}
     return {"shapley_explainer": explainer, "shapley_surrogate": surrogate}
 

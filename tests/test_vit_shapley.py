@@ -238,3 +238,35 @@ def test_default_explainer_warns_when_the_installed_classifier_is_another(
     monkeypatch.setattr(zoo, "DEFAULT_WEIGHTS", tmp_path / "retrained.pt")
     with pytest.warns(UserWarning, match="other default-model weights"):
         load_default_explainer()
+
+
+@pytest.mark.skipif(
+    not (DEFAULT_EXPLAINER.is_file() and DEFAULT_SURROGATE.is_file()),
+    reason="shipped ViT Shapley weights not present",
+)
+def test_a_retrained_default_of_another_architecture_still_loads(
+    tmp_path, monkeypatch
+):
+    """After the default classifier is retrained with another architecture, the
+    shipped pair no longer fits: the model must still load (train-shapley needs it
+    to make the new pair), with a warning, and vit-shapley says it is unavailable;
+    the direct loader refuses with a line that says to retrain."""
+    from captum_vit import zoo
+    from captum_vit.methods import METHODS, MethodUnavailable
+    from captum_vit.models import load_model
+
+    payload = torch.load(zoo.DEFAULT_WEIGHTS, weights_only=True)
+    config = dict(payload["config"], depth=payload["config"]["depth"] - 1)
+    torch.save(
+        {"config": config, "state_dict": zoo.build_model(config).state_dict()},
+        tmp_path / "shallower.pt",
+    )
+    monkeypatch.setattr(zoo, "DEFAULT_WEIGHTS", tmp_path / "shallower.pt")
+    with pytest.raises(ValueError, match="does not fit .* retrain it") as info:
+        load_default_explainer()
+    assert "\n" not in str(info.value)
+    with pytest.warns(UserWarning, match="does not fit"):
+        loaded = load_model("default")
+    assert len(loaded.model.blocks) == config["depth"] and loaded.extras == {}
+    with pytest.raises(MethodUnavailable, match="train-shapley"):
+        METHODS["vit-shapley"].build(loaded.model, loaded.extras)

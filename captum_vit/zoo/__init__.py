@@ -260,6 +260,8 @@ def load_default_explainer(
 
     Raises:
         FileNotFoundError: the shipped weights (or the default classifier) are missing.
+        ValueError: the installed default classifier has another architecture than
+            the one the shipped surrogate was made for.
 
     Warns:
         UserWarning: the default classifier's weights differ from the ones the
@@ -285,9 +287,16 @@ def load_default_explainer(
     default = load_default_model()
     # the shipped pair is checked here with a warning (not refused): the installed
     # default classifier may have been retrained since the surrogate was made
-    surrogate = load_surrogate(
-        DEFAULT_SURROGATE, default.model, device=device, check_classifier=False
-    )
+    try:
+        surrogate = load_surrogate(
+            DEFAULT_SURROGATE, default.model, device=device, check_classifier=False
+        )
+    except ValueError as exc:
+        raise ValueError(
+            f"the shipped ViT Shapley surrogate does not fit the installed default "
+            f"classifier's architecture ({exc}); retrain it with `captum-vit "
+            f"train-shapley` (see captum_vit/zoo/SHAPLEY_CARD.md)"
+        ) from exc
     expected = getattr(surrogate, "metadata", {}).get("classifier_digest")
     if expected is not None and expected != classifier_digest(default.model):
         warnings.warn(

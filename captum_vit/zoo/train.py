@@ -8,8 +8,8 @@ AdamW with linear warm-up and cosine decay and light label smoothing.
 
 Usage::
 
-    python -m captum_vit.zoo.train --out runs/zoo --threads 1   # the shipped run
-    python -m captum_vit.zoo.train --out runs/zoo --threads 1 --resume
+    python -m captum_vit.zoo.train --out runs/zoo   # the shipped recipe (MODEL_CARD.md)
+    python -m captum_vit.zoo.train --out runs/zoo --resume
     python -m captum_vit.zoo.train --evaluate-only            # shipped weights
 
 Each epoch writes ``<out>/checkpoint.pt`` (full training state, for ``--resume``) and
@@ -20,6 +20,7 @@ with ``torch.load(..., weights_only=True)``).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -32,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import (
+from . import (  # _ARCH_KEYS: what --init's weights must share with the trained model
+    _ARCH_KEYS,
     CLASS_NAMES,
     DEFAULT_WEIGHTS,
     MEAN,
@@ -61,13 +63,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         description="Train or evaluate the default ViT on Fashion-MNIST scenes.",
     )
     p.add_argument("--out", type=Path, default=Path("runs/zoo"), help="run folder")
-    p.add_argument("--epochs", type=int, default=9)
-    p.add_argument("--train-size", type=int, default=16000, help="scenes per epoch")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--train-size", type=int, default=32000, help="scenes per epoch")
+    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     p.add_argument("--min-lr", type=float, default=1e-5)
     p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--warmup-epochs", type=float, default=0.3)
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
@@ -75,13 +77,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument(
         "--workers",
         type=int,
-        default=0,
+        default=1,
         help="DataLoader processes generating scenes beside training (0: inline)",
     )
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--patch-size", type=int, default=8)
     p.add_argument("--embed-dim", type=int, default=128)
-    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--depth", type=int, default=6)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--mlp-ratio", type=float, default=4.0)
     p.add_argument(
@@ -93,6 +95,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--eval-seed", type=int, default=1234)
     p.add_argument("--data-root", type=str, default=None, help="Fashion-MNIST root")
     p.add_argument("--resume", action="store_true", help="continue <out>/checkpoint.pt")
+    p.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="start from these weights (an earlier run's default_vit.pt, same "
+        "architecture) instead of random ones: a second schedule",
+    )
     p.add_argument(
         "--stop-after",
         type=int,
@@ -218,7 +227,10 @@ class _SceneStream(torch.utils.data.IterableDataset):
             yield preprocess(batch.images), torch.from_numpy(batch.labels)
 
 
-def _config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
+def _config_from_args(
+    args: argparse.Namespace, init: Optional[Dict[str, Any]]
+) -> Dict[str, Any]:
+    """The exported config; ``init``: ``--init``'s payload (:func:`_load_init`)."""
     return {
         "architecture": "timm.models.vision_transformer.VisionTransformer",
         "image_size": args.image_size,
@@ -246,8 +258,61 @@ def _config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
             "grad_clip": args.grad_clip,
             "threads": args.threads,
             "workers": args.workers,
+            "init": _init_record(args.init, init),
         },
     }
+
+
+def _init_record(
+    path: Optional[Path], payload: Optional[Dict[str, Any]]
+) -> Optional[Dict[str, Any]]:
+    """What ``--init`` started from: the file's name, digest and its own training."""
+    if path is None or payload is None:
+        return None
+    digest = hashlib.sha256()
+    for key, value in sorted(payload["state_dict"].items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    config = payload["config"]
+    return {
+        "file": path.name,
+        "sha256": digest.hexdigest(),
+        "training": config.get("training"),
+        "results": config.get("results"),
+    }
+
+
+def _load_init(path: Optional[Path]) -> Optional[Dict[str, Any]]:
+    """``--init``'s file (``{"config", "state_dict"}``), or None without ``--init``."""
+    if path is None:
+        return None
+    if not path.is_file():
+        raise FileNotFoundError(f"--init: no weights at {path}")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or not {"config", "state_dict"} <= set(payload):
+        raise ValueError(
+            f"--init: {path} is not in the trainer's format (a dict with 'config' "
+            "and 'state_dict', e.g. <out>/default_vit.pt)"
+        )
+    return payload
+
+
+def _initial_model(
+    config: Dict[str, Any], init: Optional[Dict[str, Any]], path: Optional[Path]
+) -> torch.nn.Module:
+    """The model to train: freshly initialised, or with ``--init``'s weights."""
+    model = build_model(config)
+    if init is None:
+        return model
+    theirs = {k: init["config"].get(k) for k in _ARCH_KEYS}
+    ours = {k: config[k] for k in _ARCH_KEYS}
+    if theirs != ours:
+        diff = ", ".join(
+            f"{k} {theirs[k]} != {ours[k]}" for k in _ARCH_KEYS if theirs[k] != ours[k]
+        )
+        raise ValueError(f"--init: {path} has another architecture ({diff})")
+    model.load_state_dict(init["state_dict"])
+    return model
 
 
 def _comparable(config: Dict[str, Any]) -> Dict[str, Any]:
@@ -255,6 +320,7 @@ def _comparable(config: Dict[str, Any]) -> Dict[str, Any]:
     training = {
         k: v for k, v in config["training"].items() if k not in ("threads", "workers")
     }
+    training.setdefault("init", None)  # checkpoints from before --init existed
     return {**config, "training": training}
 
 
@@ -278,8 +344,9 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
     torch.manual_seed(args.seed)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    config = _config_from_args(args)
-    model = build_model(config)
+    init = _load_init(args.init)
+    config = _config_from_args(args, init)
+    model = _initial_model(config, init, args.init)
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         is_norm_or_bias = param.ndim <= 1 or name.endswith(("pos_embed", "cls_token"))
@@ -451,10 +518,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         The process exit status (0 on success).
     """
     args = parse_args(argv)
-    if args.evaluate_only:
-        _evaluate_only(args)
-    else:
-        train(args)
+    try:
+        if args.evaluate_only:
+            _evaluate_only(args)
+        else:
+            train(args)
+    except (FileNotFoundError, ValueError) as err:
+        if not str(err).startswith("--"):  # not a flag's setup error: a real failure
+            raise
+        print(f"python -m captum_vit.zoo.train: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
