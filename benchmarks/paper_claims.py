@@ -34,19 +34,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from captum_vit._jobs import RecordStore
-from captum_vit.evaluate import _dedupe, mean_ci
-
-#: metric -> +1 when higher is better, -1 when lower is better
-DIRECTION = {
-    "insertion": 1,
-    "deletion": -1,
-    "ins_minus_del": 1,
-    "aopc": 1,
-    "aopc_acc_positive": 1,
-    "aopc_acc_negative": -1,
-    "faithfulness": 1,
-    "sensitivity_n": 1,
-}
+from captum_vit.evaluate import METRICS, _dedupe, mean_ci
 
 #: (paper, winner, loser or "*" for every other method, metrics)
 CLAIMS: List[Tuple[str, str, str, Tuple[str, ...]]] = [
@@ -80,6 +68,15 @@ CLAIMS: List[Tuple[str, str, str, Tuple[str, ...]]] = [
         ("aopc_acc_positive", "aopc_acc_negative"),
     ),
 ]
+
+#: metric -> +1 when higher is better, -1 when lower is better, for the metrics the
+#: claims use (the directions of ``captum-vit evaluate``'s own table)
+_BETTER = {key: better for key, _, better in METRICS}
+DIRECTION = {
+    metric: 1 if _BETTER[metric] == "higher" else -1
+    for _, _, _, metrics in CLAIMS
+    for metric in metrics
+}
 
 
 def per_image(run: Path) -> Dict[str, Dict[str, Dict[str, float]]]:
@@ -137,12 +134,12 @@ def check(run: Path) -> List[List[str]]:
             continue
         losers = [m for m in data if m != winner] if loser == "*" else [loser]
         for metric in metrics:
+            if metric not in data[winner]:
+                continue
             direction = DIRECTION[metric]
             results = []
             for other in losers:
                 if metric not in data.get(other, {}):
-                    continue
-                if metric not in data[winner]:
                     continue
                 got = paired(data[winner][metric], data[other][metric], direction)
                 if got is not None:
@@ -160,7 +157,14 @@ def check(run: Path) -> List[List[str]]:
     return rows
 
 
-def _row(paper, winner, other, metric, got, beaten) -> List[str]:
+def _row(
+    paper: str,
+    winner: str,
+    other: str,
+    metric: str,
+    got: Tuple[float, float, float, float, float, int],
+    beaten: str,
+) -> List[str]:
     a, b, diff, half, share, n = got
     arrow = "↑" if DIRECTION[metric] > 0 else "↓"
     return [
