@@ -931,7 +931,8 @@ class SceneDataset(ItemDataset):
             format): the zoo's preprocess is applied directly (no resize), as
             everywhere else in the package.
         split: ``"test"`` (held-out items: evaluation, the default) or ``"train"``
-            (training jobs; needs the full Fashion-MNIST).
+            (training jobs; the shipped training sample unless
+            ``CAPTUM_VIT_FASHION_MNIST`` names other data).
         image_size: Side of the generated scenes (default 64).
         transform: Another transform of the float (3, S, S) scenes in [0, 1] than
             the model's eval one (e.g. ``preprocessing.train_transform(...)``); items
@@ -977,8 +978,14 @@ class SceneDataset(ItemDataset):
         return [int(v) for v in self.scenes.labels]
 
     def describe(self) -> Dict[str, Any]:
+        from . import zoo
+
         out = {
             "source": "embedded scenes",
+            # scenes are drawn per index (generator 2) from these Fashion-MNIST
+            # items; folders made with other scenes are refused on resume
+            "generator": zoo.SCENES_VERSION,
+            "items": zoo.data_source(self.split),
             "images": self.n,
             "seed": self.seed,
             "preprocessing": (

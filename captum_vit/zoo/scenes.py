@@ -6,16 +6,22 @@ overlap, on a smooth colour gradient with faint stripes and noise. Ground-truth 
 and visible-pixel masks of both items are returned, so explanation methods can be scored
 against where the evidence really is.
 
-Fashion-MNIST (Xiao, Rasul & Vollgraf 2017, MIT licence) is read from, in order:
+Fashion-MNIST (Xiao, Rasul & Vollgraf 2017, MIT licence) items come from the arrays
+shipped with this package, the same on every machine:
 
-1. ``root`` when given: a directory with the four ``*-idx?-ubyte.gz`` files, or an
-   ``.npz`` file with ``images`` (N, 28, 28) uint8 and ``labels`` (N,) arrays
-   (test-split data);
-2. the Debian ``fashion-mnist`` data set in ``/usr/share/datasets/fashion-mnist/``;
-3. the small test-split sample shipped with this package (:data:`SAMPLE_PATH`).
+* the whole test split (:data:`TEST_PATH`, 10 000 items) for ``split="test"``;
+* 1000 items of each class of the training split (:data:`TRAIN_SAMPLE_PATH`) for
+  ``split="train"``.
+
+Other data are used only when asked for: the ``root`` argument, or the environment
+variable ``CAPTUM_VIT_FASHION_MNIST`` (:data:`DATA_ENV`) naming a directory with the
+four ``*-idx?-ubyte.gz`` files, or ``debian`` for the Debian
+``dataset-fashion-mnist`` package's copy in ``/usr/share/datasets/fashion-mnist/``.
 
 Train scenes use only the training split and test scenes only the test split, so a model
-trained on train scenes is evaluated on items it has never seen.
+trained on train scenes is evaluated on items it has never seen. Scene ``i`` of
+:func:`make_scenes` depends only on the data, the split, the seed and ``i``: the first
+100 of 200 scenes are the 100 scenes of ``n=100``.
 """
 
 from __future__ import annotations
@@ -25,14 +31,19 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 __all__ = [
     "CLASS_NAMES",
+    "DATA_ENV",
+    "SCENES_VERSION",
+    "data_source",
     "DEBIAN_ROOT",
     "SAMPLE_PATH",
+    "TEST_PATH",
+    "TRAIN_SAMPLE_PATH",
     "Scenes",
     "generate_scenes",
     "load_fashion_mnist",
@@ -53,11 +64,26 @@ CLASS_NAMES: Tuple[str, ...] = (
     "Ankle boot",
 )
 
-#: Where the Debian ``fashion-mnist`` package installs the idx files.
+#: Where Debian's ``dataset-fashion-mnist`` package installs the idx files (used only
+#: when asked for: ``root="debian"`` or ``CAPTUM_VIT_FASHION_MNIST=debian``).
 DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
 
-#: The test-split sample shipped with the package (balanced, uint8, with labels).
-SAMPLE_PATH = Path(__file__).resolve().parent / "data" / "fashion_mnist_sample.npz"
+#: Version of the scene generator: 2 draws scene ``i`` from its own generator.
+SCENES_VERSION = 2
+
+#: Environment variable naming the Fashion-MNIST data to use instead of the shipped
+#: arrays: a directory with the idx files, or ``debian``. Unset, empty or
+#: ``shipped``: the shipped arrays.
+DATA_ENV = "CAPTUM_VIT_FASHION_MNIST"
+
+_DATA_DIR = Path(__file__).resolve().parent / "data"
+#: The whole Fashion-MNIST test split, shipped with the package.
+TEST_PATH = _DATA_DIR / "fashion_mnist_test.npz"
+#: 1000 training-split items of each class, shipped with the package.
+TRAIN_SAMPLE_PATH = _DATA_DIR / "fashion_mnist_train_sample.npz"
+#: The shipped test-split data (an older name of :data:`TEST_PATH`).
+SAMPLE_PATH = TEST_PATH
+_SHIPPED = {"test": TEST_PATH, "train": TRAIN_SAMPLE_PATH}
 
 _IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -156,6 +182,40 @@ def _has_idx(directory: Path, split: str) -> bool:
     return all((directory / name).is_file() for name in _IDX_FILES[split])
 
 
+def _npz_split(path: Path) -> str:
+    """The split an ``.npz`` file holds: its ``split`` entry, else ``"test"``."""
+    with np.load(path) as npz:
+        return str(npz["split"]) if "split" in npz.files else "test"
+
+
+def data_source(
+    split: str = "test", root: Optional[Union[str, os.PathLike]] = None
+) -> str:
+    """Where :func:`load_fashion_mnist` reads ``split`` from, as a printable string.
+
+    ``"shipped"`` for the package's own arrays, else the path that ``root`` or the
+    ``CAPTUM_VIT_FASHION_MNIST`` variable names (``debian`` resolved).
+    """
+    chosen = _chosen_root(root)
+    return "shipped" if chosen is None else str(chosen)
+
+
+def _chosen_root(root: Optional[Union[str, os.PathLike]]) -> Optional[Path]:
+    """``root`` if given, else the environment's choice; None = the shipped arrays."""
+    where = "root"
+    if root is None:
+        root, where = os.environ.get(DATA_ENV, "").strip(), DATA_ENV
+        if root in ("", "shipped"):
+            return None
+    if isinstance(root, str) and root == "debian":
+        return DEBIAN_ROOT
+    if isinstance(root, str) and root == "shipped":
+        return None
+    if not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"{where} must be a path, 'debian' or 'shipped', got {root!r}")
+    return Path(root)
+
+
 def load_fashion_mnist(
     split: str = "test", root: Optional[Union[str, os.PathLike]] = None
 ) -> Tuple[np.ndarray, np.ndarray]:
@@ -163,54 +223,51 @@ def load_fashion_mnist(
 
     Args:
         split: ``"train"`` or ``"test"``.
-        root: a directory holding the idx ``.gz`` files, or an ``.npz`` file with
-            ``images``/``labels`` (treated as test-split data). When None, the Debian
-            data set is used if installed, else the test-split sample shipped with the
-            package.
+        root: a directory holding the idx ``.gz`` files, an ``.npz`` file with
+            ``images``/``labels`` (and optionally ``split``; without it the file is
+            taken as test-split data), ``"debian"`` for :data:`DEBIAN_ROOT`, or
+            ``"shipped"``. When None, the ``CAPTUM_VIT_FASHION_MNIST`` environment
+            variable decides in the same way, and unset it means the shipped arrays:
+            the whole test split, or 1000 training items of each class.
 
     Returns:
         ``(images, labels)``: read-only uint8 (N, 28, 28) and int64 (N,) arrays.
 
     Raises:
         ValueError: ``split`` is not ``"train"``/``"test"``.
-        FileNotFoundError: the requested split is not available from ``root`` (or, with
-            ``root=None``, the training split is requested without the full data set).
+        FileNotFoundError: the requested split is not available from the chosen root.
 
     Examples::
 
         >>> images, labels = load_fashion_mnist("test")
-        >>> images.dtype, images.shape[1:]
-        (dtype('uint8'), (28, 28))
+        >>> images.dtype, images.shape
+        (dtype('uint8'), (10000, 28, 28))
     """
     if split not in _IDX_FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if root is not None:
-        path = Path(root)
-        if path.suffix == ".npz" and path.is_file():
-            if split != "test":
-                raise FileNotFoundError(
-                    f"{path} holds test-split items only; split='train' needs the full "
-                    "Fashion-MNIST idx files (pass root=<directory> or install the "
-                    "Debian 'fashion-mnist' package)"
-                )
-            return _load_cached(str(path), split)
-        if path.is_dir() and _has_idx(path, split):
-            return _load_cached(str(path), split)
-        raise FileNotFoundError(
-            f"no Fashion-MNIST {split} split at root={str(path)!r}: expected a "
-            f"directory with {', '.join(_IDX_FILES[split])} or a sample .npz file"
-        )
-    if _has_idx(DEBIAN_ROOT, split):
-        return _load_cached(str(DEBIAN_ROOT), split)
-    if split == "train":
-        raise FileNotFoundError(
-            "split='train' needs the full Fashion-MNIST training set, which was not "
-            f"found in {DEBIAN_ROOT}; install the Debian 'fashion-mnist' package or "
-            "pass root=<directory with train-images-idx3-ubyte.gz and "
-            "train-labels-idx1-ubyte.gz>. The sample shipped with captum_vit holds "
-            "test-split items only."
-        )
-    return _load_cached(str(SAMPLE_PATH), split)
+    path = _chosen_root(root)
+    if path is None:
+        return _load_cached(str(_SHIPPED[split]), split)
+    via = f"root={str(path)!r}" if root is not None else f"{DATA_ENV}={str(path)!r}"
+    if path.suffix == ".npz" and path.is_file():
+        held = _npz_split(path)
+        if held != split:
+            raise FileNotFoundError(
+                f"{path} holds {held}-split items only; split={split!r} needs a "
+                "directory with the Fashion-MNIST idx files (or the shipped data)"
+            )
+        return _load_cached(str(path), split)
+    if path.is_dir() and _has_idx(path, split):
+        return _load_cached(str(path), split)
+    hint = (
+        "; install Debian's 'dataset-fashion-mnist' package"
+        if path == DEBIAN_ROOT
+        else ""
+    )
+    raise FileNotFoundError(
+        f"no Fashion-MNIST {split} split at {via}: expected a directory with "
+        f"{', '.join(_IDX_FILES[split])} or an .npz file{hint}"
+    )
 
 
 def _item_extents(images: np.ndarray) -> np.ndarray:
@@ -252,41 +309,75 @@ def _render_items(
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def _backgrounds(
-    rng: np.random.Generator, n: int, side: int
-) -> Tuple[np.ndarray, np.ndarray]:
+class _Draws:
+    """Random draws made scene by scene, each from that scene's own generator.
+
+    Every method draws one value (or one array of ``shape``) per selected scene and
+    stacks them, so what scene ``i`` gets depends only on its own generator, never on
+    how many scenes are generated together.
+    """
+
+    def __init__(self, rngs: Sequence[np.random.Generator]) -> None:
+        self.rngs = list(rngs)
+
+    def _rows(self, rows: Optional[np.ndarray]) -> List[np.random.Generator]:
+        return self.rngs if rows is None else [self.rngs[int(r)] for r in rows]
+
+    def random(self, shape: Tuple[int, ...] = (), rows=None) -> np.ndarray:
+        gens = self._rows(rows)
+        return np.array([g.random(shape) for g in gens]).reshape(len(gens), *shape)
+
+    def uniform(self, low: float, high: float) -> np.ndarray:
+        return np.array([g.uniform(low, high) for g in self.rngs])
+
+    def integers(self, low, high, rows=None) -> np.ndarray:
+        gens = self._rows(rows)
+        n = len(gens)
+        low = np.broadcast_to(np.asarray(low, dtype=np.int64), (n,))
+        high = np.broadcast_to(np.asarray(high, dtype=np.int64), (n,))
+        out = [g.integers(lo, hi) for g, lo, hi in zip(gens, low, high)]
+        return np.array(out, dtype=np.int64).reshape(n)
+
+    def standard_normal(self, shape: Tuple[int, ...], dtype=np.float32) -> np.ndarray:
+        out = np.empty((len(self.rngs), *shape), dtype=dtype)
+        for i, g in enumerate(self.rngs):
+            out[i] = g.standard_normal(shape, dtype=dtype)
+        return out
+
+
+def _backgrounds(rng: _Draws, n: int, side: int) -> Tuple[np.ndarray, np.ndarray]:
     """Smooth two-colour gradients with faint stripes and pixel noise.
 
     Returns (n, 3, S, S) backgrounds and an (n,) bool array, True for light ones.
     """
-    light = rng.random(n) < 0.5
+    light = rng.random() < 0.5
     lo = np.where(light, 0.55, 0.0)[:, None]
     f32 = np.float32
-    c0 = (lo + 0.45 * rng.random((n, 3))).astype(f32)
-    c1 = (lo + 0.45 * rng.random((n, 3))).astype(f32)
+    c0 = (lo + 0.45 * rng.random((3,))).astype(f32)
+    c1 = (lo + 0.45 * rng.random((3,))).astype(f32)
     grid = (np.arange(side, dtype=f32) + f32(0.5)) / f32(side)
     gy, gx = grid[:, None], grid[None, :]
-    theta = rng.uniform(0, 2 * np.pi, n).astype(f32)[:, None, None]
+    theta = rng.uniform(0, 2 * np.pi).astype(f32)[:, None, None]
     t = f32(0.5) + (gx - f32(0.5)) * np.cos(theta) + (gy - f32(0.5)) * np.sin(theta)
     t = np.clip(t, f32(0.0), f32(1.0))[:, None]
     bg = c0[:, :, None, None] + (c1 - c0)[:, :, None, None] * t
-    amp = rng.uniform(0.0, 0.06, n).astype(f32)[:, None, None]
-    freq = rng.uniform(2.0, 8.0, n).astype(f32)[:, None, None]
-    phi = rng.uniform(0, 2 * np.pi, n).astype(f32)[:, None, None]
-    phase = rng.uniform(0, 2 * np.pi, n).astype(f32)[:, None, None]
+    amp = rng.uniform(0.0, 0.06).astype(f32)[:, None, None]
+    freq = rng.uniform(2.0, 8.0).astype(f32)[:, None, None]
+    phi = rng.uniform(0, 2 * np.pi).astype(f32)[:, None, None]
+    phase = rng.uniform(0, 2 * np.pi).astype(f32)[:, None, None]
     wave = f32(2 * np.pi) * freq * (gx * np.cos(phi) + gy * np.sin(phi)) + phase
     bg += (amp * np.sin(wave))[:, None]
-    sigma = rng.uniform(0.0, 0.04, n).astype(f32)[:, None, None, None]
-    bg += sigma * rng.standard_normal((n, 3, side, side), dtype=f32)
+    sigma = rng.uniform(0.0, 0.04).astype(f32)[:, None, None, None]
+    bg += sigma * rng.standard_normal((3, side, side), dtype=f32)
     return bg, light
 
 
-def _tints(rng: np.random.Generator, light_bg: np.ndarray) -> np.ndarray:
+def _tints(rng: _Draws, light_bg: np.ndarray) -> np.ndarray:
     """Item colours contrasting with the background: bright on dark, dark on light."""
-    n = light_bg.shape[0]
-    bright = 0.35 + 0.65 * rng.random((n, 3))
-    bright = bright / bright.max(axis=1, keepdims=True) * rng.uniform(0.85, 1.0, (n, 1))
-    dark = 0.4 * rng.random((n, 3))
+    bright = 0.35 + 0.65 * rng.random((3,))
+    gain = rng.uniform(0.85, 1.0)[:, None]
+    bright = bright / bright.max(axis=1, keepdims=True) * gain
+    dark = 0.4 * rng.random((3,))
     return np.where(light_bg[:, None], dark, bright).astype(np.float32)
 
 
@@ -308,7 +399,7 @@ def _tight_boxes(masks: np.ndarray) -> np.ndarray:
 
 
 def _place_distractors(
-    rng: np.random.Generator,
+    rng: _Draws,
     main_box: np.ndarray,
     ext: np.ndarray,
     size: np.ndarray,
@@ -318,8 +409,8 @@ def _place_distractors(
     n = size.shape[0]
     k = _PLACEMENT_CANDIDATES
     hi = (side - size + 1)[:, None]
-    cx = np.floor(rng.random((n, k)) * hi).astype(np.int64)
-    cy = np.floor(rng.random((n, k)) * hi).astype(np.int64)
+    cx = np.floor(rng.random((k,)) * hi).astype(np.int64)
+    cy = np.floor(rng.random((k,)) * hi).astype(np.int64)
     f = (size / 28.0)[:, None]
     bx1, by1 = cx + ext[:, 0:1] * f, cy + ext[:, 1:2] * f
     bx2, by2 = cx + ext[:, 2:3] * f, cy + ext[:, 3:4] * f
@@ -336,35 +427,38 @@ def _place_distractors(
 
 
 def _generate_chunk(
-    rng: np.random.Generator,
-    n: int,
+    rngs: Sequence[np.random.Generator],
     images: np.ndarray,
     labels: np.ndarray,
     by_class: Tuple[np.ndarray, ...],
     side: int,
 ) -> Scenes:
-    idx = rng.integers(0, images.shape[0], n)
+    """One scene per generator; scene ``i`` draws only from ``rngs[i]``."""
+    rng = _Draws(rngs)
+    n = len(rngs)
+    idx = rng.integers(0, images.shape[0])
     main_lbl = labels[idx]
-    dis_lbl = (main_lbl + rng.integers(1, 10, n)) % 10
-    dis_idx = np.empty(n, dtype=np.int64)
-    for c, members in enumerate(by_class):
-        sel = dis_lbl == c
-        dis_idx[sel] = members[rng.integers(0, members.size, int(sel.sum()))]
+    dis_lbl = (main_lbl + rng.integers(1, 10)) % 10
+    sizes = np.array([m.size for m in by_class], dtype=np.int64)
+    pick = rng.integers(0, sizes[dis_lbl])
+    dis_idx = np.array(
+        [by_class[c][j] for c, j in zip(dis_lbl, pick)], dtype=np.int64
+    ).reshape(n)
 
     bg, light = _backgrounds(rng, n, side)
     main_tint, dis_tint = _tints(rng, light), _tints(rng, light)
 
     lo, hi = (int(round(s * side)) for s in _MAIN_SCALE)
-    main_size = rng.integers(lo, hi + 1, n)
-    mx = np.floor(rng.random(n) * (side - main_size + 1)).astype(np.int64)
-    my = np.floor(rng.random(n) * (side - main_size + 1)).astype(np.int64)
+    main_size = rng.integers(lo, hi + 1)
+    mx = np.floor(rng.random() * (side - main_size + 1)).astype(np.int64)
+    my = np.floor(rng.random() * (side - main_size + 1)).astype(np.int64)
     main_int = _render_items(images[idx], mx, my, main_size, side)
     main_alpha = np.clip(np.float32(_ALPHA_GAIN) * main_int, 0.0, 1.0)
     main_mask = main_alpha > _ALPHA_THRESHOLD
     main_box = _tight_boxes(main_mask).astype(np.float64)
 
     lo, hi = (int(round(s * side)) for s in _DISTRACTOR_SCALE)
-    dis_size = rng.integers(lo, hi + 1, n)
+    dis_size = rng.integers(lo, hi + 1)
     dis_items = images[dis_idx]
     dx, dy = _place_distractors(rng, main_box, _item_extents(dis_items), dis_size, side)
     dis_int = _render_items(dis_items, dx, dy, dis_size, side)
@@ -375,8 +469,8 @@ def _generate_chunk(
         if not hidden.any():
             break
         h = np.flatnonzero(hidden)
-        hx = np.floor(rng.random(h.size) * (side - dis_size[h] + 1)).astype(np.int64)
-        hy = np.floor(rng.random(h.size) * (side - dis_size[h] + 1)).astype(np.int64)
+        hx = np.floor(rng.random(rows=h) * (side - dis_size[h] + 1)).astype(np.int64)
+        hy = np.floor(rng.random(rows=h) * (side - dis_size[h] + 1)).astype(np.int64)
         dx[h], dy[h] = hx, hy
         dis_int[h] = _render_items(dis_items[h], hx, hy, dis_size[h], side)
         dis_alpha[h] = np.clip(np.float32(_ALPHA_GAIN) * dis_int[h], 0.0, 1.0)
@@ -431,22 +525,26 @@ def generate_scenes(
     """
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng)!r}")
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise ValueError(f"n must be a non-negative int, got {n!r}")
-    if (
-        isinstance(image_size, bool)
-        or not isinstance(image_size, (int, np.integer))
-        or image_size < 16
-    ):
-        raise ValueError(f"image_size must be an int >= 16, got {image_size!r}")
+    _check_counts(n, image_size)
+    seeds = rng.integers(0, 2**63, n, dtype=np.int64)
+    return _generate(
+        [np.random.default_rng(int(s)) for s in seeds], split, image_size, root
+    )
+
+
+def _generate(
+    rngs: List[np.random.Generator],
+    split: str,
+    image_size: int,
+    root: Optional[Union[str, os.PathLike]],
+) -> Scenes:
+    """One scene per generator, rendered in chunks."""
     images, labels = load_fashion_mnist(split, root)
     by_class = _classes_index(images, labels)
-    chunks = []
-    done = 0
-    while done < n or not chunks:
-        m = min(_CHUNK, n - done)
-        chunks.append(_generate_chunk(rng, m, images, labels, by_class, image_size))
-        done += m
+    chunks = [
+        _generate_chunk(rngs[i : i + _CHUNK], images, labels, by_class, image_size)
+        for i in range(0, max(len(rngs), 1), _CHUNK)
+    ]
     if len(chunks) == 1:
         return chunks[0]
     return Scenes(*(np.concatenate([getattr(c, f) for c in chunks]) for f in _FIELDS))
@@ -482,20 +580,21 @@ def make_scenes(
 
     Args:
         n: number of scenes.
-        split: ``"train"`` or ``"test"`` items. ``"train"`` needs the full data set.
-        seed: seed of the numpy generator; the same seed (and data source) gives
-            identical scenes.
+        split: ``"train"`` or ``"test"`` items.
+        seed: a non-negative int. Scene ``i`` draws from its own generator,
+            ``numpy.random.default_rng([seed, split code, i])``, so it depends only on
+            the data, ``split``, ``seed`` and ``i`` (not on ``n``).
         image_size: side S of the square images (64 by default; 32 also works).
-        root: where Fashion-MNIST lives; see :func:`load_fashion_mnist`. Pass
-            :data:`SAMPLE_PATH` to use the shipped test-split sample explicitly.
+        root: where Fashion-MNIST lives; see :func:`load_fashion_mnist` (default: the
+            shipped arrays, the same on every machine).
 
     Returns:
         A :class:`Scenes` with images (n, 3, S, S) float32 in [0, 1], labels,
         distractor labels, boxes (n, 2, 4) and masks (n, 2, S, S).
 
     Raises:
-        FileNotFoundError: ``split="train"`` without the full Fashion-MNIST data.
-        ValueError: a bad ``n``, ``split`` or ``image_size``.
+        FileNotFoundError: the chosen data root lacks ``split``.
+        ValueError: a bad ``n``, ``split``, ``seed`` or ``image_size``.
 
     Examples::
 
@@ -507,4 +606,26 @@ def make_scenes(
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int, got {seed!r}")
-    return generate_scenes(np.random.default_rng(seed), n, split, image_size, root)
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    _check_counts(n, image_size)
+    if split not in _IDX_FILES:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    code = _SPLIT_CODES[split]
+    rngs = [np.random.default_rng([int(seed), code, i]) for i in range(n)]
+    return _generate(rngs, split, image_size, root)
+
+
+# Mixed into each scene's seed, so train and test scenes of one seed differ.
+_SPLIT_CODES = {"test": 0, "train": 1}
+
+
+def _check_counts(n: int, image_size: int) -> None:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"n must be a non-negative int, got {n!r}")
+    if (
+        isinstance(image_size, bool)
+        or not isinstance(image_size, (int, np.integer))
+        or image_size < 16
+    ):
+        raise ValueError(f"image_size must be an int >= 16, got {image_size!r}")
