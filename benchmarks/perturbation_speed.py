@@ -166,12 +166,16 @@ def report(
 def embedded(weights: Optional[str]) -> Optional[Tuple[nn.Module, torch.Tensor]]:
     """The zoo's trained model and one held-out scene, if the weights exist."""
     try:
-        from captum_vit.zoo import load_default_model, load_default_scenes
+        from captum_vit.zoo import (
+            load_default_config,
+            load_default_model,
+            load_default_scenes,
+        )
 
-        default = load_default_model(weights=weights)
-        size = int(default.config.get("image_size", 64))
+        model = load_default_model(weights=weights)
+        size = int(load_default_config(weights=weights).get("image_size", 64))
         inputs, _ = load_default_scenes(n=1, seed=0, image_size=size)
-        return default.model, inputs
+        return model, inputs
     except Exception as err:  # no weights yet, no data: skip with a note
         print(f"\n(embedded model skipped: {type(err).__name__}: {err})")
         return None

@@ -49,10 +49,13 @@ def main() -> None:
     warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require")
 
     from captum_vit.metrics import deletion, insertion
-    from captum_vit.zoo import load_default_model, load_default_scenes
+    from captum_vit.zoo import (
+        load_default_config,
+        load_default_model,
+        load_default_scenes,
+    )
 
-    default = load_default_model(weights=args.weights)
-    model = default.model
+    model = load_default_model(weights=args.weights)
     inputs, scenes = load_default_scenes(n=args.n, seed=args.seed)
     labels = torch.as_tensor(scenes.labels)
     with torch.no_grad():
@@ -91,7 +94,7 @@ def main() -> None:
         k: {m: torch.cat(v[m]) for m in ("insertion", "deletion", "seconds")}
         for k, v in scores.items()
     }
-    cfg = default.config
+    cfg = load_default_config(weights=args.weights)
     print(
         f"embedded model: depth {cfg.get('depth')}, embed {cfg.get('embed_dim')}, "
         f"patch {cfg.get('patch_size')}, {cfg.get('image_size')}px; "

@@ -79,11 +79,10 @@ def load_models(skip_vitb: bool) -> List[Tuple[str, nn.Module, int]]:
         vitb = timm.create_model("vit_base_patch16_224", pretrained=False).eval()
         models.append(("vit_base_patch16_224 (random)", vitb, 224))
     try:
-        from captum_vit.zoo import load_default_model
+        from captum_vit.zoo import load_default_config, load_default_model
 
-        default = load_default_model()
-        size = int(default.config["image_size"])
-        models.append(("embedded default model", default.model, size))
+        size = int(load_default_config()["image_size"])
+        models.append(("embedded default model", load_default_model(), size))
     except (ImportError, FileNotFoundError, AttributeError) as err:
         print(f"embedded model: not available ({type(err).__name__}: {err})")
     return models

@@ -64,12 +64,16 @@ def load_models(run: Optional[Path]):
     """(classifier, surrogate, explainer, image size) of a ``captum-vit
     train-shapley`` run folder, or of the shipped default."""
     from captum_vit.models import load_model
-    from captum_vit.zoo import load_default_explainer, load_default_model
+    from captum_vit.zoo import (
+        load_default_config,
+        load_default_explainer,
+        load_default_model,
+    )
 
     if run is None:
         explainer, surrogate = load_default_explainer()
-        default = load_default_model()
-        return default.model, surrogate, explainer, int(default.config["image_size"])
+        size = int(load_default_config()["image_size"])
+        return load_default_model(), surrogate, explainer, size
     record = json.loads((run / "record.json").read_text())["classifier"]
     loaded = load_model(
         record["model"],

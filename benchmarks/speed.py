@@ -209,7 +209,7 @@ def vit_base(size: int, device: torch.device) -> Tuple[nn.Module, Dict[str, Any]
 def embedded(device: torch.device) -> Tuple[nn.Module, Dict[str, Any]]:
     from captum_vit.zoo import load_default_model
 
-    model = load_default_model().model.to(device).eval()
+    model = load_default_model(device)
     extras = default_model_extras()
     for key in ("shapley_explainer", "shapley_surrogate"):
         if key in extras:

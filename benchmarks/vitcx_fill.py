@@ -160,7 +160,7 @@ def main() -> None:
     from captum_vit import zoo
 
     torch.manual_seed(0)
-    default = zoo.load_default_model()
+    model = zoo.load_default_model()
     scenes = zoo.make_scenes(args.n, split="test", seed=args.seed)
     images = torch.as_tensor(scenes.images)
     labels = torch.as_tensor(scenes.labels).long()
@@ -170,8 +170,8 @@ def main() -> None:
     if args.part in ("embedded", "all"):
         print("embedded default model", flush=True)
         res = measure(
-            default.model,
-            default.preprocess(images),
+            model,
+            zoo.preprocess(images),
             labels,
             obj,
             boxes,

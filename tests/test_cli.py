@@ -38,11 +38,11 @@ def test_explain_default_writes_grid_and_prints_model_predictions(tmp_path: Path
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "explain_grid.png").stat().st_size > 10_000
     printed = re.findall(r"top: ([^,;]+?) [0-9.]+", res.stdout)
-    default = zoo.load_default_model()
+    model = zoo.load_default_model()
     scenes = zoo.make_scenes(3, split="test", seed=0)
     with torch.no_grad():
-        pred = default.model(default.preprocess(scenes.images)).argmax(1)
-    assert printed == [default.class_names[int(i)] for i in pred]
+        pred = model(zoo.preprocess(scenes.images)).argmax(1)
+    assert printed == [zoo.CLASS_NAMES[int(i)] for i in pred]
     for name in ("rollout", "genatt", "ixg", "random"):
         assert re.search(rf"^{name}: [0-9.]+ s", res.stdout, re.M)
 

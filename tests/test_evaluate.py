@@ -166,7 +166,7 @@ def test_black_removal_means_black_pixels():
     from captum_vit import metrics, zoo
     from captum_vit.evaluate import _removal
 
-    model = zoo.load_default_model().model
+    model = zoo.load_default_model()
     inputs, scenes = zoo.load_default_scenes(n=2)
     target = torch.as_tensor(scenes.labels).long()
     attr = torch.rand(inputs.shape, generator=torch.Generator().manual_seed(0))

@@ -196,15 +196,16 @@ def test_shipped_model_loads_weights_only() -> None:
     assert zoo.DEFAULT_WEIGHTS.stat().st_size <= 15 * 2**20
     payload = torch.load(zoo.DEFAULT_WEIGHTS, map_location="cpu", weights_only=True)
     assert set(payload) >= {"config", "state_dict"}
-    default = zoo.load_default_model()
+    model = zoo.load_default_model()
     from timm.models.vision_transformer import VisionTransformer
 
-    assert type(default.model) is VisionTransformer
-    assert not default.model.training
-    assert default.class_names == zoo.CLASS_NAMES
-    assert default.config["image_size"] == 64 and default.config["patch_size"] == 8
-    assert default.model.patch_embed.grid_size == (8, 8)
-    assert default.model.num_prefix_tokens == 1
+    assert type(model) is VisionTransformer
+    assert not model.training
+    config = zoo.load_default_config()
+    assert tuple(config["class_names"]) == zoo.CLASS_NAMES
+    assert config["image_size"] == 64 and config["patch_size"] == 8
+    assert model.patch_embed.grid_size == (8, 8)
+    assert model.num_prefix_tokens == 1
 
 
 def test_default_model_records_its_normalisation_like_timm() -> None:
@@ -214,22 +215,22 @@ def test_default_model_records_its_normalisation_like_timm() -> None:
 
     from captum_vit import ViTCX
 
-    default = zoo.load_default_model()
-    cfg = resolve_data_config({}, model=default.model)
+    model = zoo.load_default_model()
+    cfg = resolve_data_config({}, model=model)
     assert cfg["mean"] == zoo.MEAN and cfg["std"] == zoo.STD
     assert cfg["input_size"] == (3, 64, 64)
     inputs, _ = zoo.load_default_scenes(n=2, seed=3, root=SAMPLE)
     black = zoo.preprocess(torch.zeros(1, 3, 1, 1))[0]  # (3, 1, 1)
-    e = ViTCX(default.model)
+    e = ViTCX(model)
     got = e.attribute(inputs, target=[0, 1], seed=0, baselines="black")
     ref = e.attribute(inputs, target=[0, 1], seed=0, baselines=black)
     torch.testing.assert_close(got, ref)
 
 
 def test_shipped_model_accuracy_on_held_out_sample_scenes() -> None:
-    default = zoo.load_default_model()
+    model = zoo.load_default_model()
     held_out = zoo.make_scenes(400, split="test", seed=2024, root=SAMPLE)
-    acc = train_mod.evaluate(default.model, held_out.images, held_out.labels)
+    acc = train_mod.evaluate(model, held_out.images, held_out.labels)
     assert acc >= MIN_ACCURACY, acc
 
 
@@ -270,7 +271,7 @@ def test_training_resumes_exactly(idx_root: Path, tmp_path: Path) -> None:
     for key, value in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0)
     assert full["results"]["test_accuracy"] == resumed["results"]["test_accuracy"]
-    model = zoo.load_default_model(weights=tmp_path / "b" / "default_vit.pt").model
+    model = zoo.load_default_model(weights=tmp_path / "b" / "default_vit.pt")
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
 
 

@@ -72,15 +72,16 @@ from captum.attr import Saliency
 
 import captum_vit
 from captum_vit import GenAtt, TransformerInputSampling, ViTCX, patch_scores, viz
-from captum_vit.zoo import load_default_model, load_default_scenes
+from captum_vit.zoo import CLASS_NAMES, load_default_model, load_default_scenes
 
 %matplotlib inline
 """),
     md("""
 ## The model and the data
 
-`load_default_model()` returns a named tuple with the timm `VisionTransformer` (in
-eval mode), its `preprocess` function, the class names and the training record.
+`load_default_model()` returns the timm `VisionTransformer`, in eval mode. Its extras
+sit next to it in `captum_vit.zoo`: `CLASS_NAMES` (one per output), `preprocess`
+(images in [0, 1] to model inputs) and `load_default_config()` (the training record).
 `load_default_scenes(n)` draws held-out scenes: a main clothing item (the label) and a
 smaller distractor of another class on a textured background. It returns the
 model-ready inputs and the raw `Scenes` (images in [0, 1], labels, boxes, masks).
@@ -88,11 +89,10 @@ model-ready inputs and the raw `Scenes` (images in [0, 1], labels, boxes, masks)
 the number of blocks.
 """),
     code("""
-default = load_default_model()
-model = default.model
+model = load_default_model()
 inputs, scenes = load_default_scenes(n=N_IMAGES, seed=0)
 labels = torch.as_tensor(scenes.labels)
-names = default.class_names
+names = CLASS_NAMES
 
 adapter = captum_vit.ViTAdapter(model)
 print(
@@ -228,12 +228,11 @@ from captum.attr import InputXGradient, IntegratedGradients
 
 from captum_vit import PLUSWrapper, SkipPLUSWrapper, patch_scores, viz
 from captum_vit.metrics import deletion, insertion
-from captum_vit.zoo import load_default_model, load_default_scenes
+from captum_vit.zoo import CLASS_NAMES, load_default_model, load_default_scenes
 
 %matplotlib inline
 
-default = load_default_model()
-model = default.model
+model = load_default_model()
 inputs, scenes = load_default_scenes(n=N_IMAGES, seed=1)
 labels = torch.as_tensor(scenes.labels)
 """),
@@ -275,7 +274,7 @@ positive evidence for the label, blue negative.
 """),
     code("""
 k = min(N_IMAGES, 3)
-titles = [default.class_names[int(y)] for y in labels[:k]]
+titles = [CLASS_NAMES[int(y)] for y in labels[:k]]
 fig = viz.comparison_grid(
     scenes.images[:k],
     {name: a[:k] for name, a in attributions.items()},
@@ -354,10 +353,14 @@ EXPLAINER_EPOCHS = 1 if SMALL else 6
 CLI_EPOCHS = 1 if SMALL else 3  # each stage of the command-line run
 NUM_SUBSETS = 8 if SMALL else 32  # coalitions per image and step (paper: 32)
 KERNEL_SHAP_EVALS = 2048 if SMALL else 100_000  # budget of the KernelSHAP check
+WORK_DIR = None  # where the files go; None: a new temporary folder, removed at the end
 """),
     code("""
 import math
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import timm
@@ -379,6 +382,21 @@ from captum_vit.zoo import CLASS_NAMES, make_scenes, preprocess
 
 torch.manual_seed(0)  # the model's initial weights
 %matplotlib inline
+"""),
+    md("""
+This notebook writes files: the classifier's and the explainer's weights, image
+folders and a training run (tens of MB at the full sizes). They go to a working
+folder, not next to the notebook: a new temporary folder unless `WORK_DIR` names one.
+It becomes the working directory, so the relative paths below (`explainer.pt`,
+`shapley_run`, ...) are inside it. The last cell goes back and removes the temporary
+folder; a `WORK_DIR` of your own is kept.
+"""),
+    code("""
+START_DIR = Path.cwd()
+WORK = Path(WORK_DIR or tempfile.mkdtemp(prefix="captum_vit_tutorial03_")).resolve()
+WORK.mkdir(parents=True, exist_ok=True)
+os.chdir(WORK)
+print("files go to", WORK)
 """),
     md("""
 ## Data
@@ -597,7 +615,6 @@ scenes, written as PNG files.
 """),
     code("""
 import shlex
-from pathlib import Path
 
 import numpy as np
 from IPython.display import Image as ShowImage
@@ -698,6 +715,11 @@ explainer with `kernel_shap` on a few held-out images (exact enumeration stops a
 patches) and with the metrics of `04_evaluating_explanations.ipynb`, e.g. `captum-vit
 evaluate --shapley RUN --methods vit-shapley ...`.
 """),
+    code("""
+os.chdir(START_DIR)
+if WORK_DIR is None:
+    shutil.rmtree(WORK)  # set WORK_DIR above to keep the files
+"""),
 ]
 
 # ---------------------------------------------------------------------------- 04
@@ -743,8 +765,7 @@ from captum_vit.zoo import load_default_model, load_default_scenes
 
 %matplotlib inline
 
-default = load_default_model()
-model = default.model
+model = load_default_model()
 inputs, scenes = load_default_scenes(n=N_IMAGES, seed=2)
 labels = torch.as_tensor(scenes.labels)
 

@@ -41,6 +41,7 @@ from . import (  # _ARCH_KEYS: what --init's weights must share with the trained
     STD,
     build_model,
     generate_scenes,
+    load_default_config,
     load_default_model,
     make_scenes,
     preprocess,
@@ -479,8 +480,9 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
 
 def _evaluate_only(args: argparse.Namespace) -> Dict[str, Any]:
     torch.set_num_threads(args.threads)
-    default = load_default_model(weights=args.weights or DEFAULT_WEIGHTS)
-    size = int(default.config["image_size"])
+    weights = args.weights or DEFAULT_WEIGHTS
+    model = load_default_model(weights=weights)
+    size = int(load_default_config(weights=weights)["image_size"])
     test = make_scenes(
         args.eval_size,
         "test",
@@ -489,14 +491,14 @@ def _evaluate_only(args: argparse.Namespace) -> Dict[str, Any]:
         root=args.data_root,
     )
     report: Dict[str, Any] = {
-        "weights": str(args.weights or DEFAULT_WEIGHTS),
+        "weights": str(weights),
         "test_scenes": args.eval_size,
         "test_seed": args.eval_seed,
-        "accuracy": round(evaluate(default.model, test.images, test.labels), 4),
+        "accuracy": round(evaluate(model, test.images, test.labels), 4),
     }
     try:
         dropped = evaluate_dropped_tokens(
-            default.model, test.images, test.labels, seed=args.seed
+            model, test.images, test.labels, seed=args.seed
         )
     except ImportError as err:
         report["dropped_tokens"] = f"unavailable: {err}"
