@@ -10,17 +10,22 @@ ViT Shapley explainer and surrogate trained for it (``SHAPLEY_CARD.md``).
 Examples::
 
     >>> from captum_vit.zoo import load_default_model, load_default_scenes
-    >>> default = load_default_model()
+    >>> model = load_default_model()
     >>> inputs, scenes = load_default_scenes(n=4)
-    >>> logits = default.model(inputs)
+    >>> logits = model(inputs)
     >>> logits.shape
     torch.Size([4, 10])
+
+The model's extras live next to it: :data:`CLASS_NAMES` (the class name of each
+output), :func:`preprocess` (images in [0, 1] to model inputs) and
+:func:`load_default_config` (the architecture and training record stored with the
+weights).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -45,7 +50,6 @@ __all__ = [
     "DEFAULT_EXPLAINER",
     "DEFAULT_SURROGATE",
     "DEFAULT_WEIGHTS",
-    "DefaultModel",
     "MEAN",
     "SAMPLE_PATH",
     "SCENES_VERSION",
@@ -57,6 +61,7 @@ __all__ = [
     "build_model",
     "data_source",
     "generate_scenes",
+    "load_default_config",
     "load_default_explainer",
     "load_default_model",
     "load_default_scenes",
@@ -88,22 +93,6 @@ _ARCH_KEYS = (
     "mlp_ratio",
     "num_classes",
 )
-
-
-class DefaultModel(NamedTuple):
-    """The embedded model and what is needed to use it.
-
-    Attributes:
-        model: the timm ``VisionTransformer``, in eval mode.
-        preprocess: maps images in [0, 1] (B, 3, S, S) to normalised model inputs.
-        class_names: class name per output index.
-        config: the architecture and training record stored with the weights.
-    """
-
-    model: torch.nn.Module
-    preprocess: Callable[[Union[torch.Tensor, np.ndarray]], torch.Tensor]
-    class_names: Tuple[str, ...]
-    config: Dict[str, Any]
 
 
 def preprocess(images: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:
@@ -189,11 +178,50 @@ def build_model(config: Dict[str, Any]) -> torch.nn.Module:
     return model
 
 
+def _read_weights(weights: Optional[Union[str, Path]]) -> Dict[str, Any]:
+    """The payload of a weights file in the shipped format (default: shipped)."""
+    path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(f"no model weights at {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_default_config(weights: Optional[Union[str, Path]] = None) -> Dict[str, Any]:
+    """The architecture and training record stored with the default model's weights.
+
+    Args:
+        weights: a weights file in the shipped format (a dict with ``config`` and
+            ``state_dict``); defaults to :data:`DEFAULT_WEIGHTS`.
+
+    Returns:
+        A new dict with the architecture keys of :func:`build_model`
+        (``image_size``, ``patch_size``, ``embed_dim``, ``depth``, ...), and, as
+        far as the file records them, ``class_names``, ``mean``/``std`` and the
+        ``training`` record (settings, accuracy, history, earlier runs).
+
+    Raises:
+        FileNotFoundError: the weights file does not exist.
+
+    Examples::
+
+        >>> config = load_default_config()
+        >>> config["image_size"], config["patch_size"]
+        (64, 8)
+    """
+    return dict(_read_weights(weights)["config"])
+
+
 def load_default_model(
     device: Union[str, torch.device] = "cpu",
     weights: Optional[Union[str, Path]] = None,
-) -> DefaultModel:
+) -> torch.nn.Module:
     """Load the embedded Fashion-MNIST-scenes ViT.
+
+    The extras live next to the model: :data:`CLASS_NAMES` gives the class name of
+    each output, :func:`preprocess` turns images in [0, 1] into model inputs (mean =
+    std = 0.5, also recorded in ``model.pretrained_cfg`` as timm does), and
+    :func:`load_default_config` returns the architecture and training record stored
+    with the weights (for a ``weights`` file of your own, its ``class_names`` too).
 
     Args:
         device: where to put the model.
@@ -201,27 +229,26 @@ def load_default_model(
             ``state_dict``); defaults to :data:`DEFAULT_WEIGHTS`.
 
     Returns:
-        A :class:`DefaultModel` whose ``model`` is in eval mode on ``device``.
+        The stock ``timm.models.vision_transformer.VisionTransformer``, in eval mode
+        on ``device``: ``model(inputs)`` gives (B, num_classes) logits (10 classes
+        for the shipped weights).
 
     Raises:
         FileNotFoundError: the weights file does not exist.
 
     Examples::
 
-        >>> default = load_default_model()
-        >>> default.class_names[0]
-        'T-shirt/top'
+        >>> model = load_default_model()
+        >>> inputs, scenes = load_default_scenes(n=2)
+        >>> logits = model(inputs)
+        >>> logits.shape
+        torch.Size([2, 10])
+        >>> names = [CLASS_NAMES[i] for i in logits.argmax(dim=1)]
     """
-    path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
-    if not path.is_file():
-        raise FileNotFoundError(f"no model weights at {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    config = dict(payload["config"])
-    model = build_model(config)
+    payload = _read_weights(weights)
+    model = build_model(dict(payload["config"]))
     model.load_state_dict(payload["state_dict"])
-    model.to(device).eval()
-    names = tuple(config.get("class_names", CLASS_NAMES))
-    return DefaultModel(model, preprocess, names, config)
+    return model.to(device).eval()
 
 
 def load_default_scenes(
@@ -294,12 +321,12 @@ def load_default_explainer(
     for path in (DEFAULT_SURROGATE, DEFAULT_EXPLAINER):
         if not path.is_file():
             raise FileNotFoundError(f"no shipped ViT Shapley weights at {path}")
-    default = load_default_model()
+    classifier = load_default_model()
     # the shipped pair is checked here with a warning (not refused): the installed
     # default classifier may have been retrained since the surrogate was made
     try:
         surrogate = load_surrogate(
-            DEFAULT_SURROGATE, default.model, device=device, check_classifier=False
+            DEFAULT_SURROGATE, classifier, device=device, check_classifier=False
         )
     except ValueError as exc:
         raise ValueError(
@@ -308,7 +335,7 @@ def load_default_explainer(
             f"train-shapley` (see captum_vit/zoo/SHAPLEY_CARD.md)"
         ) from exc
     expected = getattr(surrogate, "metadata", {}).get("classifier_digest")
-    if expected is not None and expected != classifier_digest(default.model):
+    if expected is not None and expected != classifier_digest(classifier):
         warnings.warn(
             "the shipped ViT Shapley surrogate was fine-tuned from other default-model "
             "weights than the ones installed; retrain it with `captum-vit "
