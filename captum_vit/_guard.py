@@ -15,6 +15,15 @@
   its decorators for attribution methods and metric functions.
 - :func:`require_autograd`: gradient methods cannot run inside
   ``torch.inference_mode()`` and say so.
+- :func:`check_layout` and :func:`check_dtype`: the image batch fits the model that
+  will run it (``ViTAdapter.check_images`` calls both, so every method and
+  :class:`~captum_vit.TokenMask` does): a channels-last batch or a batch without its
+  batch dimension gets the ``permute`` / ``[None]`` that fixes it, and images of
+  another floating-point dtype than the model's get the call that converts them
+  (e.g. ``.float()``) instead of torch's "Input type (double) and bias type (float)"
+  error. Inputs are never cast silently: PyTorch and Captum do not cast either, and a
+  float64 batch explained by a float32 model would return float32-precision maps
+  (in float64) without a word.
 """
 
 from __future__ import annotations
@@ -23,10 +32,11 @@ import functools
 import inspect
 import sys
 from contextlib import ExitStack, contextmanager
-from typing import Any, Callable, Iterator, List, Tuple, TypeVar
+from typing import Any, Callable, Iterator, List, Optional, Tuple, TypeVar
 
 import torch
 import torch.nn as nn
+from torch import Tensor
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -179,3 +189,98 @@ def require_autograd(method: str) -> None:
             "inside torch.inference_mode(); call it outside the inference_mode block "
             "(wrapping the call in torch.no_grad() is fine)"
         )
+
+
+# ------------------------------------------------------------ inputs for a model
+#: The tensor method that converts images to a model's dtype.
+_DTYPE_CALLS = {
+    torch.float32: ".float()",
+    torch.float64: ".double()",
+    torch.float16: ".half()",
+    torch.bfloat16: ".bfloat16()",
+}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def check_layout(images: Tensor, in_chans: Optional[int], name: str = "inputs") -> None:
+    """Refuse a batch that is not (B, C, H, W) with C = ``in_chans``, with a hint.
+
+    A (B, H, W, C) batch is named channels-last with the ``permute`` that fixes it; a
+    single (C, H, W) or (H, W, C) image gets the indexing that adds the batch
+    dimension.
+
+    Args:
+        images: The image batch (a tensor).
+        in_chans: Channels the model expects (None: not checked).
+        name: Argument name used in the message.
+
+    Raises:
+        ValueError: wrong rank, or another number of channels.
+    """
+    shape = tuple(images.shape)
+    c = in_chans
+    if images.dim() != 4:
+        hint = ""
+        if images.dim() == 3 and c is not None and shape[0] == c:
+            hint = "; one image without its batch dimension? use x[None]"
+        elif images.dim() == 3 and c is not None and shape[-1] == c:
+            hint = "; one channels-last image? use x.permute(2, 0, 1)[None]"
+        raise ValueError(
+            f"{name}: expected a (B, C, H, W) image batch, got shape {shape}{hint}"
+        )
+    if c is None or shape[1] == c:
+        return
+    if shape[-1] == c:
+        raise ValueError(
+            f"{name}: expected (B, {c}, H, W); got {shape}, which looks "
+            "channels-last: use x.permute(0, 3, 1, 2)"
+        )
+    raise ValueError(f"{name}: the model expects {c} channels, got {shape[1]}")
+
+
+def model_dtype(model: nn.Module) -> Optional[torch.dtype]:
+    """The floating-point dtype of ``model``'s parameters; None when it has none or
+    several (mixed-precision models are not checked)."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    return dtypes.pop() if len(dtypes) == 1 else None
+
+
+def _autocast_on(device: torch.device) -> bool:
+    """Whether ``torch.autocast`` is active for ``device``'s type (it reconciles
+    input and weight dtypes itself)."""
+    if device.type not in ("cpu", "cuda", "xpu", "mps", "hpu"):
+        return False  # e.g. meta: autocast has no notion of it
+    return torch.is_autocast_enabled(device.type)
+
+
+def check_dtype(images: Tensor, model: nn.Module, name: str = "inputs") -> None:
+    """Refuse floating-point images whose dtype is not ``model``'s, saying how to
+    convert them.
+
+    Nothing is checked under ``torch.autocast`` (which casts per operation) or for a
+    model whose parameters have several dtypes. Callers whose model converts its
+    inputs itself (Hugging Face models cast ``pixel_values`` to their patch
+    embedding's dtype) do not call this.
+
+    Args:
+        images: The (floating-point) image batch.
+        model: The module that will run the images.
+        name: Argument name used in the message.
+
+    Raises:
+        TypeError: the dtypes differ, e.g. ``inputs: float64 images for a float32
+            model; call .float() on them``.
+    """
+    if not images.is_floating_point():
+        return  # check_image_batch words integer images
+    want = model_dtype(model)
+    if want is None or images.dtype == want or _autocast_on(images.device):
+        return
+    call = _DTYPE_CALLS.get(want, f".to({want})")
+    raise TypeError(
+        f"{name}: {_dtype_name(images.dtype)} images for a {_dtype_name(want)} model; "
+        f"call {call} on them (or convert the model, or run it under torch.autocast)"
+    )

@@ -15,7 +15,8 @@ bars inside the methods that have them; False unless the caller asks, as in Capt
 and the trained parts (``shapley_explainer``, ``shapley_surrogate``).
 
 Every built function runs under the same guard (:func:`_guarded`), whatever the method:
-the inputs are validated (floating point, finite, at least one image), so is the target
+the inputs are validated (floating point, finite, at least one image, the model's
+layout and dtype: ``ViTAdapter.check_images``), so is the target
 (also by methods that ignore it), the model runs in eval mode and eagerly for the call
 (modes restored afterwards), and methods with ``needs_grad`` refuse to run inside
 ``torch.inference_mode()`` with a message saying so.
@@ -261,10 +262,12 @@ def _guarded(method: Method) -> Method:
 
     def guarded_build(model: nn.Module, extras: Dict[str, Any]) -> Explain:
         explain = build(model, extras)
-        num_classes = ViTAdapter(model).num_classes
+        adapter = ViTAdapter(model)
+        num_classes = adapter.num_classes
 
         def run(x: Tensor, t: Tensor, seeds: Optional[Sequence[int]] = None) -> Tensor:
             images, _ = unpack_inputs(x)
+            adapter.check_images(images)  # layout and dtype, also for Captum's
             if t is not None:
                 t = format_target(t, images.shape[0], num_classes).to(images.device)
             with model_call(model):

@@ -205,7 +205,7 @@ def test_unsupported_models_raise_type_error():
 
 def test_bad_image_size_and_keep_masks():
     model = make_model("cls")
-    with pytest.raises(ValueError, match="inputs: this model was built for 32x32"):
+    with pytest.raises(ValueError, match="images: this model was built for 32x32"):
         TokenMask(model)(torch.randn(1, 3, 48, 48), torch.ones(1, 36, dtype=torch.bool))
     x = _images("cls", b=2)
     with pytest.raises(ValueError, match=r"keep: expected shape .*\(2, 16\)"):

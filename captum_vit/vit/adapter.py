@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .._guard import unwrap_compiled
+from .._guard import check_dtype, check_layout, unwrap_compiled
 from .._utils import check_int
 
 # ----------------------------------------------------------------- capabilities
@@ -407,6 +407,12 @@ class ViTAdapter:
         return None
 
     @property
+    def casts_inputs(self) -> bool:
+        """Whether the model converts its inputs to its own dtype (then
+        :meth:`check_images` accepts images of any floating-point dtype)."""
+        return False
+
+    @property
     def pool(self) -> str:
         """What the head reads, one of :data:`POOLS`."""
         return "token"
@@ -450,23 +456,18 @@ class ViTAdapter:
             The patch grid (gh, gw) the model will use for these images.
 
         Raises:
-            TypeError: not a tensor.
-            ValueError: wrong rank, channel count, or a size the model rejects.
+            TypeError: not a tensor, or floating-point images of another dtype than
+                the model's (unless it casts its inputs itself or autocast is on).
+            ValueError: wrong rank, channel count (a channels-last batch is named
+                with the ``permute`` that fixes it), or a size the model rejects.
         """
         if not isinstance(images, Tensor):
             raise TypeError(
                 f"{name}: expected a (B, C, H, W) tensor, got {type(images)}"
             )
-        if images.dim() != 4:
-            raise ValueError(
-                f"{name}: expected a (B, C, H, W) image batch, got shape "
-                f"{tuple(images.shape)}"
-            )
-        in_chans = self.in_chans
-        if in_chans is not None and images.shape[1] != in_chans:
-            raise ValueError(
-                f"{name}: the model expects {in_chans} channels, got {images.shape[1]}"
-            )
+        check_layout(images, self.in_chans, name)  # with channels-last hints
+        if not self.casts_inputs:
+            check_dtype(images, self.model, name)
         hw = (int(images.shape[-2]), int(images.shape[-1]))
         if self.dynamic_img_size:
             ph, pw = self.patch_size

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from .._utils import check_image_batch
 from .adapter import ATTENTION_MASK, TOKEN_DROP, ViTAdapter, drop_index, logits_of
 
 _MODES = ("attention", "drop")
@@ -80,8 +81,18 @@ class TokenMask:
         Returns:
             The model's output (logits; ``.logits`` of Hugging Face outputs) for the
             masked inputs, (B, num_classes).
+
+        Raises:
+            TypeError: not a tensor, integer images (e.g. uint8: convert and normalise
+                them), or another floating-point dtype than the model's; ``keep``
+                not a boolean (B, N) tensor.
+            ValueError: an empty batch, NaN or infinite values, a channels-last or
+                otherwise misshapen batch, or ``keep`` of another shape.
         """
-        gh, gw = self.adapter.check_images(images)
+        # the input guard of every method: check_image_batch, then the model's
+        # layout and dtype checks in ViTAdapter.check_images
+        check_image_batch(images, "images")
+        gh, gw = self.adapter.check_images(images, "images")
         self.adapter.check_keep(keep, images.shape[0], gh * gw)
         with self.keep(keep):
             return logits_of(self.model(images))

@@ -170,6 +170,10 @@ class HFViTAdapter(ViTAdapter):
         return int(self._config.num_channels)
 
     @property
+    def casts_inputs(self) -> bool:
+        return True  # the embeddings cast pixel_values to the patch embedding's dtype
+
+    @property
     def pool(self) -> str:
         return "token+avg" if self._head_kind == "cls+mean" else "token"
 
