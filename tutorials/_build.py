@@ -402,17 +402,11 @@ print("files go to", WORK)
 ## Data
 
 Any image tensor (or a map-style dataset of images or `(image, label)` pairs) works.
-Here: scenes drawn from the Fashion-MNIST training split when the full data set is
-installed, otherwise from the test-split sample shipped with the package (different
-scenes, but items may repeat between the two sets). The held-out scenes always use the
-test split.
+Here: scenes drawn from the Fashion-MNIST training items shipped with the package, and
+held-out scenes from its test split, so the two never share an item.
 """),
     code("""
-try:
-    train = make_scenes(N_TRAIN, split="train", seed=1, image_size=IMAGE_SIZE)
-except FileNotFoundError:
-    print("Full Fashion-MNIST not found: training on test-split sample scenes.")
-    train = make_scenes(N_TRAIN, split="test", seed=1, image_size=IMAGE_SIZE)
+train = make_scenes(N_TRAIN, split="train", seed=1, image_size=IMAGE_SIZE)
 val = make_scenes(N_VAL, split="test", seed=2, image_size=IMAGE_SIZE)
 
 x_train, y_train = preprocess(train.images), torch.as_tensor(train.labels)
