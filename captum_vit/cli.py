@@ -301,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --data: also draw one PNG per image",
     )
     _add_common(ex, "out", 8)
+    _explain_preview_default(ex)
     ex.set_defaults(func=cmd_explain, parser=ex)
     ev = sub.add_parser(
         "evaluate",
@@ -708,6 +709,35 @@ def _workers(args: argparse.Namespace, world: int) -> int:
 
 
 # --------------------------------------------------------------------------- explain
+def _explain_preview_default(ex: argparse.ArgumentParser) -> None:
+    """explain without --method runs the quick preview (every method but RISE)."""
+    from .methods import PREVIEW_SKIPPED
+
+    for action in ex._actions:
+        if action.dest == "methods":
+            action.default = None
+            action.help = (
+                "method name(s), or 'all'; default: a quick preview, every method but "
+                f"{', '.join(PREVIEW_SKIPPED)} (4000 masks per image)"
+            )
+
+
+def _explain_methods(args: argparse.Namespace, announce: bool = True) -> List[Any]:
+    """The methods explain runs: --method's, or the preview (said on screen when
+    ``announce``)."""
+    from .methods import PREVIEW_SKIPPED, preview_methods, resolve_methods
+
+    if args.methods is not None:
+        return resolve_methods(args.methods)
+    if announce:
+        print(
+            f"preview: {', '.join(PREVIEW_SKIPPED)} skipped (4000 masks per image, ten "
+            "times any other method); --method rise runs it, --method all runs every "
+            "method with the paper's settings"
+        )
+    return preview_methods()
+
+
 def cmd_explain(args: argparse.Namespace, ctx: Any) -> int:
     if args.data is not None:
         return _explain_folder(args, ctx)
@@ -723,7 +753,7 @@ def cmd_explain(args: argparse.Namespace, ctx: Any) -> int:
 def _explain_folder(args: argparse.Namespace, ctx: Any) -> int:
     from ._jobs import check_job
     from .data import DataError
-    from .explain import run_explain
+    from .explain import display_names, folder_class_names, run_explain
     from .models import ModelError
 
     def setup():
@@ -733,9 +763,13 @@ def _explain_folder(args: argparse.Namespace, ctx: Any) -> int:
         return loaded, data
 
     loaded, data = ctx.agree(setup, (CLIError, ModelError, DataError, ValueError))
+    methods = [m.name for m in _explain_methods(args, ctx.is_main)]
+    names = loaded.class_names
+    if args.labels is None and data.has_labels:  # an ImageFolder tree
+        names = display_names(names, folder_class_names(data))
     rows = run_explain(
         args.out,
-        args.methods,
+        methods,
         model=loaded,
         dataset=data,
         ctx=ctx,
@@ -749,6 +783,7 @@ def _explain_folder(args: argparse.Namespace, ctx: Any) -> int:
         png=args.png,
         workers=_workers(args, ctx.world_size),
         show_progress=not args.quiet,
+        class_names=names,
     )
     if ctx.is_main and rows is not None:
         n_ok = sum(r["status"] == "ok" for r in rows)
@@ -767,15 +802,23 @@ def _explain_target(args: argparse.Namespace) -> Any:
 
 def _explain_few(args: argparse.Namespace, ctx: Any) -> int:
     """Explain given files or a few embedded scenes into one comparison grid."""
-    from ._jobs import check_amp, image_seed, timed_explain
+    from ._jobs import check_amp, image_seed, note, timed_explain
     from .data import DataError, SceneDataset, read_image
-    from .methods import MethodUnavailable, resolve_methods
+    from .evaluate import format_seconds
+    from .explain import build_available, constant_map_warnings, model_ignores_input
     from .vit import logits_of
-    from .viz import comparison_grid
+    from .viz import comparison_grid, image_title
 
-    methods = resolve_methods(args.methods)
+    methods = _explain_methods(args)
     check_amp(ctx.device, args.amp)
     loaded = _load(args, ctx.device)
+    options = dict(
+        tis_masks=args.tis_masks,
+        rise_masks=args.rise_masks,
+        n_steps=args.ig_steps,
+        show_progress=not args.quiet,
+    )
+    built, unavailable = build_available(methods, loaded, options)
     pre = loaded.preprocessing
     size = loaded.input_size
     if args.images:
@@ -830,32 +873,28 @@ def _explain_few(args: argparse.Namespace, ctx: Any) -> int:
         print(f"{label}: top: {tops}; explaining '{names[int(target[i])]}'")
     maps: Dict[str, Tensor] = {}
     signed: Dict[str, bool] = {}
-    extras = dict(
-        loaded.extras,
-        tis_masks=args.tis_masks,
-        rise_masks=args.rise_masks,
-        n_steps=args.ig_steps,
-        show_progress=not args.quiet,
-    )
     seeds = [image_seed(args.seed, lab) for lab in labels]
     for method in methods:
-        try:
-            explain = method.build(loaded.model, extras)
-        except MethodUnavailable as exc:
-            print(f"{method.name}: skipped ({exc})")
+        if method.name in unavailable:
+            print(f"{method.name}: skipped ({unavailable[method.name]})")
             continue
+        explain = built[method.name]
         attr, dt = timed_explain(explain, method, inputs, target, seeds, args.amp)
         maps[method.name] = attr.detach().float().cpu()
         signed[method.name] = method.signed
-        from .evaluate import format_seconds
-
         print(
             f"{method.name}: {format_seconds(dt)} s "
             f"({format_seconds(dt / len(inputs))} s/image)"
         )
+    for line in constant_map_warnings(
+        {n: m.sum(1).numpy() for n, m in maps.items()},
+        labels,
+        lambda i: model_ignores_input(loaded.model, inputs[i]),
+    ):
+        note(line)
     out = Path(args.out)
     path = out / "explain_grid.png"
-    titles = [f"{lab}\n→ {names[int(target[i])]}" for i, lab in enumerate(labels)]
+    titles = [image_title(lab, names, int(target[i])) for i, lab in enumerate(labels)]
     images01 = pre.denormalise(inputs.float().cpu())
     comparison_grid(images01, maps, path=str(path), row_titles=titles, signed=signed)
     print(f"wrote {path}")

@@ -4,9 +4,19 @@
 image it saves the maps as arrays, ``OUT/maps/<relative path>.npz`` holding one
 (H, W) float32 map per method (the attribution summed over channels, at the model's
 input resolution, after its resize and crop), and writes ``OUT/manifest.csv`` with one
-row per (file, method): ``file, target, method, seconds, status`` (``ok`` or
-``skipped: <reason>`` for an unreadable image). With ``png=True`` it also draws
-``OUT/png/<relative path>.png`` (the image and every method's map).
+row per (file, method): ``file, target, method, seconds, status`` (``ok``, or
+``skipped: <reason>`` for an unreadable image or a method the model cannot serve).
+With ``png=True`` it also draws ``OUT/png/<relative path>.png`` (the image, its true
+class when the data has labels, and every method's map).
+
+Output names keep the whole relative path, extension included (``c0/x.jpg`` ->
+``maps/c0/x.jpg.npz``, ``png/c0/x.jpg.png``), so every input file has its own outputs
+(:func:`map_path`). Folders written by versions that dropped the extension (where
+``x.jpg`` and ``x.png`` shared one file) are refused rather than resumed.
+
+A map that is constant over its image is a warning naming the likely cause (for
+example a model whose output does not depend on the input: torchvision's
+random-weight ``vit_b_16`` has a zero-initialised head).
 
 Like :func:`captum_vit.evaluate.run_evaluation` it works in fixed chunks recorded one
 line per (method, chunk) in per-rank records files, so a killed run restarted with the
@@ -19,22 +29,23 @@ from __future__ import annotations
 import csv
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from torch import Tensor
 
 from ._jobs import (
     RecordStore,
-    build_methods,
+    SettingsMismatch,
     check_amp,
     check_count,
     check_job,
     chunk_inputs,
     chunks_of,
     image_seed,
+    note,
     plan,
     run_chunks,
     timed_explain,
@@ -46,13 +57,154 @@ from .methods import Method, resolve_methods
 #: Columns of ``manifest.csv``.
 MANIFEST_COLUMNS = ["file", "target", "method", "seconds", "status"]
 
+#: How output files are named (recorded in the settings of every record): the
+#: image's relative path with its extension, plus the output's suffix.
+OUTPUT_NAMES = "relative path + extension + suffix"
+
+
+class MethodsUnavailable(ValueError):
+    """No requested method can run for the model (each one's reason in the text)."""
+
 
 def map_path(out: Path, key: str, suffix: str = ".npz", folder: str = "maps") -> Path:
-    """Where the output of the image ``key`` goes (its relative path, new suffix)."""
+    """Where the output of the image ``key`` goes: ``out/folder/<key><suffix>``.
+
+    The key keeps its extension (``c0/x.jpg`` -> ``maps/c0/x.jpg.npz``), so two
+    images that differ only in their extension never share an output file.
+    """
     rel = Path(key)
     if rel.is_absolute() or ".." in rel.parts:
         rel = Path(rel.name)
-    return out / folder / rel.with_suffix(suffix)
+    return out / folder / rel.parent / (rel.name + suffix)
+
+
+def build_available(
+    methods: Sequence[Method], loaded: Any, options: Dict[str, Any]
+) -> Tuple[Dict[str, Callable[..., Tensor]], Dict[str, str]]:
+    """Build every method for a loaded model.
+
+    Args:
+        methods: The requested methods.
+        loaded: A :class:`captum_vit.models.LoadedModel` (its ``extras`` hold
+            trained parts such as ViT Shapley's explainer).
+        options: Builder options (``tis_masks``, ``rise_masks``, ``n_steps``,
+            ``show_progress``).
+
+    Returns:
+        ``(built, unavailable)``: ``{name: explain}`` and ``{name: reason}`` of the
+        methods the model cannot serve (:class:`~captum_vit.methods.
+        MethodUnavailable`).
+
+    Raises:
+        MethodsUnavailable: no requested method can run; the text gives each
+            method's reason.
+    """
+    from .methods import MethodUnavailable
+
+    extras = dict(loaded.extras, **options)
+    built: Dict[str, Callable[..., Tensor]] = {}
+    unavailable: Dict[str, str] = {}
+    for method in methods:
+        try:
+            built[method.name] = method.build(loaded.model, extras)
+        except MethodUnavailable as exc:
+            unavailable[method.name] = " ".join(str(exc).split())
+    if methods and not built:
+        raise MethodsUnavailable(
+            "--method: no requested method can run for this model: "
+            + "; ".join(unavailable.values())
+        )
+    return built, unavailable
+
+
+def _is_constant(m: np.ndarray) -> bool:
+    """Whether a map has the same value everywhere (up to float32 rounding)."""
+    lo, hi = float(np.min(m)), float(np.max(m))
+    return hi - lo <= 1e-6 * max(abs(lo), abs(hi))
+
+
+def model_ignores_input(model: Any, x: Tensor) -> bool:
+    """Whether the model gives ``x`` (one image) and a blank image the same logits."""
+    import torch
+
+    from .vit import logits_of
+
+    with torch.no_grad():
+        logits = logits_of(model(torch.stack([x, torch.zeros_like(x)]))).float()
+    return bool(torch.allclose(logits[0], logits[1], rtol=1e-5, atol=1e-6))
+
+
+def constant_map_warnings(
+    maps: Dict[str, np.ndarray],
+    names: Sequence[str],
+    ignores_input: Callable[[int], bool],
+    already: Optional[set] = None,
+) -> List[str]:
+    """One warning line per method with a map that is constant over its image.
+
+    Args:
+        maps: ``{method: (B, H, W) maps}`` of one batch.
+        names: The B images' names.
+        ignores_input: ``ignores_input(i)``: whether the model's output for image
+            ``i`` does not depend on the input (called only for a constant map).
+        already: Methods warned about before (skipped; the new ones are added), so
+            a long run warns once per method.
+
+    Returns:
+        ``"warning: <method>: the map of image '<name>' is constant (all <v>): <the
+        likely cause>"`` lines.
+    """
+    lines: List[str] = []
+    for method, batch in maps.items():
+        if already is not None and method in already:
+            continue
+        const = [i for i in range(len(batch)) if _is_constant(batch[i])]
+        if not const:
+            continue
+        i = const[0]
+        more = f" (and {len(const) - 1} more of {len(batch)})" if len(const) > 1 else ""
+        if ignores_input(i):
+            cause = (
+                "the model's output does not depend on the input (a blank image gets "
+                "the same logits): a zero-initialised head, as torchvision's "
+                "random-weight vit_b_16 has?"
+            )
+        else:
+            cause = (
+                "the explained class's score may not depend on what this method "
+                "reads or perturbs (e.g. uniform attention in random weights)"
+            )
+        value = float(np.asarray(batch[i]).flat[0])
+        lines.append(
+            f"warning: {method}: the map of image {names[i]!r} is constant "
+            f"(all {value:.4g}){more}: {cause}"
+        )
+        if already is not None:
+            already.add(method)
+    return lines
+
+
+def folder_class_names(dataset: Any) -> Dict[int, str]:
+    """``{class index: folder name}`` of an ImageFolder tree's images.
+
+    Read from the items' keys (``<class folder>/.../<file>``) and labels; several
+    folders mapped to one index (a class map) are joined with ``/``.
+    """
+    names: Dict[int, List[str]] = {}
+    for key, label in zip(dataset.keys(), dataset.labels()):
+        parts = Path(key).parts
+        if label >= 0 and len(parts) > 1 and parts[0] not in names.get(label, []):
+            names.setdefault(label, []).append(parts[0])
+    return {k: "/".join(sorted(v)) for k, v in names.items()}
+
+
+def display_names(model_names: Sequence[str], data_names: Dict[int, str]) -> List[str]:
+    """Class names for pictures: the model's own names, except that a generic
+    ``"class i"`` gives way to the data's name for class ``i`` when it is known."""
+    return [
+        data_names.get(i, n) if n == f"class {i}" else n
+        for i, n in enumerate(model_names)
+    ]
 
 
 def read_maps(path: Union[str, Path]) -> Dict[str, np.ndarray]:
@@ -94,6 +246,7 @@ def run_explain(
     workers: int = 0,
     show_progress: bool = False,
     log: Optional[Callable[[str], None]] = None,
+    class_names: Optional[Sequence[str]] = None,
 ) -> Optional[List[Dict[str, str]]]:
     """Explain every image of ``dataset`` with each method; save maps and a manifest.
 
@@ -113,14 +266,19 @@ def run_explain(
         png: Also draw one PNG per image.
         workers: DataLoader worker processes.
         show_progress: A tqdm bar over the images on rank 0.
-        log: Receives one line per finished (method, chunk) and per skip.
+        log: Receives one line per finished (method, chunk), per skip and per
+            warning (a constant map).
+        class_names: Names of the model's classes for the pictures (default: the
+            model's; see :func:`display_names`).
 
     Returns:
         On rank 0 the manifest rows; None on other ranks.
 
     Raises:
+        MethodsUnavailable: no requested method can run for the model.
         ValueError: bad settings, labels missing or out of range, more processes
-            than images, or records of other settings in ``out_dir``.
+            than images, or records of other settings (or of the older output
+            names) in ``out_dir``.
 
     Examples::
 
@@ -152,13 +310,22 @@ def run_explain(
         "n_steps": n_steps,
         "amp": amp,
         "seed": seed,
+        "output_names": OUTPUT_NAMES,
     }
     options = dict(
         tis_masks=tis_masks, rise_masks=rise_masks, n_steps=n_steps, show_progress=False
     )
-    built = build_methods(chosen, model, options, ctx.is_main, log)
+    try:
+        built, unavailable = build_available(chosen, model, options)
+    except MethodsUnavailable as exc:
+        exc.all_ranks = True  # type: ignore[attr-defined]  # the same on every rank
+        raise
+    if ctx.is_main:
+        for name, why in unavailable.items():
+            (log or print)(f"{name}: skipped ({why})")
     by_name = {m.name: m for m in chosen}
     store = RecordStore(out, ctx.rank)
+    ctx.agree(lambda: _check_output_names(store), (SettingsMismatch,))
     work, reused, total = plan(
         ctx, store, settings, list(built), chunks_of(len(dataset), batch_size)
     )
@@ -166,8 +333,9 @@ def run_explain(
         (log or print)(
             f"resuming: {reused} of {total} (method, image) maps already done in {out}"
         )
+    names = list(class_names) if class_names is not None else model.class_names
     job = _ExplainJob(
-        built, by_name, model, target, amp, seed, png, settings, store, out
+        built, by_name, model, target, amp, seed, png, settings, store, out, names
     )
     run_chunks(
         ctx,
@@ -180,7 +348,28 @@ def run_explain(
     )
     if not ctx.is_main:
         return None
-    return write_manifest(out, list(built), settings)
+    return write_manifest(
+        out, [m.name for m in chosen], settings, unavailable, dataset.keys()
+    )
+
+
+def _check_output_names(store: RecordStore) -> None:
+    """Refuse a folder of explain records written with the older output names
+    (``maps/c0/x.npz`` for ``c0/x.jpg``): x.jpg and x.png shared one file there, so
+    its maps cannot be trusted, and resuming would mix two naming schemes."""
+    for rec in store.read():
+        settings = rec.get("settings")
+        if (
+            isinstance(settings, dict)
+            and settings.get("command") == "explain"
+            and "output_names" not in settings
+        ):
+            raise SettingsMismatch(
+                f"--out {str(store.out)!r} holds maps of an older captum-vit, named "
+                "without the image's extension (maps/c0/x.npz for c0/x.jpg; x.jpg and "
+                "x.png overwrote each other); use another --out (maps are now named "
+                "maps/c0/x.jpg.npz)"
+            )
 
 
 @dataclass
@@ -197,12 +386,15 @@ class _ExplainJob:
     settings: dict
     store: RecordStore
     out: Path
+    class_names: List[str]
+    warned: set = field(default_factory=set)
 
     def run(self, batch: Dict[str, Any], start: int, left: List[str], log) -> None:
         """Run the pending methods on one chunk, save the maps, append records."""
-        _, keys, skipped, inputs, t = chunk_inputs(
+        idx, keys, skipped, inputs, t = chunk_inputs(
             batch, self.loaded.model, self.target, log
         )
+        labels = batch["label"][idx].tolist() if keys else []
         seeds = [image_seed(self.seed, k) for k in keys]
         maps: Dict[str, np.ndarray] = {}
         rows: Dict[str, List[dict]] = {}
@@ -221,6 +413,13 @@ class _ExplainJob:
                 {"file": k, "target": None, "seconds": None, "status": f"skipped: {e}"}
                 for k, e in skipped.items()
             ]
+        for line in constant_map_warnings(
+            maps,
+            keys,
+            lambda i: model_ignores_input(self.loaded.model, inputs[i]),
+            self.warned,
+        ):
+            (log or note)(line)
         for i, key in enumerate(keys):
             merged = _save_maps(
                 map_path(self.out, key), {name: m[i] for name, m in maps.items()}
@@ -233,7 +432,9 @@ class _ExplainJob:
                     merged,
                     self.by_name,
                     self.loaded,
+                    self.class_names,
                     int(t[i]),
+                    int(labels[i]),
                 )
         for name in left:
             self.store.append(
@@ -248,8 +449,20 @@ class _ExplainJob:
                 log(f"{name}: images {start}-{start + len(batch['ok']) - 1} done")
 
 
-def _draw(out, key, x, maps, by_name, loaded, target) -> None:
-    from .viz import comparison_grid
+def _draw(
+    out: Path,
+    key: str,
+    x: Tensor,
+    maps: Dict[str, np.ndarray],
+    by_name: Dict[str, Method],
+    loaded: Any,
+    class_names: Sequence[str],
+    target: int,
+    label: int,
+) -> None:
+    """One image's picture: the image (titled with its file, its true class when
+    known and the explained class) and every method's map."""
+    from .viz import comparison_grid, image_title
 
     path = map_path(out, key, ".png", "png")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -259,16 +472,29 @@ def _draw(out, key, x, maps, by_name, loaded, target) -> None:
         image01,
         {n: maps[n][None] for n in names},
         path=str(path),
-        row_titles=[f"{Path(key).name}\n→ {loaded.class_names[target]}"],
+        row_titles=[image_title(Path(key).name, class_names, target, label)],
         signed={n: by_name[n].signed for n in names if n in by_name},
     )
 
 
 def write_manifest(
-    out: Path, method_names: List[str], settings: dict
+    out: Path,
+    method_names: List[str],
+    settings: dict,
+    unavailable: Optional[Dict[str, str]] = None,
+    keys: Sequence[str] = (),
 ) -> List[Dict[str, str]]:
     """Merge every rank's records into ``manifest.csv`` (sorted by file, then method
-    in the given order) and return its rows."""
+    in the given order) and return its rows.
+
+    Args:
+        out: The output folder.
+        method_names: The requested methods, in table order.
+        settings: The run's settings (records of other settings are ignored).
+        unavailable: ``{method: reason}`` of requested methods the model cannot
+            serve: one ``skipped: <reason>`` row per file in ``keys``.
+        keys: The data's files.
+    """
     records = [r for r in RecordStore(out).read() if r.get("settings") == settings]
     seen, rows = set(), []
     order = {m: i for i, m in enumerate(method_names)}
@@ -287,6 +513,18 @@ def write_manifest(
                     ),
                     "status": row["status"],
                 }
+            )
+    for name, why in (unavailable or {}).items():
+        if name in order:
+            rows.extend(
+                {
+                    "file": k,
+                    "target": "",
+                    "method": name,
+                    "seconds": "",
+                    "status": f"skipped: {why}",
+                }
+                for k in keys
             )
     rows.sort(key=lambda row: (row["file"], order[row["method"]]))
     with (out / "manifest.csv").open("w", newline="") as fh:

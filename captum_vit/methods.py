@@ -359,6 +359,18 @@ def default_model_extras(device: Union[str, torch.device] = "cpu") -> Dict[str, 
     return {"shapley_explainer": explainer, "shapley_surrogate": surrogate}
 
 
+#: Methods that ``captum-vit explain`` leaves out of its quick preview (no
+#: ``--method``): each costs thousands of forward passes per image (RISE: 4000
+#: masks, ten times any other method on the embedded model).
+PREVIEW_SKIPPED = ("rise",)
+
+
+def preview_methods() -> List[Method]:
+    """What ``captum-vit explain`` runs without ``--method``: the seed methods and
+    the cheap baselines, every method but :data:`PREVIEW_SKIPPED`."""
+    return [m for m in METHODS.values() if m.name not in PREVIEW_SKIPPED]
+
+
 def method_names() -> List[str]:
     """All registered method names, in table order."""
     return list(METHODS)

@@ -149,6 +149,34 @@ def comparison_grid(
     return fig
 
 
+def class_name(class_names: Sequence[str], index: int) -> str:
+    """``class_names[index]``, or ``"class <index>"`` outside the list."""
+    return class_names[index] if 0 <= index < len(class_names) else f"class {index}"
+
+
+def image_title(
+    name: str, class_names: Sequence[str], target: int, label: int = -1
+) -> str:
+    """A picture's row title: the image's name, its true class (``label`` >= 0) and
+    the explained class, e.g. ``"x.jpg\\ntrue: cat\\n→ dog"``.
+
+    Args:
+        name: The image's name (file name or scene).
+        class_names: Names of the model's classes (see
+            :func:`captum_vit.explain.display_names`).
+        target: The explained class.
+        label: The true class, -1 when unknown.
+
+    Returns:
+        The title, one item per line.
+    """
+    lines = [name]
+    if label >= 0:
+        lines.append(f"true: {class_name(class_names, label)}")
+    lines.append(f"→ {class_name(class_names, target)}")
+    return "\n".join(lines)
+
+
 def to_unit_range(
     images: Tensor, mean: Sequence[float], std: Sequence[float]
 ) -> Tensor:

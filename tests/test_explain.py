@@ -45,7 +45,7 @@ def test_explain_folder_maps_manifest_skip_and_resume(tmp_path: Path, capsys):
     broken = rows[1]
     assert broken["status"].startswith("skipped: cannot read image")
     assert broken["target"] == "" and broken["seconds"] == ""
-    assert not (out / "maps" / "left" / "zz_broken.npz").exists()
+    assert not (out / "maps" / "left" / "zz_broken.png.npz").exists()
 
     # the saved map is GenAtt's, computed directly with the library
     from captum_vit import GenAtt
@@ -57,7 +57,7 @@ def test_explain_folder_maps_manifest_skip_and_resume(tmp_path: Path, capsys):
     with torch.no_grad():
         pred = loaded.model(x).argmax(-1)
     expected = GenAtt(loaded.model).attribute(x, target=pred).sum(1)[0]
-    saved = read_maps(out / "maps" / "right" / "scene2.npz")
+    saved = read_maps(out / "maps" / "right" / "scene2.png.npz")
     assert set(saved) == {"genatt"}
     assert torch.allclose(torch.from_numpy(saved["genatt"]), expected, atol=1e-6)
     assert rows[3]["target"] == str(int(pred))
@@ -68,14 +68,14 @@ def test_explain_folder_maps_manifest_skip_and_resume(tmp_path: Path, capsys):
     )
     assert rc == 0, err
     assert "resuming: 4 of 8 (method, image) maps already done" in stdout
-    again = read_maps(out / "maps" / "right" / "scene2.npz")
+    again = read_maps(out / "maps" / "right" / "scene2.png.npz")
     assert set(again) == {"genatt", "rollout"}
     assert (again["genatt"] == saved["genatt"]).all()
     assert len(_manifest(out)) == 8
     records = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
     keys = [(r["method"], r["start"]) for r in records]
     assert len(keys) == len(set(keys)) == 4
-    assert (out / "png" / "right" / "scene2.png").stat().st_size > 5000
+    assert (out / "png" / "right" / "scene2.png.png").stat().st_size > 5000
 
 
 def test_explain_folder_settings_mismatch_and_targets(tmp_path: Path, capsys):
