@@ -668,6 +668,7 @@ def _load(args: argparse.Namespace, device: torch.device):
         random_weights=args.random_weights,
         use_ema=args.use_ema,
         device=device,
+        quiet=getattr(args, "quiet", False),
     )
     try:
         ViTAdapter(loaded.model)

@@ -1169,10 +1169,12 @@ def _report(
         else "the classifier"
     )
     amp = settings.get("amp") or "off"
+    from .models import weights_label  # "random weights (seed 0)", ...
+
     lines = [
         "# captum-vit evaluate",
         "",
-        f"Model `{model.get('model')}` ({model.get('weights')} weights) on {what}; "
+        f"Model `{model.get('model')}` ({weights_label(model)}) on {what}; "
         f"each image explained for {target}; the removal metrics remove patches by "
         f"{removal} and read {evaluator}; AMP {amp}.",
         "",

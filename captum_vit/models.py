@@ -7,19 +7,25 @@ mode on its device, class names, the model's :class:`~captum_vit.data.Preprocess
   parts, only while its shipped weights are used);
 - a timm name (``vit_base_patch16_224``): ``timm.create_model``;
 - ``hf:ID_OR_DIR``: ``transformers.AutoModelForImageClassification`` from a hub id or
-  a local ``save_pretrained`` folder, preprocessing from its image processor;
+  a local ``save_pretrained`` folder, preprocessing from its image processor
+  (``preprocessor_config.json``; without one, the defaults of the image processor
+  transformers names for the model type, with a warning saying so; a malformed one
+  is refused);
 - ``torchvision:NAME``: ``torchvision.models.get_model``, preprocessing from the
   weights' transforms (ImageNet defaults otherwise).
 
 Weights come from ``--checkpoint PATH`` (:func:`read_checkpoint`: a plain
 ``state_dict``, timm training checkpoints with ``state_dict`` / ``state_dict_ema`` /
 ``model`` keys, ``module.`` prefixes, ``.safetensors``; always ``weights_only=True``),
-``random_weights=True``, or the library's pretrained weights (looked up in the local
+``random_weights=True`` (seeded with :data:`RANDOM_WEIGHTS_SEED`), or the library's
+pretrained weights (looked up in the local
 cache first; without network the call fails at once with a one-line
 :class:`ModelError` instead of retrying downloads). A checkpoint whose classifier head
 has another number of classes than the architecture's default builds the model with
 the checkpoint's number. Every problem is one line: missing file, not a checkpoint,
-keys that do not fit (counts and at most five names).
+keys that do not fit (counts and at most five names). ``quiet=True`` (``--quiet``)
+hides the download and "Loading weights" bars of transformers, huggingface_hub and
+torchvision for the call.
 
 Examples::
 
@@ -36,7 +42,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib
+import math
 import socket
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
@@ -51,6 +60,11 @@ from .data import Preprocessing
 #: ImageNet normalisation (timm / torchvision defaults).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: Seed of every random-weight model (the same weights on every process and run).
+RANDOM_WEIGHTS_SEED = 0
+#: The file a Hugging Face image processor is saved in (``save_pretrained``).
+HF_PROCESSOR_FILE = "preprocessor_config.json"
 
 _EMA_KEYS = ("state_dict_ema", "model_ema", "ema")
 _PLAIN_KEYS = ("state_dict", "model", "module", "net", "weights")
@@ -126,6 +140,29 @@ class LoadedModel:
         if self.shapley is not None:  # only then: older records stay resumable
             out["shapley"] = self.shapley
         return out
+
+
+def weights_label(described: Dict[str, Any]) -> str:
+    """What a model's weights are, in words, from :meth:`LoadedModel.describe`.
+
+    ``"random weights (seed 0)"``, ``"shipped weights"``, ``"checkpoint weights"``,
+    ``"pretrained weights"``; the weights of a local Hugging Face folder are that
+    folder's (they may be random, fine-tuned or downloaded: nothing says which).
+
+    Args:
+        described: The ``describe()`` dict of a model (as stored with the records of
+            a run).
+
+    Returns:
+        The label, e.g. for a results table's caption.
+    """
+    weights = described.get("weights")
+    if weights == "random":
+        return f"random weights (seed {RANDOM_WEIGHTS_SEED})"
+    spec = str(described.get("model", ""))
+    if weights == "pretrained" and spec.startswith("hf:") and Path(spec[3:]).is_dir():
+        return f"the weights saved in {spec[3:]}"
+    return f"{weights} weights"
 
 
 # ----------------------------------------------------------------- checkpoints
@@ -242,8 +279,8 @@ def classifier_name(model: nn.Module) -> Optional[str]:
     if hasattr(model, "get_classifier"):
         try:
             head = model.get_classifier()
-        except Exception:  # pragma: no cover - odd custom models
-            head = None
+        except (AttributeError, NotImplementedError, TypeError):  # pragma: no cover
+            head = None  # odd custom models: the last nn.Linear below
     if isinstance(head, nn.Linear):
         for name, mod in model.named_modules():
             if mod is head:
@@ -343,9 +380,7 @@ def _cached_then_online(
     reachable, ``build(offline=False)``; otherwise a one-line :class:`ModelError`."""
     try:
         return build(True)
-    except ModelError:
-        raise
-    except Exception:
+    except OSError:  # not in the cache (transformers, huggingface_hub, torch.hub)
         pass
     if not _reachable(host):
         raise ModelError(_offline_message(name, host, what))
@@ -356,6 +391,39 @@ def _cached_then_online(
             f"--model {name}: could not fetch pretrained weights ({_first_line(exc)}); "
             "pass --checkpoint PATH or --random-weights"
         ) from exc
+
+
+@contextlib.contextmanager
+def _quiet_loading(quiet: bool, transformers: bool) -> Iterator[None]:
+    """Hide huggingface_hub's download bars (and transformers' "Loading weights"
+    bar when ``transformers``) inside the block when ``quiet``; their global
+    switches are restored on exit, also when the block raises."""
+    if not quiet:
+        yield
+        return
+    hub = importlib.import_module("huggingface_hub.utils.tqdm")
+    hub_states = dict(hub.progress_bar_states)
+    tf_logging = None
+    if transformers:
+        from transformers.utils import logging as tf_logging
+
+        tf_enabled = tf_logging.is_progress_bar_enabled()
+    with warnings.catch_warnings():
+        # HF_HUB_DISABLE_PROGRESS_BARS=0 keeps the bars on (it has priority)
+        warnings.simplefilter("ignore")
+        if tf_logging is not None:
+            tf_logging.disable_progress_bar()  # also disables huggingface_hub's
+        else:
+            hub.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if tf_logging is not None and tf_enabled:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                tf_logging.enable_progress_bar()
+        hub.progress_bar_states.clear()
+        hub.progress_bar_states.update(hub_states)
 
 
 @contextlib.contextmanager
@@ -416,7 +484,7 @@ def _check_default_architecture(
         )
 
 
-def _load_default(_name, checkpoint, random_weights, use_ema):
+def _load_default(_name, checkpoint, random_weights, use_ema, quiet=False):
     from . import zoo
 
     shipped = torch.load(zoo.DEFAULT_WEIGHTS, map_location="cpu", weights_only=True)
@@ -438,7 +506,7 @@ def _load_default(_name, checkpoint, random_weights, use_ema):
         names = list(config.get("class_names", names))
         weights = "checkpoint"
     else:
-        with _seeded(0):
+        with _seeded(RANDOM_WEIGHTS_SEED):
             model = zoo.build_model(config)
         if random_weights:
             weights = "random"
@@ -460,12 +528,12 @@ def _timm_class_names(model: nn.Module) -> List[str]:
         if subset is not None:
             info = ImageNetInfo(subset)
             return [info.index_to_description(i) for i in range(n)]
-    except Exception:  # class names are a nicety: keep "class i" on any failure
-        pass
+    except (ImportError, KeyError, ValueError):  # older timm, unknown subset
+        pass  # class names are a nicety: keep "class i"
     return [f"class {i}" for i in range(n)]
 
 
-def _load_timm(name, checkpoint, random_weights, use_ema):
+def _load_timm(name, checkpoint, random_weights, use_ema, quiet=False):
     import timm
 
     if not timm.is_model(name):
@@ -476,16 +544,16 @@ def _load_timm(name, checkpoint, random_weights, use_ema):
     weights = "random"
     if checkpoint is not None:
         state, _ = read_checkpoint(checkpoint, use_ema)
-        with _seeded(0):
+        with _seeded(RANDOM_WEIGHTS_SEED):
             model = timm.create_model(name, pretrained=False)
         k = checkpoint_num_classes(model, state)
         if k is not None and k != int(model.num_classes):
-            with _seeded(0):
+            with _seeded(RANDOM_WEIGHTS_SEED):
                 model = timm.create_model(name, pretrained=False, num_classes=k)
         load_weights(model, state, f"--checkpoint {checkpoint!r}")
         weights = "checkpoint"
     elif random_weights:
-        with _seeded(0):
+        with _seeded(RANDOM_WEIGHTS_SEED):
             model = timm.create_model(name, pretrained=False)
     else:
         cfg = timm.models.get_pretrained_cfg(name)
@@ -506,17 +574,73 @@ def _load_timm(name, checkpoint, random_weights, use_ema):
     return model, _timm_class_names(model), Preprocessing.for_timm(model), weights
 
 
-def _hf_preprocessing(source: str, config: Any, local_only: bool) -> Preprocessing:
-    """Preprocessing from a Hugging Face image processor (ImageNet defaults at the
-    config's image size when there is none)."""
-    size = getattr(config, "image_size", 224)
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    try:
-        from transformers import AutoImageProcessor
+def _hf_processor_file(ref: str, local: bool) -> Tuple[Optional[Path], str]:
+    """The ``preprocessor_config.json`` of ``hf:ref``: ``(path, "")``, or ``(None,
+    why there is none)``.
 
-        proc = AutoImageProcessor.from_pretrained(source, local_files_only=local_only)
-    except Exception:
-        return Preprocessing.resize_crop(size, size, IMAGENET_MEAN, IMAGENET_STD)
+    A local folder is looked into; for a hub id the local cache is read first, then
+    the file is fetched when huggingface.co is reachable (loading the model does not
+    fetch it).
+
+    Raises:
+        ModelError: the hub answered with another error than "no such file".
+    """
+    if local:
+        path = Path(ref) / HF_PROCESSOR_FILE
+        if path.is_file():
+            return path, ""
+        return None, f"the folder has no {HF_PROCESSOR_FILE}"
+    from huggingface_hub import errors, hf_hub_download, try_to_load_from_cache
+
+    missing = f"the hub repository {ref} has no {HF_PROCESSOR_FILE}"
+    cached = try_to_load_from_cache(ref, HF_PROCESSOR_FILE)
+    if isinstance(cached, str):
+        return Path(cached), ""
+    if cached is not None:  # the cache recorded that the repository has no such file
+        return None, missing
+    if not _reachable("huggingface.co"):
+        return None, (
+            f"its {HF_PROCESSOR_FILE} is not in the local cache and huggingface.co "
+            "is unreachable"
+        )
+    not_there = getattr(errors, "RemoteEntryNotFoundError", errors.EntryNotFoundError)
+    try:
+        return Path(hf_hub_download(ref, HF_PROCESSOR_FILE)), ""
+    except not_there:
+        return None, missing
+    except OSError as exc:  # HTTP and connection errors
+        raise ModelError(
+            f"--model hf:{ref}: could not fetch its {HF_PROCESSOR_FILE} "
+            f"({_first_line(exc)})"
+        ) from exc
+
+
+def _hf_default_processor(model_type: str) -> Tuple[Optional[Any], str]:
+    """transformers' image processor for ``model_type`` with its default arguments
+    (what ``AutoImageProcessor`` builds from an empty config): ``(processor, class
+    name)``, or ``(None, "")`` when transformers names none for the model type."""
+    from transformers.models.auto import image_processing_auto as auto
+
+    names = auto.IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type)
+    if isinstance(names, dict):  # transformers 5: one class per backend
+        candidates = [names.get("torchvision"), names.get("pil")]
+    elif isinstance(names, (tuple, list)):  # transformers 4: (slow, fast)
+        candidates = list(names)
+    else:
+        candidates = [names]
+    for name in candidates:
+        cls = auto.get_image_processor_class_from_name(name) if name else None
+        if cls is None:
+            continue
+        try:
+            return cls(), name
+        except ImportError:  # the backend of this variant is not installed
+            continue
+    return None, ""
+
+
+def _sizes(proc: Any, default: Tuple[int, int]) -> Tuple[Any, Tuple[int, int]]:
+    """(resize, crop) of an image processor; ``default`` where it sets none."""
 
     def get(obj: Any, key: str) -> Any:
         if obj is None:
@@ -525,12 +649,8 @@ def _hf_preprocessing(source: str, config: Any, local_only: bool) -> Preprocessi
             return obj.get(key)
         return getattr(obj, key, None)
 
-    resamples = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
-    interp = resamples.get(int(getattr(proc, "resample", 2) or 2), "bilinear")
-    mean = tuple(getattr(proc, "image_mean", None) or IMAGENET_MEAN)
-    std = tuple(getattr(proc, "image_std", None) or IMAGENET_STD)
     psize = getattr(proc, "size", None)
-    resize: Union[int, Tuple[int, int]] = size
+    resize: Union[int, Tuple[int, int]] = default
     if get(psize, "height") and get(psize, "width"):
         resize = (int(get(psize, "height")), int(get(psize, "width")))
     elif get(psize, "shortest_edge"):
@@ -539,12 +659,97 @@ def _hf_preprocessing(source: str, config: Any, local_only: bool) -> Preprocessi
     csize = getattr(proc, "crop_size", None)
     if getattr(proc, "do_center_crop", False) and get(csize, "height"):
         crop = (int(get(csize, "height")), int(get(csize, "width")))
+    return resize, crop
+
+
+def _mean_std(proc: Any, where: str) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """The processor's normalisation, checked (finite numbers, positive std)."""
     if not getattr(proc, "do_normalize", True):
-        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    mean, std = getattr(proc, "image_mean", None), getattr(proc, "image_std", None)
+    if isinstance(mean, (int, float)):
+        mean = [mean] * 3
+    if isinstance(std, (int, float)):
+        std = [std] * 3
+    ok = all(
+        isinstance(v, (list, tuple))
+        and len(v) > 0
+        and all(isinstance(x, (int, float)) and math.isfinite(x) for x in v)
+        for v in (mean, std)
+    )
+    if not ok or min(std) <= 0:
+        raise ModelError(
+            f"{where}: image_mean {mean!r} and image_std {std!r} are not finite "
+            "numbers with a positive std"
+        )
+    return tuple(float(x) for x in mean), tuple(float(x) for x in std)
+
+
+def _hf_preprocessing(ref: str, config: Any, local: bool) -> Preprocessing:
+    """Preprocessing from the model's Hugging Face image processor.
+
+    Without a ``preprocessor_config.json``, the defaults of the image processor that
+    transformers names for the model type (``ViTImageProcessor``: mean = std = 0.5)
+    at the config's image size, or ImageNet's mean and std when it names none; a
+    ``UserWarning`` says which and why. A malformed file is a :class:`ModelError`.
+    """
+    size = getattr(config, "image_size", 224)
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    spec = f"--model hf:{ref}"
+    path, why = _hf_processor_file(ref, local)
+    resamples = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
+    if path is not None:
+        from transformers import AutoImageProcessor
+
+        where = f"{spec}: {path}"
+        try:
+            with _hub_offline():
+                proc = AutoImageProcessor.from_pretrained(
+                    str(path.parent), local_files_only=True
+                )
+            interp = resamples.get(int(getattr(proc, "resample", 2) or 2), "bilinear")
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ModelError(
+                f"{where}: not a valid image processor config ({_first_line(exc)})"
+            ) from exc
+        mean, std = _mean_std(proc, where)
+        resize, crop = _sizes(proc, size)
+        return Preprocessing.resize_crop(resize, crop, mean, std, interp)
+    model_type = str(getattr(config, "model_type", ""))
+    proc, name = _hf_default_processor(model_type)
+    if proc is None:
+        warnings.warn(
+            f"{spec}: {why}, and transformers names no image processor for model "
+            f"type {model_type!r}; using ImageNet's mean {IMAGENET_MEAN} and std "
+            f"{IMAGENET_STD} (timm's and torchvision's default) at "
+            f"{size[0]}x{size[1]}; save the model's image processor with "
+            "save_pretrained() to use its own",
+            UserWarning,
+            stacklevel=4,
+        )
+        return Preprocessing.resize_crop(size, size, IMAGENET_MEAN, IMAGENET_STD)
+    mean, std = _mean_std(proc, f"{spec}: {name}()")
+    interp = resamples.get(int(getattr(proc, "resample", 2) or 2), "bilinear")
+    resize, crop = _sizes(proc, size)
+    if crop != size:  # the processor's default size is not this model's
+        resize, crop = size, size
+    shown = (
+        f"{interp} resize of the shorter side to {resize}, centre crop "
+        if isinstance(resize, int)
+        else f"{interp} resize to "
+    )
+    warnings.warn(
+        f"{spec}: {why}; using {name}'s defaults for model type {model_type!r}: "
+        f"mean {mean}, std {std}, {shown}{crop[0]}x{crop[1]} "
+        "(what transformers gives this model without the file); save the model's "
+        "image processor with save_pretrained() to use its own",
+        UserWarning,
+        stacklevel=4,
+    )
     return Preprocessing.resize_crop(resize, crop, mean, std, interp)
 
 
-def _load_hf(ref, checkpoint, random_weights, use_ema):
+def _load_hf(ref, checkpoint, random_weights, use_ema, quiet=False):
     try:
         import transformers  # noqa: F401
         from transformers import AutoConfig, AutoModelForImageClassification
@@ -571,19 +776,19 @@ def _load_hf(ref, checkpoint, random_weights, use_ema):
     weights = "random"
     if checkpoint is not None:
         state, _ = read_checkpoint(checkpoint, use_ema)
-        with _seeded(0):
+        with _seeded(RANDOM_WEIGHTS_SEED):
             model = AutoModelForImageClassification.from_config(config)
         k = checkpoint_num_classes(model, state)
         if k is not None and k != int(config.num_labels):
             config.num_labels = k
             config.id2label = {i: f"class {i}" for i in range(k)}
             config.label2id = {v: i for i, v in config.id2label.items()}
-            with _seeded(0):
+            with _seeded(RANDOM_WEIGHTS_SEED):
                 model = AutoModelForImageClassification.from_config(config)
         load_weights(model, state, f"--checkpoint {checkpoint!r}")
         weights = "checkpoint"
     elif random_weights:
-        with _seeded(0):
+        with _seeded(RANDOM_WEIGHTS_SEED):
             model = AutoModelForImageClassification.from_config(config)
     else:
 
@@ -606,11 +811,11 @@ def _load_hf(ref, checkpoint, random_weights, use_ema):
     cfg = model.config
     id2label = getattr(cfg, "id2label", None) or {}
     names = [str(id2label.get(i, f"class {i}")) for i in range(int(cfg.num_labels))]
-    pre = _hf_preprocessing(ref, cfg, local_only=True)
+    pre = _hf_preprocessing(ref, cfg, local)
     return model, names, pre, weights
 
 
-def _load_torchvision(name, checkpoint, random_weights, use_ema):
+def _load_torchvision(name, checkpoint, random_weights, use_ema, quiet=False):
     try:
         from torchvision import models as tvm
     except ImportError:  # pragma: no cover - torchvision ships with timm installs
@@ -622,23 +827,23 @@ def _load_torchvision(name, checkpoint, random_weights, use_ema):
         )
     try:
         default_weights = tvm.get_model_weights(name).DEFAULT
-    except Exception:
+    except (ValueError, KeyError, AttributeError):  # a builder without weights
         default_weights = None
     weights = "random"
     if checkpoint is not None:
         state, _ = read_checkpoint(checkpoint, use_ema)
-        with _seeded(0):
+        with _seeded(RANDOM_WEIGHTS_SEED):
             model = tvm.get_model(name, weights=None)
         k = checkpoint_num_classes(model, state)
         head = classifier_name(model)
         own = model.state_dict().get(f"{head}.weight") if head else None
         if k is not None and own is not None and k != int(own.shape[0]):
-            with _seeded(0):
+            with _seeded(RANDOM_WEIGHTS_SEED):
                 model = tvm.get_model(name, weights=None, num_classes=k)
         load_weights(model, state, f"--checkpoint {checkpoint!r}")
         weights = "checkpoint"
     elif random_weights:
-        with _seeded(0):
+        with _seeded(RANDOM_WEIGHTS_SEED):
             model = tvm.get_model(name, weights=None)
     else:
         if default_weights is None:
@@ -653,7 +858,7 @@ def _load_torchvision(name, checkpoint, random_weights, use_ema):
         if not cached.is_file() and not _reachable(urlparse(url).hostname or ""):
             raise ModelError(_offline_message(spec, urlparse(url).hostname or url))
         try:
-            model = tvm.get_model(name, weights=default_weights)
+            model = tvm.get_model(name, weights=default_weights, progress=not quiet)
         except Exception as exc:
             raise ModelError(
                 f"--model {spec}: could not fetch pretrained weights "
@@ -706,6 +911,7 @@ def load_model(
     random_weights: bool = False,
     use_ema: bool = False,
     device: Union[str, torch.device] = "cpu",
+    quiet: bool = False,
 ) -> LoadedModel:
     """Load a model by name with its weights and preprocessing.
 
@@ -718,6 +924,9 @@ def load_model(
             instead of pretrained ones.
         use_ema: Prefer a checkpoint's EMA weights.
         device: Where to put the model.
+        quiet: No progress bars while loading (transformers' "Loading weights",
+            huggingface_hub's and torchvision's downloads); the libraries' global
+            progress-bar switches are restored afterwards.
 
     Returns:
         A :class:`LoadedModel` in eval mode on ``device``.
@@ -741,9 +950,10 @@ def load_model(
         "hf": _load_hf,
         "torchvision": _load_torchvision,
     }
-    model, names, pre, weights = loaders[source](
-        name, checkpoint, random_weights, use_ema
-    )
+    with _quiet_loading(quiet, transformers=source == "hf"):
+        model, names, pre, weights = loaders[source](
+            name, checkpoint, random_weights, use_ema, quiet
+        )
     model = model.to(device).eval()
     loaded = LoadedModel(
         model=model,
