@@ -371,6 +371,9 @@ def test_random_weights_are_labelled_with_their_seed(tmp_path: Path):
     loaded = load_model("default", random_weights=True)
     assert models.weights_label(loaded.describe()) == "random weights (seed 0)"
     assert models.weights_label({"weights": "shipped"}) == "shipped weights"
+    # a local Hugging Face folder holds whatever was saved (random weights too)
+    folder = {"model": f"hf:{tmp_path}", "weights": "pretrained"}
+    assert models.weights_label(folder) == f"the weights saved in {tmp_path}"
     cfg = EvalConfig(n=2, chunk=2, curve_steps=2, faith_samples=2)
     cfg.sensitivity_samples, cfg.sensitivity_sizes = 2, 1
     run_evaluation(str(tmp_path), ["random"], cfg, model=loaded)
