@@ -4,9 +4,14 @@ Runs ``captum-vit evaluate`` (see ``captum-vit evaluate -h``) once per removal; 
 table, CSV and curves land in ``--out`` (with several ``--removals``, in
 ``--out/<removal>``). Interrupt and run again to resume.
 
-Protocols (``--protocol``; flags given after it override the preset):
+Protocols (``--protocol``; flags given after it override the preset): the presets of
+``captum-vit evaluate --protocol`` (``captum_vit.evaluate.PROTOCOLS``, the one place
+that defines them), passed on as they are:
 
-- ``quick`` (default): ``captum-vit evaluate``'s own defaults.
+- ``quick`` (default): ``captum-vit evaluate``'s default, seconds per image and
+  method.
+- ``standard``: the former defaults (16-step curves, 64 faithfulness subsets,
+  sensitivity-n 9 × 32, ROAD on patches), which RESULTS.md §1's tables used.
 - ``paper``: the papers' settings, meant for a GPU (``--device cuda``): with token
   removal the ViT Shapley surrogate scores the perturbed images for every method
   (§6.2), with pixel removals (``black``, ...) the classifier, as TIS does; curves
@@ -14,21 +19,23 @@ Protocols (``--protocol``; flags given after it override the preset):
   sensitivity-n over 13 sizes × 1000 subsets (ViT Shapley App. G); non-target
   curves over every other class (ViT Shapley Table 2); the one-pixel pointing game
   (Zhang et al. 2018, ViT-CX §4); TIS with 1024 masks and RISE with 4000 (the
-  papers'); ROAD on patches; the randomisation check on 20 scenes. About 15 400
-  perturbed forward passes per image and method on the embedded model's 64 patches
-  (13 000 of them for sensitivity-n) plus nine extra explanations per image (the
-  non-target classes): estimated at about 30 hours of one CPU core for 200 scenes
-  and every method (from ≈ 1.8 ms per perturbed pass of the shipped 6-block model
-  on one core, measured in the 500-scene evaluation run; not run).
+  papers', and the command's defaults); ROAD on patches; the randomisation check on
+  20 scenes. About 15 400 perturbed forward passes per image and method on the
+  embedded model's 64 patches (13 000 of them for sensitivity-n) plus nine extra
+  explanations per image (the non-target classes): estimated at about 30 hours of
+  one CPU core for 200 scenes and every method (from ≈ 1.8 ms per perturbed pass of
+  the shipped 6-block model on one core, measured in the 500-scene evaluation run;
+  not run).
 - ``paper-cpu``: the same protocol with fewer random subsets (faithfulness 200,
   sensitivity-n 13 × 100) and the distractor's class as the one non-target class
   (already explained for the distractor pointing column): about 1 900 perturbed
   passes per image and method, estimated at about four hours of one CPU core for
   200 scenes and every method.
 
-Examples (RESULTS.md §1 ran the ``quick`` protocol as ``captum-vit evaluate`` under
-``torchrun``, one table per removal; the commands are printed above its tables):
-    python benchmarks/quality.py --removals tokens black --n 500 \\
+Examples (RESULTS.md §1 ran the ``standard`` protocol, then ``captum-vit evaluate``'s
+defaults, under ``torchrun``, one table per removal; the commands are printed above
+its tables):
+    python benchmarks/quality.py --protocol standard --removals tokens black --n 500 \\
         --out benchmarks/results/quality
     python benchmarks/quality.py --protocol paper --removals tokens black --n 200 \\
         --device cuda --out benchmarks/results/paper
@@ -43,39 +50,10 @@ from pathlib import Path
 from typing import Dict, List
 
 from captum_vit.cli import main
+from captum_vit.evaluate import PROTOCOLS as PRESETS
 
-#: Flags of each protocol; ``{patches}`` becomes the model's number of patches,
-#: ``{evaluator}`` the surrogate for token removal and the classifier for pixels.
-PROTOCOLS: Dict[str, List[str]] = {
-    "quick": [],
-    "paper": [
-        "--evaluator", "{evaluator}",
-        "--curve-steps", "{patches}",
-        "--faith-samples", "1000",
-        "--sensitivity-sizes", "13",
-        "--sensitivity-samples", "1000",
-        "--non-target", "all",
-        "--pointing", "first",
-        "--road", "patches",
-        "--randomization", "20",
-        "--tis-masks", "1024",
-        "--rise-masks", "4000",
-        "--metric-batch", "1024",
-    ],
-    "paper-cpu": [
-        "--evaluator", "{evaluator}",
-        "--curve-steps", "{patches}",
-        "--faith-samples", "200",
-        "--sensitivity-sizes", "13",
-        "--sensitivity-samples", "100",
-        "--non-target", "auto",
-        "--pointing", "first",
-        "--road", "patches",
-        "--randomization", "20",
-        "--tis-masks", "1024",
-        "--rise-masks", "4000",
-    ],
-}  # fmt: skip
+#: The presets: ``captum-vit evaluate --protocol NAME`` (defined in one place).
+PROTOCOLS: Dict[str, List[str]] = {name: ["--protocol", name] for name in PRESETS}
 
 #: A smoke run: two scenes, two methods, every column.
 QUICK = [
@@ -83,22 +61,6 @@ QUICK = [
     "--faith-samples", "4", "--sensitivity-sizes", "2", "--sensitivity-samples", "4",
     "--randomization", "1", "--quiet", "--workers", "0",
 ]  # fmt: skip
-
-
-def number_of_patches(evaluate_args: List[str]) -> int:
-    """Patches of the model the evaluate flags name, at its input size."""
-    import torch
-
-    from captum_vit.cli import build_parser
-    from captum_vit.models import load_model
-    from captum_vit.vit import ViTAdapter
-
-    ns = build_parser().parse_args(["evaluate", *evaluate_args])
-    loaded = load_model(
-        ns.model, ns.checkpoint, random_weights=ns.random_weights, use_ema=ns.use_ema
-    )
-    gh, gw = ViTAdapter(loaded.model).grid_for(torch.zeros(1, 3, *loaded.input_size))
-    return gh * gw
 
 
 def commands(argv: List[str]) -> List[List[str]]:
@@ -131,19 +93,10 @@ def commands(argv: List[str]) -> List[List[str]]:
             args.out = tempfile.mkdtemp(prefix="quality-quick-")
         else:
             args.out = "benchmarks/results/quality"
-    preset = list(PROTOCOLS[args.protocol]) + (QUICK if args.quick else [])
-    if "{patches}" in preset:
-        i = preset.index("{patches}")
-        if "--curve-steps" in rest or args.quick:  # theirs win: no model load
-            del preset[i - 1 : i + 1]
-        else:
-            preset[i] = str(number_of_patches(rest))
+    flags = list(PROTOCOLS[args.protocol]) + (QUICK if args.quick else [])
     removals = args.removals or [None]
     out = []
     for removal in removals:
-        pixels = (removal or _given(rest, "--removal", "tokens")) != "tokens"
-        evaluator = "classifier" if pixels else "surrogate"
-        flags = [evaluator if a == "{evaluator}" else a for a in preset]
         if removal is None:
             out.append(["evaluate", *flags, *rest, "--out", args.out])
         else:
@@ -152,17 +105,6 @@ def commands(argv: List[str]) -> List[List[str]]:
                 ["evaluate", *flags, *rest, "--removal", removal, "--out", where]
             )
     return out
-
-
-def _given(args: List[str], flag: str, default: str) -> str:
-    """The last value of ``flag`` in ``args`` (``--flag V`` or ``--flag=V``)."""
-    value = default
-    for i, a in enumerate(args):
-        if a == flag and i + 1 < len(args):
-            value = args[i + 1]
-        elif a.startswith(flag + "="):
-            value = a.split("=", 1)[1]
-    return value
 
 
 if __name__ == "__main__":

@@ -23,12 +23,18 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set,
 
 import torch
 
+from ._utils import progress_bar
 from .distributed import DistContext, shard
 from .vit.adapter import logits_of
 
 
 class SettingsMismatch(ValueError):
     """Records in the output folder were made with other settings."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a job; ``str(exc)`` is the one line the command prints (what
+    was kept, and how to resume)."""
 
 
 def image_seed(seed: int, key: str) -> int:
@@ -81,9 +87,22 @@ class RecordStore:
         return out
 
     def append(self, record: dict) -> None:
-        """Append one record and flush it to disk at once."""
-        with self.path().open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        """Append one record and flush it to disk at once.
+
+        The line is made before the file is opened and written in one call, so an
+        interruption (Ctrl-C) leaves the record whole or absent. A last line cut
+        by a harder stop (a killed process) is ended first, so that it cannot
+        swallow this record.
+        """
+        line = json.dumps(record) + "\n"
+        path = self.path()
+        cut = False
+        if path.is_file() and path.stat().st_size:
+            with path.open("rb") as fh:
+                fh.seek(-1, 2)
+                cut = fh.read(1) != b"\n"
+        with path.open("a") as fh:
+            fh.write(("\n" if cut else "") + line)
             fh.flush()
 
 
@@ -316,7 +335,12 @@ def run_chunks(
 ) -> None:
     """Load this rank's chunks of :func:`plan` and call ``run_chunk(batch, start,
     positions, methods, bar)`` on each, with a bar over the images on rank 0; then
-    wait for every rank."""
+    wait for every rank.
+
+    Raises:
+        Interrupted: on Ctrl-C, saying how many of the data's images are done
+            (every method recorded) and that the same command resumes.
+    """
     from .data import make_loader
 
     loader = make_loader(
@@ -327,10 +351,24 @@ def run_chunks(
         desc + (f" (rank 0 of {ctx.world_size})" if ctx.world_size > 1 else ""),
         show_progress and ctx.is_main,
     )
+    pending = sum(len(w[1]) for w in work)
+    finished = 0
     try:
         for (start, positions, left), batch in zip(work, loader):
             run_chunk(batch, start, positions, left, bar)
+            finished += len(positions)
             bar.update(len(positions))
+    except KeyboardInterrupt:
+        if ctx.world_size > 1:  # this rank knows only its own share
+            where = f"after {finished} image(s) of this run on rank {ctx.rank}"
+        else:
+            where = (
+                f"after {len(dataset) - pending + finished} of {len(dataset)} images"
+            )
+        raise Interrupted(
+            f"interrupted {where}; every finished record is kept: run the same "
+            "command again to resume"
+        ) from None
     finally:
         bar.close()
     ctx.barrier()
@@ -343,17 +381,9 @@ def predicted(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
 
 
 def make_progress(total: int, desc: str, enabled: bool):
-    """A tqdm bar counting images (images/s and ETA), or a do-nothing stand-in."""
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total,
-        desc=desc,
-        unit="img",
-        disable=not enabled,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
+    """A bar counting images (images/s and ETA), or a do-nothing stand-in
+    (:func:`captum_vit._utils.progress_bar`: plain lines when not on a terminal)."""
+    return progress_bar(total=total, desc=desc, unit="img", enabled=enabled)
 
 
 def note(line: str) -> None:

@@ -15,6 +15,7 @@ a wrong value fails early with an error naming the argument:
 from __future__ import annotations
 
 import math
+import re
 import numbers
 import operator
 from typing import Any, List, Optional, Sequence, Tuple, Union
@@ -345,3 +346,94 @@ def check_seed(
     if value is None and allow_none:
         return None
     return check_int(name, value, 0, SEED_LIMIT - 1)
+
+
+# ---------------------------------------------------------------- progress bars
+#: Seconds between two lines of a progress bar written to a non-terminal (a log
+#: file, a pipe): there a bar is a few plain lines, not ``\r`` redraws.
+LOG_INTERVAL = 30.0
+_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class _LineWriter:
+    """The file a bar writes to when its stream is not a terminal: each redraw of
+    the bar (``\\r`` + text) becomes one plain line; cursor moves and the blanks
+    that erase a bar are dropped."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.last = ""
+
+    def write(self, text: str) -> int:
+        for part in _ESCAPE.sub("", text).replace("\r", "\n").split("\n"):
+            part = part.rstrip()
+            if part.strip() and part != self.last:  # a redraw of the same state
+                self.stream.write(part + "\n")
+                self.last = part
+        return len(text)
+
+    def flush(self) -> None:
+        flush = getattr(self.stream, "flush", None)
+        if flush is not None:
+            flush()
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # no isatty, or a closed file
+        return False
+
+
+def progress_bar(
+    iterable: Any = None,
+    *,
+    total: Optional[int] = None,
+    desc: str = "",
+    enabled: bool = True,
+    unit: str = "it",
+    initial: int = 0,
+    file: Any = None,
+) -> Any:
+    """A tqdm bar, or a do-nothing stand-in when not ``enabled``: the one way every
+    progress bar of the package is made.
+
+    On a terminal (and in a notebook, through ``tqdm.auto``) it is tqdm's own bar.
+    Written to anything else (a log file, a pipe) it is a few plain lines instead
+    of ``\\r`` redraws: one when it starts, one every :data:`LOG_INTERVAL` seconds
+    and one when it ends.
+
+    Args:
+        iterable: What to iterate over (or None, and ``update`` by hand).
+        total: Expected number of steps.
+        desc: The bar's label.
+        enabled: False gives a disabled bar (it still counts, prints nothing).
+        unit: The unit of a step.
+        initial: Steps already done (a resumed run).
+        file: The stream (default: ``sys.stderr`` when the bar is made).
+
+    Returns:
+        A ``tqdm`` instance.
+    """
+    import sys
+
+    from tqdm.auto import tqdm
+
+    stream = sys.stderr if file is None else file
+    options: dict = dict(dynamic_ncols=True)
+    notebook = any(c.__module__ == "tqdm.notebook" for c in tqdm.__mro__)
+    if enabled and not notebook and not _is_terminal(stream):
+        stream = _LineWriter(stream)
+        options = dict(
+            mininterval=LOG_INTERVAL, maxinterval=LOG_INTERVAL, ascii=True, ncols=80
+        )
+    return tqdm(
+        iterable,
+        total=total,
+        desc=desc,
+        unit=unit,
+        initial=initial,
+        disable=not enabled,
+        file=stream,
+        **options,
+    )

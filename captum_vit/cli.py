@@ -170,6 +170,19 @@ def _float_in(low: float, high: Optional[float], what: str, open_low: bool = Fal
 
 
 # ------------------------------------------------------------------ parser
+def package_version() -> str:
+    """The installed distribution's version, else :data:`captum_vit.__version__`
+    (a source tree that was never installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("captum-vit")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
 def _add_common(p: argparse.ArgumentParser, default_out: str, batch: int) -> None:
     p.add_argument(
         "--method",
@@ -273,13 +286,24 @@ def _add_common(p: argparse.ArgumentParser, default_out: str, batch: int) -> Non
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``captum-vit`` argument parser (errors raise instead of exiting)."""
+    from .evaluate import PROTOCOLS
+
     ap = _Parser(
         prog="captum-vit",
         description="Explain Vision Transformers with Captum.",
         epilog="Under torchrun put '--' before the command: torchrun "
         "--nproc_per_node=2 -m captum_vit -- evaluate ...",
     )
-    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    ap.add_argument(
+        "--version", action="version", version=f"captum-vit {package_version()}"
+    )
+    sub = ap.add_subparsers(
+        dest="command",
+        required=True,
+        parser_class=_Parser,
+        title="commands",
+        metavar="COMMAND",
+    )
     ex = sub.add_parser(
         "explain",
         help="explain images with one or all methods",
@@ -307,14 +331,27 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         help="score every method with every metric",
         description="Score methods on the embedded held-out scenes or on --data. "
-        "The defaults are quick; the 'protocol' options reproduce the papers' "
-        "settings, e.g. ViT Shapley (Covert et al. 2023): --evaluator surrogate "
-        "--faith-samples 1000 --sensitivity-sizes 13 --sensitivity-samples 1000 "
-        "--curve-steps <patches> --non-target all; ViT-CX / Zhang et al.: "
-        "--pointing first [--pointing-tolerance 15]; SkipPLUS: the AOPC acc. "
-        "columns with --target label; TIS: --removal black|mean|blur|uniform and "
-        "the Insertion - Deletion column. results.md defines every column and "
-        "lists the run's protocol next to the papers'.",
+        "--protocol picks the metrics' settings: 'quick' (default: 8-step curves, "
+        "16 faithfulness subsets, sensitivity-n 3 sizes x 8 subsets, one non-target "
+        "class, no ROAD; about 100 perturbed forward passes per image and method, "
+        "seconds for a ViT-S/16 image and method on a CPU), 'standard' (the "
+        "former defaults: 16 steps, 64 subsets, 9 x 32, ROAD on patches; about 470 "
+        "passes), 'paper-cpu' and 'paper' (the papers' settings, e.g. ViT Shapley "
+        "(Covert et al. 2023): --evaluator surrogate --faith-samples 1000 "
+        "--sensitivity-sizes 13 --sensitivity-samples 1000 --curve-steps <patches> "
+        "--non-target all; about 15 000 passes per image and method on 64 patches, "
+        "meant for a GPU). Options given with it override the preset. Other "
+        "papers: ViT-CX / Zhang et al.: --pointing first [--pointing-tolerance 15]; "
+        "SkipPLUS: the AOPC acc. columns with --target label; TIS: --removal "
+        "black|mean|blur|uniform and the Insertion - Deletion column. The estimated "
+        "cost is printed before the run; results.md defines every column and lists "
+        "the run's protocol next to the papers'.",
+    )
+    ev.add_argument(
+        "--protocol",
+        choices=list(PROTOCOLS),
+        default="quick",
+        help="preset of the metrics' settings (default quick; see above)",
     )
     ev.add_argument(
         "--target",
@@ -343,16 +380,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--curve-steps",
         type=_positive,
-        default=16,
-        help="points per insertion/deletion curve - 1 (default 16; ViT Shapley: one "
-        "patch per step, i.e. the number of patches; TIS: 224)",
+        default=None,
+        help="points per insertion/deletion curve - 1 (quick 8, standard 16; ViT "
+        "Shapley: one patch per step, i.e. the number of patches; TIS: 224)",
     )
     ev.add_argument(
         "--faith-samples",
         type=_two_or_more,
-        default=64,
-        help="random subsets for the faithfulness correlation (default 64; ViT "
-        "Shapley: 1000)",
+        default=None,
+        help="random subsets for the faithfulness correlation (quick 16, standard "
+        "64; ViT Shapley: 1000)",
     )
     pg = ev.add_argument_group(
         "protocol",
@@ -362,17 +399,18 @@ def build_parser() -> argparse.ArgumentParser:
     pg.add_argument(
         "--evaluator",
         choices=["classifier", "surrogate"],
-        default="classifier",
+        default=None,
         help="model that scores the perturbed images of the removal metrics "
         "(insertion, deletion, AOPC, faithfulness, sensitivity-n, non-target): the "
         "classifier (default) or its ViT Shapley surrogate fine-tuned to missing "
         "patches, as ViT Shapley §6.2 does for every method (needs a surrogate: "
-        "shipped for the embedded default model)",
+        "shipped for the embedded default model; the paper presets use it with "
+        "token removal)",
     )
     pg.add_argument(
         "--pointing",
         choices=["first", "random", "any"],
-        default="first",
+        default=None,
         help="pointing game: 'first' (default; the papers' rule: the single "
         "highest pixel of the map at the input's resolution, ties to the first in "
         "row-major order), 'random' (ties drawn per image) or 'any' (patch-level: "
@@ -389,22 +427,23 @@ def build_parser() -> argparse.ArgumentParser:
     pg.add_argument(
         "--sensitivity-sizes",
         type=_positive,
-        default=9,
+        default=None,
         metavar="K",
         help="sensitivity-n sweep: K sizes n = i/(K+1) of the patches, i = 1..K, "
-        "reported as the mean, curve in sensitivity_n.npz (default 9: 10 %%..90 %%; "
-        "13 on 196 patches is ViT Shapley's n = 14..182)",
+        "reported as the mean, curve in sensitivity_n.npz (quick 3: 25 %%..75 %%; "
+        "standard 9: 10 %%..90 %%; 13 on 196 patches is ViT Shapley's n = 14..182)",
     )
     pg.add_argument(
         "--sensitivity-samples",
         type=_two_or_more,
-        default=32,
-        help="random subsets per sensitivity-n size (default 32; ViT Shapley: 1000)",
+        default=None,
+        help="random subsets per sensitivity-n size (quick 8, standard 32; ViT "
+        "Shapley: 1000)",
     )
     pg.add_argument(
         "--non-target",
         choices=["auto", "distractor", "random", "all", "off"],
-        default="auto",
+        default=None,
         help="class explained for the non-target insertion/deletion columns: 'auto' "
         "(default: the distractor's on the embedded scenes, else 'random'), "
         "'random' (another class drawn per image), 'all' (every other class "
@@ -413,26 +452,26 @@ def build_parser() -> argparse.ArgumentParser:
     pg.add_argument(
         "--road",
         choices=["patches", "pixels", "off"],
-        default="patches",
+        default=None,
         help="ROAD MoRF/LeRF columns with noisy linear imputation, removing "
-        "'patches' (default) or 'pixels' (Rong et al.); one sparse solve per "
-        "perturbed image (18 per image and method), 'off' to skip",
+        "'patches' (the standard and paper presets) or 'pixels' (Rong et al.); one "
+        "sparse solve per perturbed image (18 per image and method); 'off' (quick)",
     )
     pg.add_argument(
         "--randomization",
         type=_non_negative,
-        default=0,
+        default=None,
         metavar="N",
         help="model-parameter randomisation check (Adebayo et al. 2018) on N images "
         "spread over the data: re-explains each image once per parameter group of "
-        "the model (default 0: off)",
+        "the model (quick, standard: 0, off; paper presets: 20)",
     )
     pg.add_argument(
         "--metric-batch",
         type=_positive,
-        default=64,
-        help="perturbed images per forward pass in the metrics (default 64; larger "
-        "on a GPU for --faith-samples 1000)",
+        default=None,
+        help="perturbed images per forward pass in the metrics (default 64; paper: "
+        "1024, for a GPU)",
     )
     _add_common(ev, "out/evaluate", 10)
     ev.set_defaults(func=cmd_evaluate, parser=ev)
@@ -906,7 +945,13 @@ def _explain_few(args: argparse.Namespace, ctx: Any) -> int:
 def cmd_evaluate(args: argparse.Namespace, ctx: Any) -> int:
     from ._jobs import check_job
     from .data import DataError
-    from .evaluate import EvalConfig, check_protocol, run_evaluation
+    from .evaluate import (
+        EvalConfig,
+        _patches,
+        check_protocol,
+        protocol_settings,
+        run_evaluation,
+    )
     from .models import ModelError
 
     def setup():
@@ -914,6 +959,12 @@ def cmd_evaluate(args: argparse.Namespace, ctx: Any) -> int:
         data = _dataset(args, loaded, 200)
         target = args.target or ("label" if data.has_labels else "pred")
         check_job(data, loaded.num_classes, target, ctx.world_size)
+        preset = protocol_settings(
+            args.protocol, _patches(loaded), args.removal, len(data)
+        )
+        for key, value in preset.items():  # options given override the preset
+            if getattr(args, key) is None:
+                setattr(args, key, value)
         if args.randomization > len(data):
             raise CLIError(
                 f"--randomization: {args.randomization} images, more than the "
@@ -1043,7 +1094,9 @@ def _command_of(argv: Sequence[str]) -> Optional[str]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line; returns the exit status (2 for user errors, printed as
-    one line ``captum-vit <command>: error: ...``).
+    one line ``captum-vit <command>: error: ...``; 130 for Ctrl-C, printed as one
+    line that says what was kept and how to resume). Without arguments it prints the
+    usage and the list of commands (exit status 2).
 
     A leading ``--`` is ignored, so ``torchrun ... -m captum_vit -- evaluate ...``
     keeps torchrun's own parser away from the command's options.
@@ -1056,6 +1109,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv[:1] == ["--"]:
         argv = argv[1:]
     parser = build_parser()
+    if not argv:  # the usage and the list of commands, as for a missing command
+        parser.print_help(sys.stderr)
+        return 2
     command = _command_of(argv)
     prog = f"captum-vit {command}" if command else "captum-vit"
     try:
@@ -1080,6 +1136,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             text = " ".join(str(exc).split()) or type(exc).__name__
             print(f"{prog}: error{rank}: {text}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line, what is kept, exit 130
+        if os.environ.get("CAPTUM_VIT_TRACEBACK"):
+            raise
+        if ctx is None or ctx.rank == 0:
+            print(f"{prog}: {str(exc) or 'interrupted'}", file=sys.stderr)
+        return 130
     finally:
         if ctx is not None:
             ctx.close()

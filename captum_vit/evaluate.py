@@ -44,6 +44,7 @@ from torch import Tensor
 from . import metrics
 from ._jobs import (
     RecordStore,
+    SettingsMismatch,
     autocast,
     build_methods,
     check_amp,
@@ -53,6 +54,7 @@ from ._jobs import (
     chunks_of,
     image_seed,
     method_autocast,
+    note,
     plan,
     run_chunks,
     timed_explain,
@@ -184,13 +186,170 @@ ROAD_UNITS = ("patches", "pixels", "off")
 #: Removed fractions of ROAD's curves (Rong et al.: 10 %, ..., 90 %).
 ROAD_FRACTIONS = tuple(i / 10 for i in range(1, 10))
 
+#: The protocol presets (``captum-vit evaluate --protocol``, also
+#: ``benchmarks/quality.py --protocol``): values of :class:`EvalConfig` fields.
+#: ``curve_steps="patches"`` is one patch per step (the model's number of patches);
+#: ``evaluator="auto"`` is the ViT Shapley surrogate with token removal and the
+#: classifier with pixel removals (as TIS does). Explicit options override them.
+#:
+#: - ``quick`` (the default, and :class:`EvalConfig`'s defaults): few random subsets
+#:   and curve points, no ROAD; about 100 perturbed forward passes per image and
+#:   method, seconds for a ViT-S/16 image and method on a CPU.
+#: - ``standard``: the defaults before 0.1.0's presets (RESULTS.md §1's tables):
+#:   about 470 passes and 18 ROAD solves per image and method.
+#: - ``paper-cpu``: the papers' protocol with fewer random subsets (faithfulness
+#:   200, sensitivity-n 13 × 100) and one non-target class.
+#: - ``paper``: the papers' settings (ViT Shapley App. G and Table 2, Zhang et al.
+#:   2018, Rong et al. 2022 on patches, Adebayo et al. 2018 on 20 images), meant
+#:   for a GPU.
+PROTOCOLS: Dict[str, Dict[str, Any]] = {
+    "quick": dict(
+        evaluator="classifier",
+        curve_steps=8,
+        faith_samples=16,
+        sensitivity_sizes=3,
+        sensitivity_samples=8,
+        non_target="auto",
+        pointing="first",
+        road="off",
+        randomization=0,
+        metric_batch=64,
+    ),
+    "standard": dict(
+        evaluator="classifier",
+        curve_steps=16,
+        faith_samples=64,
+        sensitivity_sizes=9,
+        sensitivity_samples=32,
+        non_target="auto",
+        pointing="first",
+        road="patches",
+        randomization=0,
+        metric_batch=64,
+    ),
+    "paper-cpu": dict(
+        evaluator="auto",
+        curve_steps="patches",
+        faith_samples=200,
+        sensitivity_sizes=13,
+        sensitivity_samples=100,
+        non_target="auto",
+        pointing="first",
+        road="patches",
+        randomization=20,
+        metric_batch=64,
+    ),
+    "paper": dict(
+        evaluator="auto",
+        curve_steps="patches",
+        faith_samples=1000,
+        sensitivity_sizes=13,
+        sensitivity_samples=1000,
+        non_target="all",
+        pointing="first",
+        road="patches",
+        randomization=20,
+        metric_batch=1024,
+    ),
+}
+
+
+def protocol_settings(
+    name: str, patches: int, removal: str = "tokens", images: Optional[int] = None
+) -> Dict[str, Any]:
+    """The :class:`EvalConfig` values of the preset ``name`` for a model with
+    ``patches`` patches, the removal ``removal`` and (if given) ``images`` images
+    (the randomisation check is capped at the number of images).
+
+    Raises:
+        ValueError: an unknown preset (naming ``--protocol``).
+    """
+    if name not in PROTOCOLS:
+        raise ValueError(
+            f"--protocol: expected one of {', '.join(PROTOCOLS)}, got {name!r}"
+        )
+    out = dict(PROTOCOLS[name])
+    if out["curve_steps"] == "patches":
+        out["curve_steps"] = int(patches)
+    if out["evaluator"] == "auto":
+        out["evaluator"] = "surrogate" if removal == "tokens" else "classifier"
+    if images is not None:
+        out["randomization"] = min(out["randomization"], int(images))
+    return out
+
+
+def protocol_of(cfg: "EvalConfig", patches: int) -> Optional[str]:
+    """The preset whose values ``cfg`` has (the first, in :data:`PROTOCOLS`
+    order), or None for settings of no preset."""
+    for name in PROTOCOLS:
+        values = protocol_settings(name, patches, cfg.removal, cfg.n)
+        if all(getattr(cfg, k) == v for k, v in values.items()):
+            return name
+    return None
+
+
+def forward_passes(
+    cfg: "EvalConfig", num_classes: int, distractor: bool
+) -> Dict[str, int]:
+    """Perturbed forward passes per image and method of each metric (the cost of
+    a run beyond the explanations), and the extra explanations per image.
+
+    Args:
+        cfg: The run's settings.
+        num_classes: The model's classes (``non_target="all"``).
+        distractor: Whether the data has a distractor (its pointing column, and
+            ``non_target="auto"``).
+
+    Returns:
+        ``{"insertion/deletion", "AOPC", "faithfulness", "sensitivity-n",
+        "non-target", "ROAD", "explanations"}``; ``"ROAD"`` also costs one sparse
+        solve per pass.
+    """
+    s = cfg.curve_steps
+    mode = cfg.non_target
+    if mode == "auto":
+        mode = "distractor" if distractor else "random"
+    classes = {"off": 0, "all": num_classes - 1}.get(mode, 1)
+    return {
+        "insertion/deletion": 2 * (s + 1),
+        "AOPC": 2 * s,
+        "faithfulness": cfg.faith_samples,
+        "sensitivity-n": cfg.sensitivity_sizes * cfg.sensitivity_samples,
+        "non-target": classes * 2 * (s + 1),
+        "ROAD": 0 if cfg.road == "off" else 2 * len(ROAD_FRACTIONS),
+        "explanations": 1 + classes + int(distractor and mode != "distractor"),
+    }
+
+
+def cost_line(
+    cfg: "EvalConfig",
+    protocol: Optional[str],
+    num_classes: int,
+    distractor: bool,
+    pending: int,
+) -> str:
+    """One line: the run's protocol and its estimated cost (perturbed forward
+    passes per image and method, and for the ``pending`` (method, image) pairs)."""
+    cost = forward_passes(cfg, num_classes, distractor)
+    passes = sum(v for k, v in cost.items() if k != "explanations")
+    parts = ", ".join(f"{k} {v}" for k, v in cost.items() if v and k != "explanations")
+    name = f"protocol {protocol}" if protocol else "custom protocol"
+    road = " and as many sparse solves (ROAD)" if cost["ROAD"] else ""
+    return (
+        f"evaluate: {name}: about {passes} perturbed forward passes per image and "
+        f"method ({parts}){road}, and {cost['explanations']} explanation(s); "
+        f"{pending} (method, image) pair(s) to do: about {passes * pending} passes"
+    )
+
 
 @dataclass
 class EvalConfig:
     """Settings of one evaluation run (stored with the records for resuming).
 
-    The defaults are quick; the papers' settings are in the comments and in
-    ``results.md`` (and ``captum-vit evaluate --help``).
+    The defaults are the ``quick`` preset of :data:`PROTOCOLS` (seconds per image
+    and method for a ViT-S/16 on a CPU); :func:`protocol_settings` gives the other
+    presets' values (``paper``: the papers' settings, also listed in the comments,
+    in ``results.md`` and in ``captum-vit evaluate --help``).
 
     Attributes:
         n: Number of images (embedded scenes to generate; for a user dataset the
@@ -244,10 +403,10 @@ class EvalConfig:
     seed: int = 1234
     removal: str = "tokens"
     chunk: int = 10
-    curve_steps: int = 16
-    faith_samples: int = 64
-    sensitivity_sizes: int = 9
-    sensitivity_samples: int = 32
+    curve_steps: int = 8
+    faith_samples: int = 16
+    sensitivity_sizes: int = 3
+    sensitivity_samples: int = 8
     tis_masks: int = 1024
     rise_masks: int = 4000
     n_steps: int = 20
@@ -257,7 +416,7 @@ class EvalConfig:
     pointing: str = "first"
     pointing_tolerance: float = 0.0
     non_target: str = "auto"
-    road: str = "patches"
+    road: str = "off"
     randomization: int = 0
     metric_batch: int = 64
 
@@ -563,7 +722,21 @@ def run_evaluation(
     by_name = {m.name: m for m in chosen}
     store = RecordStore(out, ctx.rank)
     chunks = chunks_of(len(dataset), cfg.chunk)
-    work, reused, total = plan(ctx, store, settings, list(built), chunks)
+    protocol = protocol_of(cfg, _patches(loaded))
+    try:
+        work, reused, total = plan(ctx, store, settings, list(built), chunks)
+    except SettingsMismatch as exc:
+        raise _with_protocol_hint(exc, store, protocol, loaded) from None
+    if show_progress and ctx.is_main and total > reused:
+        note(
+            cost_line(
+                cfg,
+                protocol,
+                loaded.num_classes,
+                dataset.has_distractor,
+                total - reused,
+            )
+        )
     job = _EvalJob(
         built,
         by_name,
@@ -591,8 +764,46 @@ def run_evaluation(
     if not ctx.is_main:
         return None
     return write_tables(
-        out, list(built), settings, reused=(reused, total) if reused else None
+        out,
+        list(built),
+        settings,
+        reused=(reused, total) if reused else None,
+        protocol=protocol,
     )
+
+
+def _patches(loaded: Any) -> int:
+    """The model's number of patches at its input size."""
+    from .vit import ViTAdapter
+
+    x = torch.zeros(1, 3, *loaded.input_size)
+    gh, gw = ViTAdapter(loaded.model).grid_for(x)
+    return gh * gw
+
+
+def _with_protocol_hint(
+    exc: SettingsMismatch, store: RecordStore, protocol: Optional[str], loaded: Any
+) -> SettingsMismatch:
+    """The mismatch, plus the ``--protocol`` the folder's records were made with
+    when that is another preset (e.g. a folder of the former defaults)."""
+    records = store.read() if store.rank == 0 else []
+    old = next((r.get("settings") for r in records if r.get("settings")), None)
+    fields = {f for f in asdict(EvalConfig())}
+    if isinstance(old, dict) and fields <= set(old):
+        try:
+            then = protocol_of(
+                EvalConfig(**{k: old[k] for k in fields}), _patches(loaded)
+            )
+        except (TypeError, ValueError):
+            then = None
+        if then is not None and then != protocol:
+            out = SettingsMismatch(
+                f"{exc}; its records follow --protocol {then} (add --protocol {then} "
+                "to resume it)"
+            )
+            out.all_ranks = getattr(exc, "all_ranks", False)  # type: ignore
+            return out
+    return exc
 
 
 def check_protocol(cfg: EvalConfig, loaded: Any, dataset: ItemDataset) -> Any:
@@ -1005,6 +1216,7 @@ def write_tables(
     method_names: List[str],
     settings: dict,
     reused: Optional[Tuple[int, int]] = None,
+    protocol: Optional[str] = None,
 ) -> Dict[str, Dict[str, Tuple[float, float]]]:
     """Aggregate the records (all ranks' files) into results.csv/.md,
     curves.png/.npz, sensitivity_n.png/.npz and (with the randomisation check)
@@ -1016,6 +1228,7 @@ def write_tables(
         settings: The run's settings (records of other settings are ignored).
         reused: ``(reused, requested)`` (method, image) results, for the report of a
             resumed run.
+        protocol: The preset of :data:`PROTOCOLS` the settings follow (None: none).
 
     Returns:
         ``{method: {metric: (mean, ci_half_width)}}`` (plus ``"n"``).
@@ -1085,7 +1298,9 @@ def write_tables(
                 + [f"{x:.6g}" for k, _, _ in columns for x in row[k]]
             )
     (out / "results.md").write_text(
-        _report(table, columns, settings, records, reused, skipped, sizes, layers)
+        _report(
+            table, columns, settings, records, reused, skipped, sizes, layers, protocol
+        )
     )
     if curves:
         _plot_curves(out, curves, settings)
@@ -1148,6 +1363,7 @@ def _report(
     skipped: Dict[str, str],
     sizes: Sequence[int] = (),
     layers: Sequence[str] = (),
+    protocol: Optional[str] = None,
 ) -> str:
     data, model = settings.get("data", {}), settings.get("model", {})
     scenes = data.get("source") == "embedded scenes"
@@ -1209,7 +1425,7 @@ def _report(
             n_have = _count_finite(records, key, first)
             text += f" (here {n_have} of {int(table[first]['n'][0])} images have it)"
         lines.append(f"- **{header}**: {text}.")
-    lines += ["", *_protocol(settings)]
+    lines += ["", *_protocol(settings, protocol)]
     if reused is not None:
         done, total = reused
         lines += [
@@ -1286,8 +1502,8 @@ def _definition_values(
     }
 
 
-def _protocol(settings: dict) -> List[str]:
-    """The run's protocol next to the papers' settings."""
+def _protocol(settings: dict, protocol: Optional[str] = None) -> List[str]:
+    """The run's protocol (its preset, if any) next to the papers' settings."""
     s = settings
     scenes = s.get("data", {}).get("source") == "embedded scenes"
     rows = [
@@ -1350,9 +1566,16 @@ def _protocol(settings: dict) -> List[str]:
             "(`--randomization N`)",
         ),
     ]
+    preset = (
+        f"the `{protocol}` preset (`--protocol {protocol}`)"
+        if protocol
+        else "no preset (options that match none of `--protocol "
+        + "|".join(PROTOCOLS)
+        + "`)"
+    )
     out = [
-        "Protocol (this run, and the papers' settings with the options that "
-        "reproduce them):",
+        f"Protocol: {preset}. This run's settings, and the papers' with the options "
+        "that reproduce them:",
         "",
         "| setting | this run | papers |",
         "|---|---|---|",

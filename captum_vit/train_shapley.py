@@ -45,6 +45,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
+from ._jobs import Interrupted
 from .data import DataError, ImageDataset, ItemDataset, SceneDataset
 from .distributed import DistContext
 
@@ -350,15 +351,20 @@ def run_train_shapley(
                 explainer = ShapleyExplainer.from_surrogate(
                     surrogate, shared_blocks=o["shared_blocks"]
                 )
-            result = train_explainer(
-                explainer,
-                surrogate,
-                train,
-                val,
-                num_subsets=o["subsets"],
-                settings=dict(common, surrogate=classifier_digest(surrogate)),
-                **kw,
-            )
+            try:
+                result = train_explainer(
+                    explainer,
+                    surrogate,
+                    train,
+                    val,
+                    num_subsets=o["subsets"],
+                    settings=dict(common, surrogate=classifier_digest(surrogate)),
+                    **kw,
+                )
+            except Interrupted as exc:
+                raise Interrupted(
+                    f"{exc} (the surrogate stage is finished: {sur_path})"
+                ) from None
             if ctx.is_main:
                 save_explainer(
                     result.model,

@@ -120,7 +120,7 @@ def test_report_numbers_read_well():
 def test_results_md_defines_every_column_and_the_interval(tmp_path: Path):
     cfg = EvalConfig(n=3, chunk=3, tis_masks=8, curve_steps=2, faith_samples=4)
     cfg.sensitivity_samples, cfg.sensitivity_sizes = 4, 2
-    cfg.randomization = 1  # every column, the opt-in ones too
+    cfg.randomization, cfg.road = 1, "patches"  # every column, the opt-in ones too
     run_evaluation(str(tmp_path), ["random"], cfg)
     report = (tmp_path / "results.md").read_text()
     assert "95 % confidence interval" in report and "Student t" in report

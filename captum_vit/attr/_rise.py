@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from captum.attr import PerturbationAttribution
 from captum.log import log_usage
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from .._utils import progress_bar
 from ..vit import CLASS_HEAD, ViTAdapter, is_supported_vit, logits_of
 from ._fill import (
     BaselinesType,
@@ -273,10 +273,10 @@ class RISE(PerturbationAttribution):
                 tgt = torch.cat(preds).cpu()
             grids, shifts = self.grids((h, w), seed)
             sal = images.new_zeros(b, h, w, dtype=torch.float32)
-            bar = tqdm(
+            bar = progress_bar(
                 total=self.n_masks * b,
                 desc="RISE",
-                disable=not show_progress,
+                enabled=show_progress,
                 unit="fwd",
             )
             try:

@@ -23,8 +23,8 @@ import torch.nn as nn
 from captum.attr import PerturbationAttribution
 from captum.log import log_usage
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from .._utils import progress_bar
 from ..vit import CLASS_HEAD, TOKEN_DROP, TokenMask, ViTAdapter, tokens_to_pixels
 from ._utils import (
     TargetType,
@@ -331,10 +331,10 @@ class TransformerInputSampling(PerturbationAttribution):
         self, images: Tensor, seed: int, show_progress: bool = False
     ) -> Tuple[List[Tensor], Tensor]:
         masks, probs = [], []
-        bar = tqdm(
+        bar = progress_bar(
             range(images.shape[0]),
             desc="TIS k-means",
-            disable=not show_progress,
+            enabled=show_progress,
             unit="img",
         )
         for i in bar:
@@ -438,8 +438,8 @@ class TransformerInputSampling(PerturbationAttribution):
             else torch.zeros(0, gh * gw, dtype=torch.bool)
         )
         flat = torch.empty(img_idx.shape[0], dtype=torch.float32, device=images.device)
-        bar = tqdm(
-            total=img_idx.shape[0], desc="TIS", disable=not show_progress, unit="fwd"
+        bar = progress_bar(
+            total=img_idx.shape[0], desc="TIS", enabled=show_progress, unit="fwd"
         )
         try:
             with torch.no_grad():

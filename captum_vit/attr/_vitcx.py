@@ -34,8 +34,8 @@ from captum.attr import PerturbationAttribution
 from captum.log import log_usage
 from scipy.cluster.hierarchy import fcluster
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from .._utils import progress_bar
 from ..vit import CLASS_HEAD, ViTAdapter
 from ._fill import (
     BaselinesType,
@@ -539,10 +539,10 @@ class ViTCX(PerturbationAttribution):
     ) -> Tuple[List[Tensor], Tensor]:
         size = images.shape[-2:]
         masks, probs = [], []
-        bar = tqdm(
+        bar = progress_bar(
             range(images.shape[0]),
             desc="ViT-CX clustering",
-            disable=not show_progress,
+            enabled=show_progress,
             unit="img",
         )
         for i in bar:
@@ -643,10 +643,10 @@ class ViTCX(PerturbationAttribution):
             out = [images.new_zeros(m.shape[0], dtype=torch.float32) for m in masks]
             gens: Dict[int, torch.Generator] = {}
             noise: Dict[Tuple[int, int], Tensor] = {}
-            bar = tqdm(
+            bar = progress_bar(
                 total=len(jobs),
                 desc="ViT-CX",
-                disable=not show_progress,
+                enabled=show_progress,
                 unit="fwd",
             )
             try:

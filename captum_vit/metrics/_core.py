@@ -32,14 +32,9 @@ from torch import Tensor
 from .._guard import evaluates_argument  # noqa: F401
 from .._utils import check_batch, check_image_batch, check_int, check_number  # noqa
 from .._utils import check_seed as _shared_check_seed
-from .._utils import gaussian_blur
+from .._utils import gaussian_blur, progress_bar
 from .._utils import format_target as _shared_format_target
 from ..vit.adapter import logits_of
-
-try:  # tqdm is a dependency of the package; keep the import soft all the same
-    from tqdm.auto import tqdm
-except ImportError:  # pragma: no cover
-    tqdm = None
 
 TargetType = Union[None, int, Sequence[int], Tensor]
 BaselineType = Union[None, str, float, Tensor, Callable[[Tensor], Tensor]]
@@ -685,8 +680,8 @@ def evaluate(
         ]
 
     bar = None
-    if setup.show_progress and tqdm is not None:
-        bar = tqdm(total=int(todo.numel()), desc=desc, unit="img")
+    if setup.show_progress:
+        bar = progress_bar(total=int(todo.numel()), desc=desc, unit="img")
     try:
         with torch.no_grad():
             for start, stop in chunks:

@@ -7,8 +7,8 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from .._utils import progress_bar
 from ._utils import check_positive_int
 from .games import Game
 
@@ -76,7 +76,7 @@ def exact_shapley(
     values: Optional[Tensor] = None
     scalar = False
     chunks = range(0, masks.shape[0], batch_size)
-    for lo in tqdm(chunks, disable=not show_progress, desc="exact Shapley"):
+    for lo in progress_bar(chunks, enabled=show_progress, desc="exact Shapley"):
         idx = order[lo : lo + batch_size]
         out = torch.as_tensor(game(masks[idx]))
         if out.dim() == 1:

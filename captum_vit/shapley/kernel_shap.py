@@ -21,8 +21,8 @@ from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from .._utils import progress_bar
 from ._utils import check_float, check_positive_int
 from .games import Game
 from .sampling import ShapleySampler
@@ -170,7 +170,7 @@ def kernel_shap(
     values = torch.zeros(d, num_classes, dtype=torch.float64)
     std = torch.full_like(values, float("inf"))
     converged = False
-    bar = tqdm(total=max_evals, disable=not show_progress, desc="KernelSHAP")
+    bar = progress_bar(total=max_evals, enabled=show_progress, desc="KernelSHAP")
     bar.update(evals)
     while evals + batch_size <= max_evals:
         s = sampler.sample(batch_size, paired=paired, generator=gen)

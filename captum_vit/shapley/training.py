@@ -52,7 +52,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .. import _jobs
 from .._jobs import autocast, check_amp
+from .._utils import progress_bar
 from ..distributed import DistContext, shard
 from ..vit import CLASS_HEAD, TokenMask, ViTAdapter
 from ..vit.adapter import logits_of
@@ -338,6 +340,29 @@ def _validation(
 
 
 # ------------------------------------------------------------------- the loop
+def _interrupted_line(
+    kind: str,
+    step: int,
+    total: int,
+    ckpt: Optional[Path],
+    kept: Optional[int],
+    save_every: int,
+) -> str:
+    """What Ctrl-C during training prints: the step, what is kept, how to resume."""
+    where = f"interrupted at {kind} step {step} of {total}"
+    if ckpt is None:
+        return f"{where}; no checkpoint file was given, so nothing is kept"
+    if kept is None:
+        return (
+            f"{where}, before its first checkpoint (every {save_every} steps): "
+            "nothing is kept for this stage; the same command starts it again"
+        )
+    return (
+        f"{where}; kept: the checkpoint of step {kept} ({ckpt}); run the same command "
+        "again to resume from it"
+    )
+
+
 def _train(
     run: _Run,
     model: nn.Module,
@@ -376,6 +401,7 @@ def _train(
     }
     best_state: Optional[Dict[str, Tensor]] = None
     step, elapsed = 0, 0.0
+    kept: Dict[str, Optional[int]] = {"step": None}  # the last checkpoint's step
     ckpt = run.checkpoint
     if ckpt is not None and run.resume:
 
@@ -401,6 +427,7 @@ def _train(
             step, elapsed = int(payload["step"]), float(payload["seconds"])
             history = payload["history"]
             best_state = payload.get("best")
+            kept["step"] = step
     if step < total:
         history["world_sizes"] = list(history.get("world_sizes", [])) + [world]
 
@@ -435,6 +462,7 @@ def _train(
                 "best": best_state,
             },
         )
+        kept["step"] = step
 
     stream = _Stream(n, b, run.seed)
     plan = _micro_plan(b, ctx.rank, world, run.micro_batch_size)
@@ -444,16 +472,12 @@ def _train(
             for tags in plan:
                 yield stream.requests(t, tags)
 
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
+    bar = progress_bar(
         total=total * b,
         initial=step * b,
-        disable=not (run.show_progress and ctx.is_main),
+        enabled=run.show_progress and ctx.is_main,
         desc=run.kind,
         unit="img",
-        file=sys.stderr,
-        dynamic_ncols=True,
     )
     skipped: List[str] = []
 
@@ -467,83 +491,101 @@ def _train(
     running: List[float] = []
     t0 = time.perf_counter()
     rng_devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=rng_devices), _tf32(device):
-        micros = read_micro_batches(
-            source, requests, (total - step) * len(plan), device, run.workers, on_skip
-        )
-        while step < total:
-            factor = cosine_factor(step, total, warmup_steps)
-            for group in optim.param_groups:
-                group["lr"] = run.lr * factor
-            torch.manual_seed(int(step_generator(run.seed, step, 3).initial_seed()))
-            model.train()
-            keep = subsets(step)  # (B, k, d): the whole global batch's coalitions
-            optim.zero_grad(set_to_none=True)
-            stats = torch.zeros(3, dtype=torch.float64, device=device)
-            n_skipped = len(skipped)
-            for m in range(len(plan)):
-                micro = next(micros)
-                weights = micro.ok.float() * (world / b)
-                with autocast(device, run.amp):
-                    thunks = pieces(micro.images, keep[micro.tags], weights, forward)
-                for i, thunk in enumerate(thunks):
-                    last = m == len(plan) - 1 and i == len(thunks) - 1
-                    sync = ddp.no_sync() if ddp is not None and not last else None
-                    with sync or contextlib.nullcontext():
-                        with autocast(device, run.amp):
-                            loss = thunk()
-                        (scaler.scale(loss) if scaler is not None else loss).backward()
-                    stats[0] += loss.detach().double()
-                    stats[1] += (~torch.isfinite(loss.detach())).double()
-            stats[2] = len(skipped) - n_skipped
-            ctx.all_reduce(stats)
-            history["skipped_images"] += int(stats[2])
-            if float(stats[1]) > 0 and scaler is None:
-                raise FloatingPointError(
-                    f"{run.kind} training: non-finite loss at step {step} "
-                    "(lower lr, check the data)"
-                )
-            if scaler is not None:
-                scaler.unscale_(optim)
-            if run.grad_clip is not None and run.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, run.grad_clip)
-            if scaler is not None:
-                scaler.step(optim)
-                scaler.update()
-            else:
-                optim.step()
-            if float(stats[1]) == 0:
-                running.append(float(stats[0]) / world)
-            step += 1
-            bar.update(b)
-            if running:
-                bar.set_postfix(loss=f"{running[-1]:.4g}")
-            if step % save_every == 0 or step == total:
-                model.eval()
-                val = val_loss() if val_loss is not None else None
-                elapsed += time.perf_counter() - t0
-                history["epoch"].append(round(step * b / n, 4))
-                history["step"].append(step)
-                history["train_loss"].append(
-                    float(sum(running) / len(running)) if running else None
-                )
-                history["val_loss"].append(val)
-                history["lr"].append(
-                    run.lr * cosine_factor(step - 1, total, warmup_steps)
-                )
-                history["seconds"].append(elapsed)
-                running = []
-                if val is not None and (
-                    history["best_val"] is None or val < history["best_val"]
-                ):
-                    history["best_val"] = val
-                    best_state = _state_copy(model) if run.select_best else None
-                if val is not None and run.show_progress and ctx.is_main:
-                    bar.write(
-                        f"{run.kind} step {step}: val loss {val:.5g}", file=sys.stderr
+    try:
+        with torch.random.fork_rng(devices=rng_devices), _tf32(device):
+            micros = read_micro_batches(
+                source,
+                requests,
+                (total - step) * len(plan),
+                device,
+                run.workers,
+                on_skip,
+            )
+            while step < total:
+                factor = cosine_factor(step, total, warmup_steps)
+                for group in optim.param_groups:
+                    group["lr"] = run.lr * factor
+                torch.manual_seed(int(step_generator(run.seed, step, 3).initial_seed()))
+                model.train()
+                keep = subsets(step)  # (B, k, d): the whole global batch's coalitions
+                optim.zero_grad(set_to_none=True)
+                stats = torch.zeros(3, dtype=torch.float64, device=device)
+                n_skipped = len(skipped)
+                for m in range(len(plan)):
+                    micro = next(micros)
+                    weights = micro.ok.float() * (world / b)
+                    with autocast(device, run.amp):
+                        thunks = pieces(
+                            micro.images, keep[micro.tags], weights, forward
+                        )
+                    for i, thunk in enumerate(thunks):
+                        last = m == len(plan) - 1 and i == len(thunks) - 1
+                        sync = ddp.no_sync() if ddp is not None and not last else None
+                        with sync or contextlib.nullcontext():
+                            with autocast(device, run.amp):
+                                loss = thunk()
+                            (
+                                scaler.scale(loss) if scaler is not None else loss
+                            ).backward()
+                        stats[0] += loss.detach().double()
+                        stats[1] += (~torch.isfinite(loss.detach())).double()
+                stats[2] = len(skipped) - n_skipped
+                ctx.all_reduce(stats)
+                history["skipped_images"] += int(stats[2])
+                if float(stats[1]) > 0 and scaler is None:
+                    raise FloatingPointError(
+                        f"{run.kind} training: non-finite loss at step {step} "
+                        "(lower lr, check the data)"
                     )
-                save()
-                t0 = time.perf_counter()  # seconds: training, not checkpoint writing
+                if scaler is not None:
+                    scaler.unscale_(optim)
+                if run.grad_clip is not None and run.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(trainable, run.grad_clip)
+                if scaler is not None:
+                    scaler.step(optim)
+                    scaler.update()
+                else:
+                    optim.step()
+                if float(stats[1]) == 0:
+                    running.append(float(stats[0]) / world)
+                step += 1
+                bar.update(b)
+                if running:
+                    bar.set_postfix(loss=f"{running[-1]:.4g}")
+                if step % save_every == 0 or step == total:
+                    model.eval()
+                    val = val_loss() if val_loss is not None else None
+                    elapsed += time.perf_counter() - t0
+                    history["epoch"].append(round(step * b / n, 4))
+                    history["step"].append(step)
+                    history["train_loss"].append(
+                        float(sum(running) / len(running)) if running else None
+                    )
+                    history["val_loss"].append(val)
+                    history["lr"].append(
+                        run.lr * cosine_factor(step - 1, total, warmup_steps)
+                    )
+                    history["seconds"].append(elapsed)
+                    running = []
+                    if val is not None and (
+                        history["best_val"] is None or val < history["best_val"]
+                    ):
+                        history["best_val"] = val
+                        best_state = _state_copy(model) if run.select_best else None
+                    if val is not None and run.show_progress and ctx.is_main:
+                        bar.write(
+                            f"{run.kind} step {step}: val loss {val:.5g}",
+                            file=sys.stderr,
+                        )
+                    save()
+                    t0 = (
+                        time.perf_counter()
+                    )  # seconds: training, not checkpoint writing
+    except KeyboardInterrupt:
+        bar.close()
+        raise _jobs.Interrupted(
+            _interrupted_line(run.kind, step, total, ckpt, kept["step"], save_every)
+        ) from None
     bar.close()
     if run.select_best and best_state is not None:
         model.load_state_dict(best_state)
