@@ -601,6 +601,15 @@ def _add_train_shapley(sub: Any) -> None:
         default=None,
         help="steps between validation and checkpoints (default: one pass)",
     )
+    g.add_argument(
+        "--keep-checkpoints",
+        type=_non_negative,
+        default=1,
+        metavar="N",
+        help="step checkpoints kept per stage: the newest N (default 1; it holds "
+        "the best-validation weights too); when a stage ends the newest is cut "
+        "down to its final weights (a rerun then skips it); 0 removes them then",
+    )
     g.add_argument("--seed", type=_non_negative, default=0, help="seed of everything")
     g.add_argument(
         "--half", action="store_true", help="store the final weights as float16"
@@ -1067,6 +1076,7 @@ def cmd_train_shapley(args: argparse.Namespace, ctx: Any) -> int:
         workers=_workers(args, ctx.world_size),
         half=args.half,
         show_progress=not args.quiet,
+        keep_checkpoints=args.keep_checkpoints,
     )
     record = run_train_shapley(
         args.out, loaded, train, val, options, ctx, augment=not args.no_augment

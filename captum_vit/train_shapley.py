@@ -13,7 +13,13 @@ under ``torchrun`` with DDP. It writes into the run folder:
   the classifier it was fine-tuned from, the explainer that of its surrogate);
 - ``surrogate_ckpt.pt`` / ``explainer_ckpt.pt``: step checkpoints (every
   ``save_every`` steps); running the same command again resumes from them, also with
-  another number of processes, and refuses other settings;
+  another number of processes, and refuses other settings. The newest
+  ``keep_checkpoints`` (default 1) of each stage are kept (the older ones as
+  ``<stage>_ckpt.step<S>.pt``); the best-validation weights are in the newest, as a
+  second copy only while they differ from its weights. When a stage ends, its
+  newest checkpoint is cut down to the stage's final weights and history (running
+  again then skips the stage; the optimiser state could only continue a run that
+  is over); ``keep_checkpoints=0`` removes them then;
 - ``record.json``: settings, loss history, processes, seconds and images/s per stage.
 
 :func:`attach_shapley` puts a run's surrogate and explainer into a loaded model's
@@ -110,6 +116,9 @@ class StageOptions:
         workers: DataLoader worker processes per process.
         half: Store the final weights as float16 (half the size, as shipped).
         show_progress: Progress bars on rank 0.
+        keep_checkpoints: Step checkpoints kept per stage (the newest N; the
+            newest holds the best-validation weights); when a stage ends the
+            newest is cut down to its final weights, and 0 removes them all.
     """
 
     stage: str = "all"
@@ -130,6 +139,7 @@ class StageOptions:
     workers: int = 0
     half: bool = False
     show_progress: bool = True
+    keep_checkpoints: int = 1
 
     def stages(self) -> Tuple[str, ...]:
         """The stages to run, in order."""
@@ -320,6 +330,7 @@ def run_train_shapley(
             workers=o["workers"],
             ctx=ctx,
             show_progress=o["show_progress"],
+            keep_checkpoints=o["keep_checkpoints"],
             device=device,
         )
         t0 = time.perf_counter()

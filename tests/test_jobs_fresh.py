@@ -12,9 +12,12 @@ import subprocess
 from pathlib import Path
 from typing import Dict, List
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
-from captum_vit import __version__
+from captum_vit import __version__, zoo
 from captum_vit._jobs import RecordStore
 from captum_vit._utils import progress_bar
 from captum_vit.cli import build_parser, main
@@ -299,3 +302,166 @@ def test_build_parser_defaults_leave_the_preset_to_decide():
     assert ns.protocol == "quick"
     for key in PROTOCOLS["quick"]:
         assert getattr(ns, key) is None, key
+
+
+# ------------------------------------------- 13 and 17: train-shapley run folders
+@pytest.fixture(scope="module")
+def train_files(tmp_path_factory) -> Dict[str, Path]:
+    """A tiny random-weight classifier in the zoo's format (32 px, patch 8, one
+    block) and 10 scene images as PNG files (8 for training, 2 held out)."""
+    d = tmp_path_factory.mktemp("keep")
+    sc = zoo.make_scenes(10, split="test", seed=3, image_size=40)
+    (d / "images").mkdir()
+    for i in range(10):
+        img = (sc.images[i].transpose(1, 2, 0) * 255).round().astype(np.uint8)
+        Image.fromarray(img).save(d / "images" / f"img{i}.png")
+    cfg = dict(
+        image_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        mlp_ratio=2.0,
+        num_classes=10,
+    )
+    torch.manual_seed(0)
+    state = zoo.build_model(cfg).state_dict()
+    torch.save({"config": cfg, "state_dict": state}, d / "tiny.pt")
+    return {"images": d / "images", "model": d / "tiny.pt"}
+
+
+def _surrogate_args(files: Dict[str, Path], out: Path, *extra: str) -> List[str]:
+    """A surrogate stage of 6 steps (3 passes over 8 images, 4 per step), with a
+    checkpoint and a validation after every step."""
+    return [
+        "train-shapley",
+        "--checkpoint",
+        str(files["model"]),
+        "--data",
+        str(files["images"]),
+        "--val-n",
+        "2",
+        "--stage",
+        "surrogate",
+        "--epochs",
+        "3",
+        "--save-every",
+        "1",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--quiet",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def _weights(path: Path) -> Dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def _same(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(
+        torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a
+    )
+
+
+def test_a_finished_run_keeps_one_small_checkpoint_and_reruns_at_once(
+    train_files, capsys, tmp_path
+):
+    out = tmp_path / "run"
+    rc, _, err = cli(capsys, *_surrogate_args(train_files, out))
+    assert rc == 0, err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "record.json",
+        "surrogate.pt",
+        "surrogate_ckpt.pt",
+    ]
+    ckpt = torch.load(out / "surrogate_ckpt.pt", weights_only=True)
+    assert ckpt["finished"] and ckpt["optimizer"] is None and ckpt["best"] is None
+    # the final weights and the history only: about the size of surrogate.pt, not
+    # weights + AdamW's two moments + a copy of the best weights
+    size = (out / "surrogate_ckpt.pt").stat().st_size
+    assert size < 1.3 * (out / "surrogate.pt").stat().st_size
+    final = _weights(out / "surrogate.pt")
+    assert _same(ckpt["model"], final)
+    # the same command again: nothing to train, the same weights
+    from captum_vit.shapley import training
+
+    def no_training(*args, **kw):
+        raise AssertionError("a finished stage was trained again")
+
+    real = training.cosine_factor
+    training.cosine_factor = no_training
+    try:
+        assert cli(capsys, *_surrogate_args(train_files, out))[0] == 0
+    finally:
+        training.cosine_factor = real
+    assert _same(_weights(out / "surrogate.pt"), final)
+
+
+def test_ctrl_c_in_train_shapley_and_keep_checkpoints(
+    train_files, capsys, monkeypatch, tmp_path
+):
+    """--keep-checkpoints 3, Ctrl-C at step 4 of 6: one line saying what is kept,
+    exit 130, the newest three checkpoints on disk; the rerun resumes from step 4
+    and gives the weights of an uninterrupted run."""
+    from captum_vit.shapley import training
+
+    straight = tmp_path / "straight"
+    assert cli(capsys, *_surrogate_args(train_files, straight))[0] == 0
+    real = training.cosine_factor
+
+    def stop_at_step_4(step, total, warmup):
+        if step == 4:
+            raise KeyboardInterrupt
+        return real(step, total, warmup)
+
+    monkeypatch.setattr(training, "cosine_factor", stop_at_step_4)
+    out = tmp_path / "run"
+    args = _surrogate_args(train_files, out, "--keep-checkpoints", "3")
+    rc, _, err = cli(capsys, *args)
+    assert rc == 130
+    assert err == (
+        "captum-vit train-shapley: interrupted at surrogate step 4 of 6; kept: the "
+        f"checkpoint of step 4 ({out / 'surrogate_ckpt.pt'}); run the same command "
+        "again to resume from it\n"
+    )
+    names = sorted(p.name for p in out.glob("surrogate_ckpt*"))
+    assert names == [
+        "surrogate_ckpt.pt",
+        "surrogate_ckpt.step00000002.pt",
+        "surrogate_ckpt.step00000003.pt",
+    ]
+    assert torch.load(out / "surrogate_ckpt.pt", weights_only=True)["step"] == 4
+    monkeypatch.undo()
+    steps = []
+    monkeypatch.setattr(
+        training, "cosine_factor", lambda s, t, w: steps.append(s) or real(s, t, w)
+    )
+    assert cli(capsys, *args)[0] == 0
+    assert min(steps) == 4  # resumed: steps 0-3 are not trained again
+    names = sorted(p.name for p in out.glob("surrogate_ckpt*"))
+    assert names == [
+        "surrogate_ckpt.pt",
+        "surrogate_ckpt.step00000004.pt",
+        "surrogate_ckpt.step00000005.pt",
+    ]
+    assert _same(_weights(out / "surrogate.pt"), _weights(straight / "surrogate.pt"))
+
+
+def test_keep_checkpoints_0_leaves_only_the_weights(train_files, capsys, tmp_path):
+    out = tmp_path / "run"
+    rc, _, err = cli(
+        capsys, *_surrogate_args(train_files, out, "--keep-checkpoints", "0")
+    )
+    assert rc == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["record.json", "surrogate.pt"]
+    rc, _, err = cli(
+        capsys, *_surrogate_args(train_files, out, "--keep-checkpoints", "-1")
+    )
+    assert rc == 2 and err.startswith(
+        "captum-vit train-shapley: error: --keep-checkpoints: expected an integer >= 0"
+    )

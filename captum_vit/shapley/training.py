@@ -284,6 +284,7 @@ class _Run(NamedTuple):
     seed: int
     checkpoint: Optional[Path]
     resume: bool
+    keep_checkpoints: int
     select_best: bool
     max_steps: Optional[int]
     save_every: Optional[int]
@@ -400,8 +401,10 @@ def _train(
         "world_sizes": [],
     }
     best_state: Optional[Dict[str, Tensor]] = None
+    best_step: Optional[int] = None
     step, elapsed = 0, 0.0
     kept: Dict[str, Optional[int]] = {"step": None}  # the last checkpoint's step
+    finished = False  # resumed from the cut-down checkpoint of a finished run
     ckpt = run.checkpoint
     if ckpt is not None and run.resume:
 
@@ -421,13 +424,18 @@ def _train(
             raise exc
         if payload is not None:
             model.load_state_dict(payload["model"])
-            optim.load_state_dict(payload["optimizer"])
+            if payload.get("optimizer") is not None:  # None: a finished run's
+                optim.load_state_dict(payload["optimizer"])
             if scaler is not None and payload.get("scaler"):
                 scaler.load_state_dict(payload["scaler"])
             step, elapsed = int(payload["step"]), float(payload["seconds"])
             history = payload["history"]
             best_state = payload.get("best")
+            best_step = payload.get("best_step")
+            if best_state is None and best_step == step:  # the weights themselves
+                best_state = _state_copy(model)
             kept["step"] = step
+            finished = bool(payload.get("finished"))
     if step < total:
         history["world_sizes"] = list(history.get("world_sizes", [])) + [world]
 
@@ -444,8 +452,13 @@ def _train(
         forward = ddp
 
     def save() -> None:
+        """The step checkpoint (the best weights in it only where they are not
+        its weights), the older ones rotated and pruned to ``keep_checkpoints``."""
         if ckpt is None or not ctx.is_main:
             return
+        if run.keep_checkpoints > 1 and kept["step"] not in (None, step):
+            if ckpt.is_file():
+                ckpt.replace(_older_checkpoint(ckpt, int(kept["step"])))
         _save_checkpoint(
             ckpt,
             {
@@ -459,10 +472,12 @@ def _train(
                 "optimizer": optim.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "history": history,
-                "best": best_state,
+                "best": None if best_step == step else best_state,
+                "best_step": best_step,
             },
         )
         kept["step"] = step
+        _prune_checkpoints(ckpt, max(run.keep_checkpoints, 1) - 1)
 
     stream = _Stream(n, b, run.seed)
     plan = _micro_plan(b, ctx.rank, world, run.micro_batch_size)
@@ -572,6 +587,7 @@ def _train(
                     ):
                         history["best_val"] = val
                         best_state = _state_copy(model) if run.select_best else None
+                        best_step = step if run.select_best else None
                     if val is not None and run.show_progress and ctx.is_main:
                         bar.write(
                             f"{run.kind} step {step}: val loss {val:.5g}",
@@ -592,7 +608,61 @@ def _train(
     model.eval()
     for p in model.parameters():
         p.grad = None
+    if ckpt is not None and ctx.is_main and not finished:
+        _finish_checkpoint(ckpt, run, step, elapsed, model, history)
     return TrainingResult(model, history)
+
+
+def _older_checkpoint(ckpt: Path, step: int) -> Path:
+    """Where the step-``step`` checkpoint goes when a newer one replaces it."""
+    return ckpt.with_name(f"{ckpt.stem}.step{step:08d}{ckpt.suffix}")
+
+
+def _older_checkpoints(ckpt: Path) -> List[Path]:
+    """The older step checkpoints beside ``ckpt``, oldest first."""
+    return sorted(ckpt.parent.glob(f"{ckpt.stem}.step*{ckpt.suffix}"))
+
+
+def _prune_checkpoints(ckpt: Path, keep: int) -> None:
+    """Remove all but the newest ``keep`` older step checkpoints."""
+    older = _older_checkpoints(ckpt)
+    for path in older[: max(0, len(older) - keep)]:
+        path.unlink()
+
+
+def _finish_checkpoint(
+    ckpt: Path,
+    run: _Run,
+    step: int,
+    elapsed: float,
+    model: nn.Module,
+    history: Dict[str, Any],
+) -> None:
+    """At the end of a run: the newest checkpoint becomes the returned weights and
+    the history (no optimiser state, no second copy of the weights), so that the
+    same call returns at once; with ``keep_checkpoints=0`` every checkpoint goes."""
+    if run.keep_checkpoints == 0:
+        for path in [ckpt, *_older_checkpoints(ckpt)]:
+            path.unlink(missing_ok=True)
+        return
+    _save_checkpoint(
+        ckpt,
+        {
+            "format": _CKPT_FORMAT,
+            "version": _CKPT_VERSION,
+            "kind": run.kind,
+            "fingerprint": run.fingerprint,
+            "step": step,
+            "seconds": elapsed,
+            "model": _state_copy(model),
+            "optimizer": None,
+            "scaler": None,
+            "history": history,
+            "best": None,
+            "best_step": None,
+            "finished": True,
+        },
+    )
 
 
 def _common_checks(
@@ -606,11 +676,20 @@ def _common_checks(
     save_every: Optional[int],
     micro_batch_size: Optional[int],
     workers: int,
+    keep_checkpoints: int = 1,
 ) -> None:
     check_float("epochs", epochs, 0.0)
     if not epochs > 0:
         raise ValueError(f"epochs: expected a positive number, got {epochs}")
     check_positive_int("batch_size", batch_size)
+    if (
+        isinstance(keep_checkpoints, bool)
+        or not isinstance(keep_checkpoints, int)
+        or keep_checkpoints < 0
+    ):
+        raise ValueError(
+            f"keep_checkpoints: expected an integer >= 0, got {keep_checkpoints!r}"
+        )
     check_float("lr", lr, 0.0)
     check_float("weight_decay", weight_decay, 0.0)
     check_float("warmup", warmup, 0.0, 1.0)
@@ -660,6 +739,7 @@ def train_surrogate(
     seed: int = 0,
     checkpoint: Optional[PathLike] = None,
     resume: bool = True,
+    keep_checkpoints: int = 1,
     select_best: bool = True,
     max_steps: Optional[int] = None,
     save_every: Optional[int] = None,
@@ -706,6 +786,13 @@ def train_surrogate(
             and ``resume``, the run continues from it (it must come from a run with
             the same settings; the number of processes may differ).
         resume: Continue from ``checkpoint`` when present.
+        keep_checkpoints: Step checkpoints kept: the newest ``N`` (``checkpoint``
+            itself, the older ones beside it as ``<stem>.step<S>.pt``). When the
+            run ends, the newest is cut down to the returned weights and the
+            history (its optimiser state could only continue this run, and a
+            longer run has other settings): running again returns at once. ``0``
+            removes the checkpoints when the run ends (running again trains
+            again).
         select_best: Return the weights with the best validation loss.
         max_steps: Stop after this many optimizer steps (the schedule spans them).
         save_every: Steps between validation, history records and checkpoints
@@ -753,6 +840,7 @@ def train_surrogate(
         save_every,
         micro_batch_size,
         workers,
+        keep_checkpoints,
     )
     check_positive_int("subsets_per_image", subsets_per_image)
     check_positive_int("forward_batch_size", forward_batch_size)
@@ -835,6 +923,7 @@ def train_surrogate(
         seed=seed,
         checkpoint=checkpoint,
         resume=resume,
+        keep_checkpoints=keep_checkpoints,
         select_best=select_best,
         max_steps=max_steps,
         save_every=save_every,
@@ -900,6 +989,7 @@ def train_explainer(
     seed: int = 0,
     checkpoint: Optional[PathLike] = None,
     resume: bool = True,
+    keep_checkpoints: int = 1,
     select_best: bool = True,
     max_steps: Optional[int] = None,
     save_every: Optional[int] = None,
@@ -942,6 +1032,13 @@ def train_explainer(
         seed: Seed for data order, augmentation and subsets.
         checkpoint: Resumable checkpoint file, written every ``save_every`` steps.
         resume: Continue from ``checkpoint`` when present.
+        keep_checkpoints: Step checkpoints kept: the newest ``N`` (``checkpoint``
+            itself, the older ones beside it as ``<stem>.step<S>.pt``). When the
+            run ends, the newest is cut down to the returned weights and the
+            history (its optimiser state could only continue this run, and a
+            longer run has other settings): running again returns at once. ``0``
+            removes the checkpoints when the run ends (running again trains
+            again).
         select_best: Return the weights with the best validation loss.
         max_steps: Stop after this many optimizer steps.
         save_every: Steps between validation, history records and checkpoints
@@ -987,6 +1084,7 @@ def train_explainer(
         save_every,
         micro_batch_size,
         workers,
+        keep_checkpoints,
     )
     check_positive_int("num_subsets", num_subsets, 2 if paired else 1)
     if paired and num_subsets % 2:
@@ -1061,6 +1159,7 @@ def train_explainer(
         seed=seed,
         checkpoint=checkpoint,
         resume=resume,
+        keep_checkpoints=keep_checkpoints,
         select_best=select_best,
         max_steps=max_steps,
         save_every=save_every,
