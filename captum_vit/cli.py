@@ -14,7 +14,9 @@ read data through :mod:`captum_vit.data`, and run on one CPU, one GPU or, launch
 Every flag is checked when the command line is read: a bad value ends the command
 with exit status 2 and one line, ``captum-vit <command>: error: --flag ...``; so do
 unreadable files, unknown models and unavailable weights. Progress bars are on by
-default (``--quiet`` turns them off).
+default (``--quiet`` turns them off; written to a file or a pipe they are a few plain
+lines). Ctrl-C ends a command with one line saying what is kept and how to resume,
+exit status 130.
 """
 
 from __future__ import annotations

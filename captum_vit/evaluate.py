@@ -820,8 +820,10 @@ def check_protocol(cfg: EvalConfig, loaded: Any, dataset: ItemDataset) -> Any:
         if surrogate is None:
             raise ValueError(
                 "--evaluator surrogate: the model has no ViT Shapley surrogate (one is "
-                "shipped for the embedded default model with its shipped weights); "
-                "use --evaluator classifier"
+                "shipped for the embedded default model with its shipped weights; "
+                "train one with train-shapley and pass --shapley RUN); use "
+                "--evaluator classifier (also with --protocol paper or paper-cpu, "
+                "which use the surrogate with token removal)"
             )
         evaluator = surrogate
     else:
