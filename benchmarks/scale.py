@@ -18,8 +18,9 @@ excluded). With a GPU (``torch.cuda.is_available()``) the same command runs with
 process per GPU, in float32 and with ``--amp bf16``; the largest difference between
 the bf16 and float32 table means is reported (the effect of autocast on the numbers).
 
-Each image costs about 110 s of one CPU core (every metric of ``evaluate`` on 196
-patches), so the default is 8 images: two chunks of 4, one per process with two.
+Each image costs about 110 s of one CPU core (every metric of ``evaluate --protocol
+standard``, the command's former defaults, on 196 patches), so the default is 8 images:
+two chunks of 4, one per process with two.
 
 Usage (the run behind benchmarks/RESULTS.md, on an idle machine)::
 
@@ -67,6 +68,8 @@ def run_evaluate(
         "captum_vit",
         "--",
         "evaluate",
+        "--protocol",
+        "standard",  # the metrics' settings of RESULTS.md's scaling table
         "--model",
         args.model,
         "--random-weights",
