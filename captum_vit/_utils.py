@@ -8,8 +8,12 @@ a wrong value fails early with an error naming the argument:
   non-empty; uint8 images are refused with a hint to convert and normalise them);
 - :func:`format_target` / :func:`as_target`: class targets given as anything
   integer-like that NumPy or PyTorch users pass;
-- :func:`check_int`, :func:`check_number`, :func:`check_seed`: scalar arguments
-  (NaN, infinities, wrong types and out-of-range values are refused).
+- :func:`check_int`, :func:`check_number`, :func:`check_seed`, :func:`check_count`:
+  scalar arguments (NaN, infinities, wrong types and out-of-range values are
+  refused); :func:`check_choice`, :func:`check_subset`: names from a fixed set.
+
+Every validator takes the argument's name first, then the value:
+``check_*(name, value, ...)``. This module imports nothing from ``captum_vit``.
 """
 
 from __future__ import annotations
@@ -222,11 +226,53 @@ def format_target(
 
 
 # ----------------------------------------------------------------- scalar values
-def check_choice(name: str, value: Any, choices: List[Any]) -> Any:
-    """Raise a ValueError naming ``name`` unless ``value`` is one of ``choices``."""
-    if value not in choices:
+def _is_choice(value: Any, choices: Sequence[Any]) -> bool:
+    if all(isinstance(c, str) for c in choices) and not isinstance(value, str):
+        return False  # a name is a string: no tensor or array compared to names
+    return value in choices
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
+    """``value`` if it is one of ``choices``, else a ``ValueError`` naming ``name``.
+
+    Args:
+        name: Argument name for the message.
+        value: The value.
+        choices: The allowed values (shown in the message as given: a list or a
+            tuple). Where they are all strings, only a string can match.
+
+    Returns:
+        ``value``.
+    """
+    if not _is_choice(value, choices):
         raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
     return value
+
+
+def check_subset(name: str, values: Any, choices: Sequence[str]) -> Tuple[str, ...]:
+    """A name or a non-empty sequence of distinct names from ``choices``.
+
+    Args:
+        name: Argument name for the message.
+        values: One name, or a sequence of names.
+        choices: The allowed names.
+
+    Returns:
+        The names as a tuple.
+
+    Raises:
+        ValueError: an empty sequence, an unknown name or a repeated one.
+    """
+    values = (values,) if isinstance(values, str) else tuple(values)
+    if (
+        not values
+        or any(not _is_choice(v, choices) for v in values)
+        or len(set(values)) != len(values)
+    ):
+        raise ValueError(
+            f"{name}: expected a non-empty subset of {tuple(choices)}, got {values!r}"
+        )
+    return values
 
 
 def gaussian_blur(
@@ -338,14 +384,29 @@ def check_number(
     return v
 
 
-def check_seed(
-    value: Any, name: str = "seed", allow_none: bool = False
-) -> Optional[int]:
+def check_seed(name: str, value: Any, allow_none: bool = False) -> Optional[int]:
     """A seed for ``torch.Generator``: an integer in ``[0, 2**64)`` (or None if
     allowed)."""
     if value is None and allow_none:
         return None
     return check_int(name, value, 0, SEED_LIMIT - 1)
+
+
+def check_count(name: str, value: Any, low: int = 1) -> int:
+    """A job setting that counts something (images, masks, a batch size): a Python
+    ``int``, not a bool, of at least ``low``.
+
+    Stricter than :func:`check_int` (no NumPy integers or tensors: job settings are
+    written to JSON records as they are given), and every refusal is a
+    ``ValueError`` ("expected a positive integer" when ``low`` is 1).
+
+    Returns:
+        ``value``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        what = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ValueError(f"{name}: expected {what}, got {value!r}")
+    return value
 
 
 # ---------------------------------------------------------------- progress bars

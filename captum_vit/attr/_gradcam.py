@@ -3,7 +3,7 @@ ICCV 2017)."""
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -14,6 +14,7 @@ from torch import Tensor
 from ..vit import CLASS_HEAD, ViTAdapter, tokens_to_pixels
 from ._utils import (
     TargetType,
+    capture_layers,
     evaluates_model,
     format_target,
     pack_output,
@@ -116,31 +117,18 @@ class ViTGradCAM(GradientAttribution):
         b = images.shape[0]
         if target is not None:
             t = format_target(target, b, self.adapter.num_classes)
-        seen: List[Tensor] = []
-
-        def hook(module: nn.Module, args: object, out: object) -> None:
-            seen.append(out)  # type: ignore[arg-type]
-
         x = images.detach().requires_grad_(True)
-        handle = self.layer.register_forward_hook(hook)
-        try:
-            with torch.enable_grad():
-                logits = self.adapter.logits(x)
-                if len(seen) != 1:
-                    raise ValueError(
-                        "layer: expected the module to run once per forward pass, "
-                        f"it ran {len(seen)} times"
-                    )
-                act = seen[0]
-                # (B, D, h, w); raises for outputs that are not token/map-shaped
-                maps = self.adapter.feature_maps(act, images)
-                if target is None:
-                    t = logits.argmax(dim=1)
-                t = t.to(logits.device)
-                objective = logits.gather(1, t[:, None]).sum()
-                (grad,) = torch.autograd.grad(objective, act)
-        finally:
-            handle.remove()
+        with torch.enable_grad():
+            logits, (act,) = capture_layers(
+                [self.layer], lambda: self.adapter.logits(x)
+            )
+            # (B, D, h, w); raises for outputs that are not token/map-shaped
+            maps = self.adapter.feature_maps(act, images)
+            if target is None:
+                t = logits.argmax(dim=1)
+            t = t.to(logits.device)
+            objective = logits.gather(1, t[:, None]).sum()
+            (grad,) = torch.autograd.grad(objective, act)
         a = maps.detach()
         g = self.adapter.feature_maps(grad, images)
         alpha = g.mean(dim=(2, 3), keepdim=True)  # (B, D, 1, 1): spatial mean

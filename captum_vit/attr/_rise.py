@@ -41,12 +41,13 @@ from ._utils import (
     check_int,
     check_number,
     check_seed,
+    chunks,
     evaluates_model,
     format_target,
     pack_output,
+    resolve_seed,
     unpack_inputs,
 )
-from ._vitcx import _check_ppe, _chunks, _resolve_seed
 
 
 def _image_size(image_size: Sequence[int]) -> Tuple[int, int]:
@@ -192,7 +193,7 @@ class RISE(PerturbationAttribution):
     def grids(self, image_size: Sequence[int], seed: int) -> Tuple[Tensor, Tensor]:
         """The (grids, shifts) of the masks for images of ``image_size``."""
         size = _image_size(image_size)
-        gen = torch.Generator().manual_seed(check_seed(seed))
+        gen = torch.Generator().manual_seed(check_seed("seed", seed))
         return rise_grids(self.n_masks, self.grid_size, self.p, size, gen)
 
     def masks(self, image_size: Sequence[int], seed: int) -> Tensor:
@@ -261,14 +262,14 @@ class RISE(PerturbationAttribution):
             tgt = format_target(target, b, self.adapter.num_classes)
         elif target is not None:  # the classes are known after the first forward
             as_target(target)
-        ppe = _check_ppe(perturbations_per_eval)
-        seed = _resolve_seed(seed)
+        ppe = check_int("perturbations_per_eval", perturbations_per_eval, 1)
+        seed = resolve_seed(seed)
         with torch.no_grad():
             fill = resolve_fill(baselines, images, self.normalization)
             if target is None:
                 preds = [
                     logits_of(self.forward_func(images[lo:hi])).argmax(dim=1)
-                    for lo, hi in _chunks(b, ppe)
+                    for lo, hi in chunks(b, ppe)
                 ]
                 tgt = torch.cat(preds).cpu()
             grids, shifts = self.grids((h, w), seed)
@@ -280,7 +281,7 @@ class RISE(PerturbationAttribution):
                 unit="fwd",
             )
             try:
-                for lo, hi in _chunks(self.n_masks, ppe):
+                for lo, hi in chunks(self.n_masks, ppe):
                     m = rise_masks(grids[lo:hi], shifts[lo:hi], (h, w)).to(images)
                     for i in range(b):
                         x = apply_mask(images[i], m[:, None], fill_row(fill, i))

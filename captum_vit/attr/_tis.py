@@ -28,15 +28,17 @@ from .._utils import progress_bar
 from ..vit import CLASS_HEAD, TOKEN_DROP, TokenMask, ViTAdapter, tokens_to_pixels
 from ._utils import (
     TargetType,
+    capture_layers,
     check_int,
     check_number,
     check_seed,
+    chunks,
     evaluates_model,
     format_target,
     pack_output,
+    resolve_seed,
     unpack_inputs,
 )
-from ._vitcx import _check_ppe, _chunks, _resolve_seed
 
 _SCORE_MODES = ("drop", "attention")
 
@@ -261,18 +263,10 @@ class TransformerInputSampling(PerturbationAttribution):
     # ------------------------------------------------------------ mask generation
     def _activations_and_logits(self, images: Tensor) -> Tuple[Tensor, Tensor]:
         gh, gw = self.adapter.check_images(images)
-        outs: List[Tensor] = []
-        handles = []
-        try:
-            for blk in self.adapter.blocks:
-                handles.append(
-                    blk.register_forward_hook(lambda m, a, out: outs.append(out))
-                )
-            with torch.no_grad():
-                logits = self.adapter.logits(images)
-        finally:
-            for h in handles:
-                h.remove()
+        with torch.no_grad():
+            logits, outs = capture_layers(
+                list(self.adapter.blocks), lambda: self.adapter.logits(images), "blocks"
+            )
         p = self.adapter.num_prefix_tokens
         acts = torch.cat([o[:, p:] for o in outs], dim=-1)  # (B, N, L·D)
         return acts.detach(), logits.detach()
@@ -310,7 +304,7 @@ class TransformerInputSampling(PerturbationAttribution):
             >>> tis = TransformerInputSampling(model)
             >>> masks = tis.masks_from_activations(tis.activations(images)[0], seed=0)
         """
-        seed = check_seed(seed)
+        seed = check_seed("seed", seed)
         if not isinstance(acts, Tensor) or acts.dim() != 2:
             raise ValueError(
                 "acts: expected (N, L·D) activations of one image, got "
@@ -370,7 +364,7 @@ class TransformerInputSampling(PerturbationAttribution):
             (torch.Size([1024, 196]), 98)
         """
         images, _ = unpack_inputs(images)
-        return self._masks_and_probs(images, _resolve_seed(seed), show_progress)[0]
+        return self._masks_and_probs(images, resolve_seed(seed), show_progress)[0]
 
     # ------------------------------------------------------------------ scoring
     @evaluates_model
@@ -423,7 +417,7 @@ class TransformerInputSampling(PerturbationAttribution):
         if target is None:
             raise ValueError("target: scores() needs explicit per-sample targets")
         tgt = format_target(target, b, self.adapter.num_classes).to(images.device)
-        ppe = _check_ppe(perturbations_per_eval)
+        ppe = check_int("perturbations_per_eval", perturbations_per_eval, 1)
         masker = TokenMask(self.adapter, mode=mode)
         img_idx = torch.cat(
             [
@@ -443,7 +437,7 @@ class TransformerInputSampling(PerturbationAttribution):
         )
         try:
             with torch.no_grad():
-                for lo, hi in _chunks(img_idx.shape[0], ppe):
+                for lo, hi in chunks(img_idx.shape[0], ppe):
                     idx = img_idx[lo:hi]
                     logits = masker(images.index_select(0, idx), keep_all[lo:hi])
                     p = torch.softmax(logits.float(), dim=-1)
@@ -502,13 +496,13 @@ class TransformerInputSampling(PerturbationAttribution):
         tgt = None
         if target is not None:
             tgt = format_target(target, b, self.adapter.num_classes)
-        _check_ppe(perturbations_per_eval)
+        check_int("perturbations_per_eval", perturbations_per_eval, 1)
         if interpolate_mode not in ("nearest", "bilinear", "bicubic"):
             raise ValueError(
                 "interpolate_mode: expected 'nearest', 'bilinear' or 'bicubic', got "
                 f"{interpolate_mode!r}"
             )
-        seed = _resolve_seed(seed)
+        seed = resolve_seed(seed)
         masks, probs = self._masks_and_probs(images, seed, show_progress)
         if tgt is None:
             tgt = probs.argmax(dim=1).cpu()

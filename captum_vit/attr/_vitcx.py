@@ -23,7 +23,7 @@ Pipeline, one image at a time (mask generation) and batched across images (scori
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import fastcluster
 import numpy as np
@@ -46,12 +46,14 @@ from ._fill import (
 )
 from ._utils import (
     TargetType,
+    capture_layers,
     check_int,
     check_number,
-    check_seed,
+    chunks,
     evaluates_model,
     format_target,
     pack_output,
+    resolve_seed,
     unpack_inputs,
 )
 
@@ -60,24 +62,6 @@ _CONSTANT_RTOL = 1e-6
 
 #: Default fill of the hidden pixels (see :class:`ViTCX`).
 DEFAULT_FILL = "mean"
-
-
-def _resolve_seed(seed: Optional[int]) -> int:
-    """A validated seed in ``[0, 2**64)``; None draws one from torch's global RNG
-    (so ``torch.manual_seed`` reproduces it)."""
-    if seed is None:
-        return int(torch.randint(0, 2**62, (1,)).item())
-    return check_seed(seed)
-
-
-def _check_ppe(perturbations_per_eval: int) -> int:
-    """The forward batch size: an integer >= 1."""
-    return check_int("perturbations_per_eval", perturbations_per_eval, 1)
-
-
-def _chunks(n: int, size: int) -> Iterator[Tuple[int, int]]:
-    for lo in range(0, n, size):
-        yield lo, min(n, lo + size)
 
 
 def _upsample(features: Tensor, size: Sequence[int]) -> Tensor:
@@ -342,7 +326,7 @@ def cluster_masks(
     )
     mean_b = torch.zeros(k, dtype=torch.float64).index_add_(0, kept_labels, b) / counts
     masks = torch.empty(k, h, w, dtype=torch.float32)
-    for i, j in _chunks(k, 32):  # (32, H, W) float64 at a time
+    for i, j in chunks(k, 32):  # (32, H, W) float64 at a time
         mean = torch.einsum("hi,kij,wj->khw", uh, mean_a[i:j].reshape(-1, gh, gw), uw)
         mean = (mean - mean_b[i:j, None, None]).flatten(1)
         masks[i:j] = _renormalise(mean).float().reshape(-1, h, w)
@@ -474,23 +458,11 @@ class ViTCX(PerturbationAttribution):
         """(B, D, gh, gw) feature maps of ``layer`` and (B, classes) logits, one
         forward pass, the hook removed afterwards also on error."""
         self.adapter.check_images(images)
-        seen: List[object] = []
-
-        def hook(module: nn.Module, args: object, out: object) -> None:
-            seen.append(out)
-
-        handle = self.layer.register_forward_hook(hook)
-        try:
-            with torch.no_grad():
-                logits = self.adapter.logits(images)
-        finally:
-            handle.remove()
-        if len(seen) != 1:
-            raise ValueError(
-                f"layer: expected the module to run once per forward pass, it ran "
-                f"{len(seen)} times"
+        with torch.no_grad():
+            logits, (out,) = capture_layers(
+                [self.layer], lambda: self.adapter.logits(images)
             )
-        feats = self.adapter.feature_maps(seen[0], images)
+        feats = self.adapter.feature_maps(out, images)
         return feats.detach(), logits.detach()
 
     @evaluates_model
@@ -621,13 +593,13 @@ class ViTCX(PerturbationAttribution):
         if target is None:
             raise ValueError("target: scores() needs explicit per-sample targets")
         tgt = format_target(target, b, self.adapter.num_classes).to(images.device)
-        ppe = _check_ppe(perturbations_per_eval)
-        seed = _resolve_seed(seed)
+        ppe = check_int("perturbations_per_eval", perturbations_per_eval, 1)
+        seed = resolve_seed(seed)
         with torch.no_grad():
             fill = resolve_fill(baselines, images, self.normalization)
             if probs is None:
                 probs = images.new_zeros(b, self.adapter.num_classes, dtype=torch.float)
-                for lo, hi in _chunks(b, ppe):
+                for lo, hi in chunks(b, ppe):
                     logits = self.adapter.logits(images[lo:hi]).float()
                     probs[lo:hi] = torch.softmax(logits, dim=-1)
             p_x = probs.gather(1, tgt[:, None].to(probs.device))[:, 0]
@@ -650,7 +622,7 @@ class ViTCX(PerturbationAttribution):
                 unit="fwd",
             )
             try:
-                for lo, hi in _chunks(len(jobs), ppe):
+                for lo, hi in chunks(len(jobs), ppe):
                     batch = []
                     for i, k, masked in jobs[lo:hi]:
                         x, m = images[i], masks[i][k].to(images)
@@ -739,8 +711,8 @@ class ViTCX(PerturbationAttribution):
         tgt = None
         if target is not None:
             tgt = format_target(target, b, self.adapter.num_classes)
-        _check_ppe(perturbations_per_eval)
-        seed = _resolve_seed(seed)
+        check_int("perturbations_per_eval", perturbations_per_eval, 1)
+        seed = resolve_seed(seed)
         with torch.no_grad():  # fail early on a bad fill, before the masks
             resolve_fill(baselines, images, self.normalization)
         masks, probs = self._masks_and_probs(images, show_progress)

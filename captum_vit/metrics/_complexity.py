@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._utils import check_batch, check_choice, check_number
 from . import _core
 
 _NEGATIVES = ("shift", "abs", "clip")
@@ -23,7 +24,7 @@ def _flat(attributions: Any) -> Tensor:
         raise ValueError(
             f"attributions: expected a batch (B, ...), got shape {tuple(attr.shape)}"
         )
-    _core.check_batch(attr, "attributions")
+    check_batch(attr, "attributions")
     attr = attr.reshape(attr.shape[0], -1).double()
     if not bool(torch.isfinite(attr).all()):
         raise ValueError("attributions: contains NaN or infinite values")
@@ -54,7 +55,7 @@ def sparseness(attributions: Tensor, *, negatives: str = "shift") -> Tensor:
         >>> from captum_vit.metrics import sparseness
         >>> sparseness(attr)           # higher = more concentrated
     """
-    _core.check_choice(negatives, _NEGATIVES, "negatives")
+    check_choice("negatives", negatives, _NEGATIVES)
     a = _flat(attributions)
     if negatives == "abs":
         a = a.abs()
@@ -91,7 +92,7 @@ def effective_complexity(
         >>> from captum_vit.metrics import effective_complexity
         >>> effective_complexity(attr, eps=1e-3, normalize=True)
     """
-    eps = _core.check_number("eps", eps, 0.0)
+    eps = check_number("eps", eps, 0.0)
     a = _flat(attributions).abs()
     if normalize:
         top = a.max(dim=1, keepdim=True).values

@@ -28,11 +28,17 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-# check_batch and evaluates_argument are used by the metric modules as _core.<name>
+# evaluates_argument is used by the metric modules as _core.evaluates_argument
 from .._guard import evaluates_argument  # noqa: F401
-from .._utils import check_batch, check_image_batch, check_int, check_number  # noqa
-from .._utils import check_seed as _shared_check_seed
-from .._utils import gaussian_blur, progress_bar
+from .._utils import (
+    check_choice,
+    check_image_batch,
+    check_int,
+    check_number,
+    check_seed,
+    gaussian_blur,
+    progress_bar,
+)
 from .._utils import format_target as _shared_format_target
 from ..vit.adapter import logits_of
 
@@ -41,8 +47,11 @@ BaselineType = Union[None, str, float, Tensor, Callable[[Tensor], Tensor]]
 
 #: Pixel baselines known by name (see :func:`make_baseline`).
 BASELINES = ("black", "mean", "blur", "uniform")
-#: Imputations known by name (see :mod:`._imputation`).
-IMPUTATIONS = ("noisy_linear",)
+#: Imputations known by name (``removal="noisy_linear"``): a factory of an object
+#: whose ``remover(forward_func, inputs, args, features, seed)`` gives the call's
+#: remover. Filled by the modules that define them (:mod:`._imputation`), which
+#: import this one: the imports of the metrics run one way.
+IMPUTATIONS: Dict[str, Callable[[], Any]] = {}
 #: Output scores a metric can read.
 SCORES = ("probability", "logit")
 #: Reductions of pixel-shaped attributions to features.
@@ -87,37 +96,6 @@ def unwrap(value: Any, name: str) -> Tensor:
     if not isinstance(value, Tensor):
         raise TypeError(f"{name}: expected a tensor, got {type(value).__name__}")
     return value
-
-
-def check_choice(value: Any, choices: Sequence[str], name: str) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name}: expected one of {tuple(choices)}, got {value!r}")
-    return value
-
-
-def check_subset(values: Any, choices: Sequence[str], name: str) -> Tuple[str, ...]:
-    """A name or a non-empty sequence of distinct names from ``choices``, as a tuple."""
-    values = (values,) if isinstance(values, str) else tuple(values)
-    if (
-        not values
-        or any(v not in choices for v in values)
-        or len(set(values)) != len(values)
-    ):
-        raise ValueError(
-            f"{name}: expected a non-empty subset of {tuple(choices)}, got {values!r}"
-        )
-    return values
-
-
-def check_positive_int(value: Any, name: str, allow_none: bool = True) -> Optional[int]:
-    if value is None and allow_none:
-        return None
-    return check_int(name, value, 1)
-
-
-def check_seed(seed: Any) -> int:
-    """A seed: an integer in ``[0, 2**64)``."""
-    return _shared_check_seed(seed)
 
 
 def generator(seed: int, offset: int = 0) -> torch.Generator:
@@ -296,7 +274,7 @@ def make_baseline(baseline: BaselineType, inputs: Tensor, seed: int) -> Tensor:
     """
     shape = tuple(inputs.shape)
     if isinstance(baseline, str):
-        check_choice(baseline, BASELINES + ("tokens",), "removal")
+        check_choice("removal", baseline, BASELINES + ("tokens",))
         if baseline == "black":
             return torch.zeros_like(inputs)
         if baseline == "mean":
@@ -535,11 +513,12 @@ def prepare(
     if not callable(forward_func):
         raise TypeError("forward_func: expected a callable (a model or a function)")
     inputs = check_inputs(inputs)
-    check_choice(score, score_choices, "score")
-    check_choice(attribution_reduction, REDUCTIONS, "attribution_reduction")
-    batch_size = check_positive_int(max_examples_per_batch, "max_examples_per_batch")
-    batch_size = batch_size or DEFAULT_BATCH
-    seed = check_seed(seed)
+    check_choice("score", score, score_choices)
+    check_choice("attribution_reduction", attribution_reduction, REDUCTIONS)
+    batch_size = DEFAULT_BATCH
+    if max_examples_per_batch is not None:
+        batch_size = check_int("max_examples_per_batch", max_examples_per_batch, 1)
+    seed = check_seed("seed", seed)
     from ..vit import CLASS_HEAD, TOKEN_DROP
 
     adapter = vit_adapter(forward_func)
@@ -548,13 +527,13 @@ def prepare(
     vit = adapter is not None and adapter.has(TOKEN_DROP)
     if removal is None:
         removal = "tokens" if vit and feature_mask is None else "black"
-    from ._imputation import NoisyLinearImputation
-
     if isinstance(removal, str):
-        check_choice(removal, ("tokens",) + BASELINES + IMPUTATIONS, "removal")
-        if removal == "noisy_linear":
-            removal = NoisyLinearImputation()
-    imputation = removal if isinstance(removal, NoisyLinearImputation) else None
+        names = ("tokens",) + BASELINES + tuple(IMPUTATIONS)
+        check_choice("removal", removal, names)
+        if removal in IMPUTATIONS:
+            removal = IMPUTATIONS[removal]()
+    # an imputation (e.g. NoisyLinearImputation) makes its own remover
+    imputation = removal if callable(getattr(removal, "remover", None)) else None
 
     # feature units
     if removal == "tokens":
@@ -736,7 +715,7 @@ def feature_ranks(
     Ties are broken by a seeded random permutation of the features (``"random"``, the
     same permutation for every example) or by feature index (``"index"``).
     """
-    check_choice(tie_break, TIE_BREAKS, "tie_break")
+    check_choice("tie_break", tie_break, TIE_BREAKS)
     b, num = attributions.shape
     device = attributions.device
     if tie_break == "random":
@@ -793,7 +772,7 @@ def steps_to_counts(
         return ks
     if n_steps is None:
         n_steps = min(num, MAX_DEFAULT_STEPS)
-    n_steps = check_positive_int(n_steps, "n_steps", allow_none=False)
+    n_steps = check_int("n_steps", n_steps, 1)
     if n_steps > num:
         raise ValueError(
             f"n_steps: {n_steps} is larger than the number of features ({num})"
@@ -840,7 +819,7 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
 
 def area(fractions: Tensor, curves: Tensor, mode: str) -> Tensor:
     """Trapezoidal area over the fractions, or the plain mean of the curve points."""
-    check_choice(mode, ("trapezoid", "mean"), "area")
+    check_choice("area", mode, ("trapezoid", "mean"))
     if mode == "mean":
         return curves.mean(dim=-1)
     x = fractions.to(curves.device, curves.dtype)

@@ -14,6 +14,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from .._utils import check_choice, check_int
 from . import _core
 from ._core import BaselineType, TargetType
 from ._docs import fill_doc
@@ -124,14 +125,14 @@ def _subset_correlations(
 
 def _check_samples(n_samples: Any) -> int:
     """``n_samples`` random subsets: a correlation needs at least two."""
-    n_samples = _core.check_positive_int(n_samples, "n_samples", allow_none=False)
+    n_samples = check_int("n_samples", n_samples, 1)
     if n_samples < 2:
         raise ValueError("n_samples: a correlation needs at least 2 subsets")
     return n_samples
 
 
 def _check_size(n: Any, num: int, name: str) -> int:
-    n = _core.check_int(name, n)
+    n = check_int(name, n)
     if not 1 <= n <= num:
         raise ValueError(
             f"{name}: subset size {n} must be between 1 and the number of features "
@@ -205,10 +206,10 @@ def faithfulness_correlation(
         >>> faithfulness_correlation(model, images, attr, n_samples=1000,
         ...                          correlation="spearman")   # ViT Shapley "Faith."
     """
-    _core.check_choice(correlation, _CORRELATIONS, "correlation")
-    n_samples = _core.check_positive_int(n_samples, "n_samples", allow_none=False)
+    check_choice("correlation", correlation, _CORRELATIONS)
+    n_samples = check_int("n_samples", n_samples, 1)
     if subset_size is not None:  # range checked once F is known
-        _core.check_int("subset_size", subset_size, 1)
+        check_int("subset_size", subset_size, 1)
     if subsets is None and n_samples < 2:
         raise ValueError("n_samples: a correlation needs at least 2 subsets")
     setup = _core.prepare_call(dict(locals()), "faithfulness_correlation")
@@ -284,7 +285,7 @@ def sensitivity_n(
         >>> from captum_vit.metrics import sensitivity_n
         >>> sensitivity_n(model, images, attr, n=list(range(14, 183, 14)))
     """
-    _core.check_choice(correlation, _CORRELATIONS, "correlation")
+    check_choice("correlation", correlation, _CORRELATIONS)
     n_samples = _check_samples(n_samples)
     single = not isinstance(n, (list, tuple, range)) and not (
         isinstance(n, Tensor) and n.dim() > 0
@@ -297,7 +298,7 @@ def sensitivity_n(
         ns = list(n)
     if not ns:
         raise ValueError("n: expected at least one subset size")
-    ns = [_core.check_int("n", v, 1) for v in ns]  # range checked once F is known
+    ns = [check_int("n", v, 1) for v in ns]  # range checked once F is known
     setup = _core.prepare_call(dict(locals()), "sensitivity_n")
     num = setup.num_features
     ns = [_check_size(v, num, "n") for v in ns]
@@ -388,7 +389,7 @@ def sensitivity_n_sweep(
         >>> res.mean              # (B,) table value
         >>> res.n, res.curve      # (S,) sizes and (B, S) curve
     """
-    _core.check_choice(correlation, _CORRELATIONS, "correlation")
+    check_choice("correlation", correlation, _CORRELATIONS)
     n_samples = _check_samples(n_samples)
     f = _core.as_fractions(fractions)
     if f.numel() < 1 or not bool(((f > 0) & (f <= 1)).all()):

@@ -27,6 +27,7 @@ from scipy.sparse import csc_matrix
 from scipy.sparse.linalg import spsolve
 from torch import Tensor
 
+from .._utils import check_number
 from . import _core
 
 #: (row offset, column offset) and weight of the neighbours of a pixel.
@@ -114,7 +115,7 @@ class NoisyLinearImputation:
     """
 
     def __init__(self, noise: float = 0.01) -> None:
-        self.noise = _core.check_number("noise", noise, 0.0)
+        self.noise = check_number("noise", noise, 0.0)
 
     def __repr__(self) -> str:
         return f"NoisyLinearImputation(noise={self.noise})"
@@ -184,3 +185,6 @@ class ImputingRemover:
         x = self.impute(index, keep)
         args = _core.select_args(self.args, index, len(self.inputs))
         return _core.logits_of(self.forward_func(x, *args))  # HF: .logits
+
+
+_core.IMPUTATIONS["noisy_linear"] = NoisyLinearImputation

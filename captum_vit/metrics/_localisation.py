@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._utils import check_batch, check_choice, check_int, check_number, check_seed
 from . import _core
 
 BoxesType = Union[Tensor, Sequence[Any]]
@@ -33,7 +34,7 @@ def _size_of(attributions: Tensor) -> Tuple[int, int]:
 def _maps(attributions: Any, size: Tuple[int, int], interpolate_mode: str) -> Tensor:
     """(B, H, W) float maps at ``size``; channels summed."""
     # checked even when no resampling is needed: an unused argument is still checked
-    _core.check_choice(interpolate_mode, ("nearest", "bilinear"), "interpolate_mode")
+    check_choice("interpolate_mode", interpolate_mode, ("nearest", "bilinear"))
     attr = _core.unwrap(attributions, "attributions").detach()
     if attr.dim() == 4:
         attr = attr.sum(dim=1)
@@ -131,7 +132,7 @@ def _image_size(image_size: Any) -> Tuple[int, int]:
         raise TypeError(f"image_size: expected (H, W), got {image_size!r}")
     if len(image_size) != 2:
         raise ValueError(f"image_size: expected (H, W), got {image_size!r}")
-    h, w = (_core.check_int("image_size", v, 1) for v in image_size)
+    h, w = (check_int("image_size", v, 1) for v in image_size)
     return h, w
 
 
@@ -143,7 +144,7 @@ def _ground_truth(
     need_boxes: bool = False,
 ) -> Tuple[Tensor, Optional[List[Tensor]], Tuple[int, int]]:
     """Ground-truth mask (B, H, W) bool, the boxes (if given), and (H, W)."""
-    attr = _core.check_batch(_core.unwrap(attributions, "attributions"), "attributions")
+    attr = check_batch(_core.unwrap(attributions, "attributions"), "attributions")
     batch = attr.shape[0]
     if (boxes is None) == (masks is None) and not need_boxes:
         raise ValueError("boxes/masks: give exactly one of boxes and masks")
@@ -194,10 +195,10 @@ def _normalise(maps: Tensor) -> Tensor:
 def _binarise(maps: Tensor, threshold: Union[str, float]) -> Tensor:
     norm = _normalise(maps)
     if isinstance(threshold, str):
-        _core.check_choice(threshold, ("mean",), "threshold")
+        check_choice("threshold", threshold, ("mean",))
         t = norm.flatten(1).mean(dim=1)[:, None, None]
     else:
-        t = _core.check_number("threshold", threshold, 0.0, 1.0)
+        t = check_number("threshold", threshold, 0.0, 1.0)
     return norm > t
 
 
@@ -262,11 +263,11 @@ def pointing_game(
         ...                      max_box_fraction=0.5)
         >>> torch.nanmean(hits)
     """
-    _core.check_choice(ties, _TIES, "ties")
-    seed = _core.check_seed(seed)
-    tolerance = _core.check_number("tolerance", tolerance, 0.0)
+    check_choice("ties", ties, _TIES)
+    seed = check_seed("seed", seed)
+    tolerance = check_number("tolerance", tolerance, 0.0)
     if max_box_fraction is not None:
-        max_box_fraction = _core.check_number(
+        max_box_fraction = check_number(
             "max_box_fraction", max_box_fraction, 0.0, 1.0, low_open=True
         )
     gt, _, size = _ground_truth(attributions, boxes, masks, image_size)
@@ -485,7 +486,7 @@ def box_iou(
         >>> from captum_vit.metrics import box_iou
         >>> box_iou(attr, boxes=gt_boxes, threshold=0.2)
     """
-    threshold = _core.check_number("threshold", threshold, 0.0, 1.0)
+    threshold = check_number("threshold", threshold, 0.0, 1.0)
     _, box_list, size = _ground_truth(attributions, boxes, None, image_size, True)
     on = _binarise(_maps(attributions, size, interpolate_mode), threshold)
     out = []

@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor
 
+from .._utils import check_batch, check_choice, check_subset
 from . import _core
 from ._core import BaselineType, TargetType
 from ._docs import fill_doc
@@ -134,7 +135,7 @@ def insertion_deletion_curves(
         >>> curves = insertion_deletion_curves(model, images, attr, target=labels)
         >>> curves.deletion.shape     # (B, 197) for ViT-B/16 at 224
     """
-    modes = _core.check_subset(modes, _DIRECTIONS, "modes")
+    modes = check_subset("modes", modes, _DIRECTIONS)
     kwargs = dict(locals())
     _, x, curves = _run(kwargs, modes, metric="insertion_deletion_curves")
     return PerturbationCurves(
@@ -203,7 +204,7 @@ def area_under_curve(
         raise ValueError(
             f"curves: expected (B, S) = (B, {x.numel()}) curves, got {tuple(y.shape)}"
         )
-    _core.check_batch(y, "curves")
+    check_batch(y, "curves")
     if not bool(torch.isfinite(x).all()) or not bool(((x >= 0) & (x <= 1)).all()):
         raise ValueError("fractions: expected finite values in [0, 1]")
     if not bool(torch.isfinite(y).all()):
@@ -460,8 +461,8 @@ def aopc(
         >>> aopc(model, images, attr, labels, mode="negative", score="accuracy",
         ...      fractions=[i / 10 for i in range(10)])
     """
-    _core.check_choice(mode, _AOPC_MODES, "mode")
-    _core.check_choice(score, _AOPC_SCORES, "score")
+    check_choice("mode", mode, _AOPC_MODES)
+    check_choice("score", score, _AOPC_SCORES)
     kwargs = dict(locals())
     kind = None
     if score == "accuracy":
@@ -551,7 +552,7 @@ def perturbation_accuracy(
         ...                             fractions=[i / 10 for i in range(10)])
         >>> pos.mean()        # area under the positive-perturbation accuracy curve
     """
-    _core.check_choice(mode, _ACC_MODES, "mode")
+    check_choice("mode", mode, _ACC_MODES)
     if labels is None:
         raise ValueError(
             "labels: accuracy-based perturbation needs the ground-truth labels"

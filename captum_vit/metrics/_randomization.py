@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._utils import check_batch, check_choice, check_int, check_number, check_seed
 from . import _core
 
 _MODES = ("cascading", "independent")
@@ -110,12 +111,12 @@ def ssim(
             f"y: expected the shape of x, {tuple(x.shape)}, got {tuple(y.shape)}"
         )
     for name, t in (("x", x), ("y", y)):
-        _core.check_batch(t, name)
+        check_batch(t, name)
         if not bool(torch.isfinite(t).all()):
             raise ValueError(f"{name}: contains NaN or infinite values")
-    data_range = _core.check_number("data_range", data_range, 0.0, low_open=True)
-    window = _core.check_int("window", window, 1)
-    sigma = _core.check_number("sigma", sigma, 0.0, low_open=True)
+    data_range = check_number("data_range", data_range, 0.0, low_open=True)
+    window = check_int("window", window, 1)
+    sigma = check_number("sigma", sigma, 0.0, low_open=True)
     x, y = x.double(), y.double()
     size = min(window, x.shape[-2], x.shape[-1])
     size -= 1 - size % 2  # odd
@@ -228,8 +229,8 @@ def model_parameter_randomization(
     """
     from ..vit import CLASS_HEAD, ViTAdapter
 
-    _core.check_choice(mode, _MODES, "mode")
-    seed = _core.check_seed(seed)
+    check_choice("mode", mode, _MODES)
+    seed = check_seed("seed", seed)
     inputs = _core.check_inputs(inputs)
     fn = getattr(explainer, "attribute", explainer)
     if not callable(fn):

@@ -15,6 +15,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor
 
+from .._utils import check_choice, check_subset
 from . import _core
 from ._core import TargetType
 from ._docs import fill_doc
@@ -114,8 +115,8 @@ def road_curves(
         >>> c = road_curves(model, images, attr, labels, score="accuracy")
         >>> c.morf.mean(0), c.lerf.mean(0)       # accuracy per fraction
     """
-    modes = _core.check_subset(modes, _ROAD_MODES, "modes")
-    _core.check_choice(score, _ROAD_SCORES, "score")
+    modes = check_subset("modes", modes, _ROAD_MODES)
+    check_choice("score", score, _ROAD_SCORES)
     imputation = NoisyLinearImputation(noise)
     inputs = _core.check_inputs(inputs)
     if inputs.dim() != 4:
@@ -211,7 +212,7 @@ def road(
         >>> from captum_vit.metrics import road
         >>> road(model, images, attr, labels, mode="morf", score="accuracy")
     """
-    _core.check_choice(mode, _SUMMARIES, "mode")
+    check_choice("mode", mode, _SUMMARIES)
     modes = _ROAD_MODES if mode == "lerf-morf" else (mode,)
     kwargs = dict(locals())
     kwargs.pop("mode")

@@ -10,7 +10,7 @@ from captum.metrics import sensitivity_max
 from torch import Tensor
 
 from .._guard import require_autograd
-from .._utils import as_target, format_target
+from .._utils import as_target, check_int, check_number, check_seed, format_target
 from ..vit import CLASS_HEAD, ViTAdapter, is_supported_vit
 from . import _core
 
@@ -87,20 +87,19 @@ def max_sensitivity(
         >>> max_sensitivity(GenAtt(model), images, target=3)
     """
     inputs = _core.check_inputs(inputs)
-    seed = _core.check_seed(seed)
-    n_perturb_samples = _core.check_positive_int(
-        n_perturb_samples, "n_perturb_samples", allow_none=False
-    )
-    perturb_radius = _core.check_number("perturb_radius", perturb_radius, 0.0)
-    max_examples_per_batch = _core.check_positive_int(
-        max_examples_per_batch, "max_examples_per_batch"
-    )
+    seed = check_seed("seed", seed)
+    n_perturb_samples = check_int("n_perturb_samples", n_perturb_samples, 1)
+    perturb_radius = check_number("perturb_radius", perturb_radius, 0.0)
+    if max_examples_per_batch is not None:
+        max_examples_per_batch = check_int(
+            "max_examples_per_batch", max_examples_per_batch, 1
+        )
     if not (isinstance(norm_ord, str) and norm_ord in _NORMS):
         if isinstance(norm_ord, str):
             raise ValueError(
                 f"norm_ord: expected one of {_NORMS} or a number, got {norm_ord!r}"
             )
-        norm_ord = _core.check_number("norm_ord", norm_ord, allow_inf=True)
+        norm_ord = check_number("norm_ord", norm_ord, allow_inf=True)
     target = _check_target(target, explainer, inputs)
     owner = getattr(explainer, "__self__", explainer)
     if isinstance(owner, GradientAttribution):
