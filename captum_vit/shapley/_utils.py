@@ -25,7 +25,6 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .._guard import eval_mode  # noqa: F401  (shared with the methods)
-from .._utils import check_int, check_number
 
 Device = Union[str, torch.device, None]
 
@@ -247,13 +246,3 @@ def cosine_factor(step: int, total: int, warmup: int) -> float:
         return 1.0
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
-    """Validate an integer hyper-parameter (integer-like, ``>= minimum``)."""
-    return check_int(name, value, minimum)
-
-
-def check_float(name: str, value: float, low: float, high: Optional[float] = None):
-    """Validate a float hyper-parameter: finite, in ``[low, high]``."""
-    return check_number(name, value, low, high)

@@ -8,8 +8,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._utils import progress_bar
-from ._utils import check_positive_int
+from .._utils import check_int, progress_bar
 from .games import Game
 
 __all__ = ["MAX_EXACT_PLAYERS", "all_coalitions", "exact_shapley"]
@@ -69,7 +68,7 @@ def exact_shapley(
         tensor([0., 1., 2., 3.], dtype=torch.float64)
     """
     d = _check_d(num_players)
-    batch_size = check_positive_int("batch_size", batch_size)
+    batch_size = check_int("batch_size", batch_size, 1)
     masks = all_coalitions(d)
     sizes = masks.sum(dim=1)
     order = torch.argsort(sizes, stable=True)

@@ -16,8 +16,9 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from .._utils import check_int
 from ..vit import ATTENTION_MASK, CLASS_HEAD, TOKEN_DROP, TokenMask, ViTAdapter
-from ._utils import check_positive_int, eval_mode
+from ._utils import eval_mode
 
 __all__ = ["Game", "SurrogateGame", "masked_chunks", "masked_logits"]
 
@@ -170,7 +171,7 @@ class SurrogateGame:
                 "(CLS or register) so that the empty coalition v(0) is defined"
             )
         self.mask = TokenMask(self.adapter, mode=mode)
-        self.batch_size = check_positive_int("batch_size", batch_size)
+        self.batch_size = check_int("batch_size", batch_size, 1)
         self._v0: Dict[Tuple, Tensor] = {}
 
     @property

@@ -22,8 +22,7 @@ from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .._utils import progress_bar
-from ._utils import check_float, check_positive_int
+from .._utils import check_int, check_number, progress_bar
 from .games import Game
 from .sampling import ShapleySampler
 
@@ -128,12 +127,12 @@ def kernel_shap(
     if num_players < 2:
         raise ValueError(f"num_players: expected >= 2, got {num_players}")
     d = num_players
-    batch_size = check_positive_int("batch_size", batch_size, 2)
+    batch_size = check_int("batch_size", batch_size, 2)
     if paired and batch_size % 2:
         raise ValueError(f"batch_size: must be even with paired=True, got {batch_size}")
-    threshold = check_float("threshold", threshold, 0.0)
-    max_evals = check_positive_int("max_evals", max_evals, 2 + batch_size)
-    min_batches = check_positive_int("min_batches", min_batches, 2)
+    threshold = check_number("threshold", threshold, 0.0)
+    max_evals = check_int("max_evals", max_evals, 2 + batch_size)
+    min_batches = check_int("min_batches", min_batches, 2)
     sampler = ShapleySampler(d)
     gen = torch.Generator().manual_seed(int(seed))
 

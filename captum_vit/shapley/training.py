@@ -54,15 +54,13 @@ from torch.utils.data import Dataset
 
 from .. import _jobs
 from .._jobs import autocast, check_amp
-from .._utils import progress_bar
+from .._utils import check_int, check_number, progress_bar
 from ..distributed import DistContext, shard
 from ..vit import CLASS_HEAD, TokenMask, ViTAdapter
 from ..vit.adapter import logits_of
 from ._utils import (
     ImageSource,
     Micro,
-    check_float,
-    check_positive_int,
     cosine_factor,
     eval_mode,
     item_seed,
@@ -678,10 +676,10 @@ def _common_checks(
     workers: int,
     keep_checkpoints: int = 1,
 ) -> None:
-    check_float("epochs", epochs, 0.0)
+    check_number("epochs", epochs, 0.0)
     if not epochs > 0:
         raise ValueError(f"epochs: expected a positive number, got {epochs}")
-    check_positive_int("batch_size", batch_size)
+    check_int("batch_size", batch_size, 1)
     if (
         isinstance(keep_checkpoints, bool)
         or not isinstance(keep_checkpoints, int)
@@ -690,19 +688,19 @@ def _common_checks(
         raise ValueError(
             f"keep_checkpoints: expected an integer >= 0, got {keep_checkpoints!r}"
         )
-    check_float("lr", lr, 0.0)
-    check_float("weight_decay", weight_decay, 0.0)
-    check_float("warmup", warmup, 0.0, 1.0)
+    check_number("lr", lr, 0.0)
+    check_number("weight_decay", weight_decay, 0.0)
+    check_number("warmup", warmup, 0.0, 1.0)
     if grad_clip is not None:
-        check_float("grad_clip", grad_clip, 0.0)
+        check_number("grad_clip", grad_clip, 0.0)
     for name, value in (
         ("max_steps", max_steps),
         ("save_every", save_every),
         ("micro_batch_size", micro_batch_size),
     ):
         if value is not None:
-            check_positive_int(name, value)
-    check_positive_int("workers", workers, 0)
+            check_int(name, value, 1)
+    check_int("workers", workers, 0)
 
 
 def _make_run(kind: str, device: torch.device, fingerprint: Dict, **kw: Any) -> _Run:
@@ -842,8 +840,8 @@ def train_surrogate(
         workers,
         keep_checkpoints,
     )
-    check_positive_int("subsets_per_image", subsets_per_image)
-    check_positive_int("forward_batch_size", forward_batch_size)
+    check_int("subsets_per_image", subsets_per_image, 1)
+    check_int("forward_batch_size", forward_batch_size, 1)
     TokenMask(adapter, mode=mode)  # validates mode
     source = ImageSource(data, "data")
     val_source = ImageSource(val_data, "val_data") if val_data is not None else None
@@ -1086,7 +1084,7 @@ def train_explainer(
         workers,
         keep_checkpoints,
     )
-    check_positive_int("num_subsets", num_subsets, 2 if paired else 1)
+    check_int("num_subsets", num_subsets, 2 if paired else 1)
     if paired and num_subsets % 2:
         raise ValueError(f"num_subsets: must be even when paired, got {num_subsets}")
     game = SurrogateGame(surrogate, mode=game_mode, batch_size=forward_batch_size)
