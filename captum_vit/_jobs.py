@@ -393,14 +393,6 @@ def note(line: str) -> None:
     tqdm.write(line, file=sys.stderr)
 
 
-def check_count(name: str, value: Any, low: int = 1) -> None:
-    """Raise ValueError (naming ``name``) unless a job setting that counts something
-    is an int (not a bool) of at least ``low``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        what = "a positive integer" if low == 1 else f"an integer >= {low}"
-        raise ValueError(f"{name}: expected {what}, got {value!r}")
-
-
 def check_job(dataset: Any, num_classes: int, target: Any, world_size: int) -> None:
     """The checks every dataset job makes before any work (same on every rank).
 

@@ -48,7 +48,6 @@ from ._jobs import (
     autocast,
     build_methods,
     check_amp,
-    check_count,
     check_job,
     chunk_inputs,
     chunks_of,
@@ -59,6 +58,7 @@ from ._jobs import (
     run_chunks,
     timed_explain,
 )
+from ._utils import check_count
 from .data import ItemDataset, SceneDataset
 from .distributed import DistContext
 from .methods import Method, resolve_methods

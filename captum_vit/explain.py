@@ -40,7 +40,6 @@ from ._jobs import (
     RecordStore,
     SettingsMismatch,
     check_amp,
-    check_count,
     check_job,
     chunk_inputs,
     chunks_of,
@@ -50,6 +49,7 @@ from ._jobs import (
     run_chunks,
     timed_explain,
 )
+from ._utils import check_count
 from .data import ItemDataset
 from .distributed import DistContext
 from .methods import Method, resolve_methods
