@@ -38,7 +38,7 @@ SEED_LIMIT = 2**64
 
 
 # ----------------------------------------------------------------- image batches
-def check_batch(tensor: Tensor, name: str = "inputs") -> Tensor:
+def check_batch(name: str, tensor: Tensor) -> Tensor:
     """Refuse an empty batch (batch size 0) with a ``ValueError`` naming ``name``.
 
     Every method and metric treats an empty batch the same way: it is an error (an
@@ -52,7 +52,7 @@ def check_batch(tensor: Tensor, name: str = "inputs") -> Tensor:
     return tensor
 
 
-def check_image_batch(images: Any, name: str = "inputs") -> Tensor:
+def check_image_batch(name: str, images: Any) -> Tensor:
     """A non-empty, finite, floating-point batch, or an error naming ``name``.
 
     Raises:
@@ -69,7 +69,7 @@ def check_image_batch(images: Any, name: str = "inputs") -> Tensor:
             "to float and normalise them as the model expects (e.g. "
             "`x.float() / 255`, then the model's mean/std normalisation)"
         )
-    check_batch(images, name)
+    check_batch(name, images)
     if not bool(torch.isfinite(images).all()):
         raise ValueError(f"{name}: contains NaN or infinite values")
     return images
@@ -90,10 +90,10 @@ def unpack_inputs(inputs: Union[Tensor, Tuple[Tensor, ...]]) -> Tuple[Tensor, bo
                 "inputs: ViT methods take one image tensor (or a 1-tuple of it); got a "
                 f"tuple of {len(inputs)} items"
             )
-        return check_image_batch(inputs[0]), True
+        return check_image_batch("inputs", inputs[0]), True
     if not isinstance(inputs, Tensor):
         raise TypeError(f"inputs: expected a (B, C, H, W) tensor, got {type(inputs)}")
-    return check_image_batch(inputs), False
+    return check_image_batch("inputs", inputs), False
 
 
 def pack_output(out: Tensor, was_tuple: bool) -> Union[Tensor, Tuple[Tensor]]:

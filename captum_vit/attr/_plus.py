@@ -558,7 +558,7 @@ class PLUSWrapper(Attribution):
                     "(mapped to each layer's hidden states) or a callable "
                     f"(layer, hidden) -> baseline; got shape {tuple(baselines.shape)}"
                 )
-            check_image_batch(baselines, "baselines")
+            check_image_batch("baselines", baselines)
             base_grid = self.adapter.check_images(baselines, name="baselines")
             if base_grid != tuple(grid):
                 raise ValueError(

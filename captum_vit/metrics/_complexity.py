@@ -24,7 +24,7 @@ def _flat(attributions: Any) -> Tensor:
         raise ValueError(
             f"attributions: expected a batch (B, ...), got shape {tuple(attr.shape)}"
         )
-    check_batch(attr, "attributions")
+    check_batch("attributions", attr)
     attr = attr.reshape(attr.shape[0], -1).double()
     if not bool(torch.isfinite(attr).all()):
         raise ValueError("attributions: contains NaN or infinite values")

@@ -84,7 +84,7 @@ def check_inputs(inputs: Any) -> Tensor:
             "inputs: expected a batch (B, ...) with at least one feature dimension, "
             f"got shape {tuple(inputs.shape)}"
         )
-    return check_image_batch(inputs, "inputs")
+    return check_image_batch("inputs", inputs)
 
 
 def unwrap(value: Any, name: str) -> Tensor:

@@ -131,7 +131,7 @@ def _check_samples(n_samples: Any) -> int:
     return n_samples
 
 
-def _check_size(n: Any, num: int, name: str) -> int:
+def _check_size(name: str, n: Any, num: int) -> int:
     n = check_int(name, n)
     if not 1 <= n <= num:
         raise ValueError(
@@ -215,7 +215,7 @@ def faithfulness_correlation(
     setup = _core.prepare_call(dict(locals()), "faithfulness_correlation")
     num = setup.num_features
     if subset_size is not None:  # validated also when `subsets` overrides it
-        subset_size = _check_size(subset_size, num, "subset_size")
+        subset_size = _check_size("subset_size", subset_size, num)
     if subsets is not None:
         provider: Any = _GivenSubsets(subsets, setup.batch, num)
     else:
@@ -225,7 +225,7 @@ def faithfulness_correlation(
             )
         else:
             sizes = torch.full(
-                (n_samples,), _check_size(subset_size, num, "subset_size")
+                (n_samples,), _check_size("subset_size", subset_size, num)
             )
         provider = _RandomSubsets(num, sizes, seed)
     return _subset_correlations(setup, provider, 1, correlation)[:, 0]
@@ -301,7 +301,7 @@ def sensitivity_n(
     ns = [check_int("n", v, 1) for v in ns]  # range checked once F is known
     setup = _core.prepare_call(dict(locals()), "sensitivity_n")
     num = setup.num_features
-    ns = [_check_size(v, num, "n") for v in ns]
+    ns = [_check_size("n", v, num) for v in ns]
     out = _sensitivity(setup, ns, n_samples, seed, correlation)
     return out[:, 0] if single else out
 

@@ -144,7 +144,7 @@ def _ground_truth(
     need_boxes: bool = False,
 ) -> Tuple[Tensor, Optional[List[Tensor]], Tuple[int, int]]:
     """Ground-truth mask (B, H, W) bool, the boxes (if given), and (H, W)."""
-    attr = check_batch(_core.unwrap(attributions, "attributions"), "attributions")
+    attr = check_batch("attributions", _core.unwrap(attributions, "attributions"))
     batch = attr.shape[0]
     if (boxes is None) == (masks is None) and not need_boxes:
         raise ValueError("boxes/masks: give exactly one of boxes and masks")

@@ -204,7 +204,7 @@ def area_under_curve(
         raise ValueError(
             f"curves: expected (B, S) = (B, {x.numel()}) curves, got {tuple(y.shape)}"
         )
-    check_batch(y, "curves")
+    check_batch("curves", y)
     if not bool(torch.isfinite(x).all()) or not bool(((x >= 0) & (x <= 1)).all()):
         raise ValueError("fractions: expected finite values in [0, 1]")
     if not bool(torch.isfinite(y).all()):

@@ -111,7 +111,7 @@ def ssim(
             f"y: expected the shape of x, {tuple(x.shape)}, got {tuple(y.shape)}"
         )
     for name, t in (("x", x), ("y", y)):
-        check_batch(t, name)
+        check_batch(name, t)
         if not bool(torch.isfinite(t).all()):
             raise ValueError(f"{name}: contains NaN or infinite values")
     data_range = check_number("data_range", data_range, 0.0, low_open=True)

@@ -91,7 +91,7 @@ class TokenMask:
         """
         # the input guard of every method: check_image_batch, then the model's
         # layout and dtype checks in ViTAdapter.check_images
-        check_image_batch(images, "images")
+        check_image_batch("images", images)
         gh, gw = self.adapter.check_images(images, "images")
         self.adapter.check_keep(keep, images.shape[0], gh * gw)
         with self.keep(keep):
