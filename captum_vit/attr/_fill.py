@@ -22,7 +22,7 @@ from typing import Any, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from .._utils import check_number, gaussian_blur
+from .._utils import check_choice, check_number, gaussian_blur
 from ..vit.adapter import Normalization, ViTAdapter
 from ..vit.families._timm import pretrained_cfg_normalization
 
@@ -104,11 +104,10 @@ def input_normalization(
     return m, s
 
 
-def check_baselines(baselines: BaselinesType, name: str = "baselines") -> None:
+def check_baselines(name: str, baselines: BaselinesType) -> None:
     """Early type check of a fill (the value check needs the inputs)."""
     if isinstance(baselines, str):
-        if baselines not in FILLS:
-            raise ValueError(f"{name}: expected one of {FILLS}, got {baselines!r}")
+        check_choice(name, baselines, FILLS)
     elif isinstance(baselines, bool) or not isinstance(baselines, (Real, Tensor)):
         raise TypeError(
             f"{name}: expected a number, a tensor broadcastable to the inputs or one "
@@ -142,7 +141,7 @@ def resolve_fill(
             tensor that does not broadcast, a number or tensor that is not finite.
         TypeError: any other kind of value.
     """
-    check_baselines(baselines, name)
+    check_baselines(name, baselines)
     b, c, h, w = images.shape
     like = dict(dtype=images.dtype, device=images.device)
     if isinstance(baselines, str):
