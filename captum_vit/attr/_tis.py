@@ -29,6 +29,7 @@ from ..vit import CLASS_HEAD, TOKEN_DROP, TokenMask, ViTAdapter, tokens_to_pixel
 from ._utils import (
     TargetType,
     capture_layers,
+    check_choice,
     check_int,
     check_number,
     check_seed,
@@ -402,8 +403,7 @@ class TransformerInputSampling(PerturbationAttribution):
         images, _ = unpack_inputs(images)
         gh, gw = self.adapter.check_images(images)
         b = images.shape[0]
-        if mode not in _SCORE_MODES:
-            raise ValueError(f"mode: expected one of {_SCORE_MODES}, got {mode!r}")
+        check_choice("mode", mode, _SCORE_MODES)
         if len(masks) != b:
             raise ValueError(
                 f"masks: expected {b} per-image mask tensors, got {len(masks)}"
