@@ -386,7 +386,16 @@ def check_number(
 
 def check_seed(name: str, value: Any, allow_none: bool = False) -> Optional[int]:
     """A seed for ``torch.Generator``: an integer in ``[0, 2**64)`` (or None if
-    allowed)."""
+    allowed).
+
+    Args:
+        name: Argument name for the messages.
+        value: The seed.
+        allow_none: Accept None (returned as is).
+
+    Returns:
+        The seed as a Python int, or None.
+    """
     if value is None and allow_none:
         return None
     return check_int(name, value, 0, SEED_LIMIT - 1)
@@ -399,6 +408,11 @@ def check_count(name: str, value: Any, low: int = 1) -> int:
     Stricter than :func:`check_int` (no NumPy integers or tensors: job settings are
     written to JSON records as they are given), and every refusal is a
     ``ValueError`` ("expected a positive integer" when ``low`` is 1).
+
+    Args:
+        name: Argument name for the message.
+        value: The setting.
+        low: The smallest value allowed.
 
     Returns:
         ``value``.
