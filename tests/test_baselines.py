@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from conftest import FAMILIES, image_size, make_model, map_pool_by_hand, model_state
+from helpers import FAMILIES, image_size, make_model, map_pool_by_hand, model_state
 
 from captum_vit import RISE, RawAttention, ViTGradCAM, patch_scores
 from captum_vit.attr._rise import rise_grids, rise_masks

@@ -208,7 +208,7 @@ FAST = [
 
 
 def test_evaluate_folder_skips_a_corrupt_image_and_reports_it(tmp_path, capsys):
-    from conftest import write_scene_folder
+    from helpers import write_scene_folder
 
     rows = write_scene_folder(tmp_path / "data", n=3)
     (tmp_path / "data" / "left" / "broken.png").write_bytes(b"\x89PNG broken")
@@ -259,7 +259,7 @@ def test_evaluate_folder_skips_a_corrupt_image_and_reports_it(tmp_path, capsys):
     ],
 )
 def test_evaluate_folder_bad_input_one_line(tmp_path, capsys, setup, args, message):
-    from conftest import write_scene_folder
+    from helpers import write_scene_folder
 
     data = tmp_path / "data"
     data.mkdir()

@@ -13,7 +13,7 @@ from typing import Dict, List
 import numpy as np
 import pytest
 import torch
-from conftest import make_model, model_state
+from helpers import make_model, model_state
 
 from captum_vit import metrics
 from captum_vit._jobs import image_seed

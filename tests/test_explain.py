@@ -12,7 +12,7 @@ import torch
 from captum_vit.cli import main
 from captum_vit.explain import read_maps
 from captum_vit.models import load_model
-from conftest import write_scene_folder
+from helpers import write_scene_folder
 
 
 def cli(capsys, *args):

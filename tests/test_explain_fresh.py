@@ -23,7 +23,7 @@ from captum_vit.explain import (
     read_maps,
 )
 from captum_vit.methods import METHODS, method_names, resolve_methods
-from conftest import write_scene_folder
+from helpers import write_scene_folder
 
 
 def cli(capsys, *args):

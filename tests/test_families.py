@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn as nn
 from captum.attr import IntegratedGradients
-from conftest import make_model, model_state, reduced_forward
+from helpers import make_model, model_state, reduced_forward
 
 from captum_vit import (
     RISE,
@@ -564,7 +564,7 @@ def test_readme_matrix_covers_every_family_and_method():
 def test_supported_models_matrix(row):
     """Every cell of the README matrix either runs or raises the documented
     capability error (a TypeError naming method, family and capability)."""
-    from conftest import image_size
+    from helpers import image_size
 
     columns, cells = _matrix()
     family = ROWS[row]
@@ -690,7 +690,7 @@ def lib_groups(family: str, model: nn.Module) -> List[tuple]:
     "family", ["cls", "siglip", "beit", "swin"] + list(TOKEN_OTHERS)
 )
 def test_parameter_groups_and_input_normalization_of_every_family(family):
-    from conftest import FAMILIES
+    from helpers import FAMILIES
 
     model = make_model(family)
     adapter = ViTAdapter(model)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import Attribution, FeatureAblation, IntegratedGradients, Saliency
-from conftest import make_model, model_state
+from helpers import make_model, model_state
 
 import captum_vit
 from captum_vit import (

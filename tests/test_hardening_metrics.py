@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import Saliency
-from conftest import make_model, model_state
+from helpers import make_model, model_state
 from test_hardening_methods import (
     INT_LIKE_TARGETS,
     SCALAR_TARGETS,

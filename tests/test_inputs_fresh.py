@@ -9,7 +9,7 @@ import re
 
 import pytest
 import torch
-from conftest import make_model
+from helpers import make_model
 from test_hardening_methods import CLASSES, TARGET, extras_for, images, run_class
 
 from captum_vit import AttentionRollout, GenAtt, TokenMask

@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
-from conftest import image_size, make_model, model_state
+from helpers import image_size, make_model, model_state
 
 from captum_vit.metrics import (
     aopc,

@@ -229,7 +229,7 @@ def test_max_sensitivity_tensor_only_explainer_and_feature_mask():
 
 
 def test_max_sensitivity_with_a_captum_vit_attributor():
-    from conftest import make_model
+    from helpers import make_model
 
     from captum_vit import GenAtt
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-from conftest import make_model
+from helpers import make_model
 
 from captum_vit.metrics import (
     aopc,

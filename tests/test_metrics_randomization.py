@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_model, model_state
+from helpers import make_model, model_state
 from scipy.stats import spearmanr
 
 from captum_vit import GenAtt, RawAttention

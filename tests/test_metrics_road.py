@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from conftest import make_model
+from helpers import make_model
 
 from captum_vit.metrics import NoisyLinearImputation, deletion, road, road_curves
 from captum_vit.metrics._core import Features

@@ -27,7 +27,7 @@ from captum.attr import (
     ShapleyValues,
     ShapleyValueSampling,
 )
-from conftest import image_size, make_model, map_pool_by_hand, model_state, timm_tokens
+from helpers import image_size, make_model, map_pool_by_hand, model_state, timm_tokens
 
 from captum_vit import AttentionRollout, GenAtt, patch_scores
 from captum_vit.attr._plus import (

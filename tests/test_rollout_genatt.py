@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import NoiseTunnel
-from conftest import image_size, make_model, map_pool_by_hand, model_state
+from helpers import image_size, make_model, map_pool_by_hand, model_state
 
 from captum_vit import AttentionRollout, GenAtt, ViTAdapter, patch_scores
 from captum_vit.vit import record_attention

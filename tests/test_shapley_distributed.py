@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_model
+from helpers import make_model
 
 from captum_vit.shapley import ShapleyExplainer, train_explainer, train_surrogate
 

@@ -8,13 +8,7 @@ import torch
 from captum_vit.shapley import all_coalitions, exact_shapley, kernel_shap
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (no OpenMP barriers on busy CPUs)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_all_coalitions_enumerates_bits():

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import make_model, model_state
+from helpers import make_model, model_state
 from scipy.special import rel_entr
 
 from captum_vit.shapley import (
@@ -21,13 +21,7 @@ from captum_vit.shapley import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (no OpenMP barriers on busy CPUs)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _images(n, seed=0, size=32):

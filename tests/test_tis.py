@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import FAMILIES, image_size, make_model, model_state, reduced_forward
+from helpers import FAMILIES, image_size, make_model, model_state, reduced_forward
 
 from captum_vit.attr._tis import (
     TransformerInputSampling,

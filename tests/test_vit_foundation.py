@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
-from conftest import image_size, make_model, model_state, reduced_forward
+from helpers import image_size, make_model, model_state, reduced_forward
 
 from captum_vit import TokenMask, ViTAdapter, patch_scores
 from captum_vit.vit import is_supported_vit, record_attention, tokens_to_pixels
@@ -19,7 +19,7 @@ def _images(family: str, b: int = 3, seed: int = 1) -> torch.Tensor:
 
 def physically_reduced(model: nn.Module, image: torch.Tensor, kept: torch.Tensor):
     """Oracle: one image with held-out patch tokens removed from the sequence, written
-    against timm directly (see conftest.reduced_forward)."""
+    against timm directly (see helpers.reduced_forward)."""
     return reduced_forward(model, image, kept)
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from captum.attr import Attribution, NoiseTunnel
-from conftest import image_size, make_model, model_state
+from helpers import image_size, make_model, model_state
 
 from captum_vit import patch_scores
 from captum_vit.attr._vit_shapley import ViTShapley
@@ -16,13 +16,7 @@ from captum_vit.shapley import (
 from captum_vit.zoo import DEFAULT_EXPLAINER, DEFAULT_SURROGATE, load_default_explainer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (no OpenMP barriers on busy CPUs)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _setup(family="cls"):

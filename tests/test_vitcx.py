@@ -14,7 +14,7 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.ndimage import gaussian_filter
 from scipy.spatial.distance import pdist
 
-from conftest import FAMILIES, image_size, make_model, model_state
+from helpers import FAMILIES, image_size, make_model, model_state
 
 from captum_vit.attr._vitcx import (
     ViTCX,
