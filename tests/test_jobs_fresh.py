@@ -143,7 +143,7 @@ def _interrupt_second_explain(monkeypatch, module) -> None:
 def test_ctrl_c_in_evaluate_is_one_line_and_the_rerun_resumes(
     capsys, monkeypatch, tmp_path
 ):
-    import captum_vit.evaluate as evaluate
+    import captum_vit.evaluate._job as evaluate  # where the job runs
 
     args = ["evaluate", "--n", "4", "--chunk", "2", "--methods", "rollout", *FAST]
     assert cli(capsys, *args, "--out", tmp_path / "straight")[0] == 0

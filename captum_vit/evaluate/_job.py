@@ -41,8 +41,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import metrics
-from ._jobs import (
+from .. import metrics
+from .._jobs import (
     RecordStore,
     SettingsMismatch,
     autocast,
@@ -58,10 +58,10 @@ from ._jobs import (
     run_chunks,
     timed_explain,
 )
-from ._utils import check_count
-from .data import ItemDataset, SceneDataset
-from .distributed import DistContext
-from .methods import Method, resolve_methods
+from .._utils import check_count
+from ..data import ItemDataset, SceneDataset
+from ..distributed import DistContext
+from ..methods import Method, resolve_methods
 
 #: Columns of the table: (key, header, better).
 METRICS: List[Tuple[str, str, str]] = [
@@ -515,7 +515,7 @@ def _removal(name: str, preprocessing: Any = None):
         return None
     if name == "black":
         if preprocessing is None:
-            from .zoo import preprocess
+            from ..zoo import preprocess
 
             return preprocess(torch.zeros(1, 3, 1, 1))
         return preprocessing.normalise(torch.zeros(1, 3, 1, 1))
@@ -677,7 +677,7 @@ def run_evaluation(
         >>> table = run_evaluation("out/eval", ["rollout", "genatt"], EvalConfig(n=20))
         >>> table["genatt"]["insertion"]            # (mean, 95% CI half-width)
     """
-    from .models import load_model
+    from ..models import load_model
 
     cfg = replace(cfg) if cfg is not None else EvalConfig()
     chosen: List[Method] = resolve_methods(methods)
@@ -706,7 +706,7 @@ def run_evaluation(
         "data": dataset.describe(),
     }
     if cfg.evaluator == "surrogate":
-        from .shapley import classifier_digest
+        from ..shapley import classifier_digest
 
         settings["surrogate_sha256"] = classifier_digest(evaluator)
     removal = _removal(cfg.removal, loaded.preprocessing)
@@ -774,7 +774,7 @@ def run_evaluation(
 
 def _patches(loaded: Any) -> int:
     """The model's number of patches at its input size."""
-    from .vit import ViTAdapter
+    from ..vit import ViTAdapter
 
     x = torch.zeros(1, 3, *loaded.input_size)
     gh, gw = ViTAdapter(loaded.model).grid_for(x)
@@ -1387,7 +1387,7 @@ def _report(
         else "the classifier"
     )
     amp = settings.get("amp") or "off"
-    from .models import weights_label  # "random weights (seed 0)", ...
+    from ..models import weights_label  # "random weights (seed 0)", ...
 
     lines = [
         "# captum-vit evaluate",
