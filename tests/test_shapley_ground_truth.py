@@ -7,7 +7,6 @@ import torch
 
 from captum_vit.shapley import all_coalitions, exact_shapley, kernel_shap
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -13,7 +13,6 @@ from captum_vit.shapley import (
     subsets_of_sizes,
 )
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -20,7 +20,6 @@ from captum_vit.shapley import (
     train_surrogate,
 )
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

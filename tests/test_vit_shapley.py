@@ -15,7 +15,6 @@ from captum_vit.shapley import (
 )
 from captum_vit.zoo import DEFAULT_EXPLAINER, DEFAULT_SURROGATE, load_default_explainer
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -238,9 +237,7 @@ def test_default_explainer_warns_when_the_installed_classifier_is_another(
     not (DEFAULT_EXPLAINER.is_file() and DEFAULT_SURROGATE.is_file()),
     reason="shipped ViT Shapley weights not present",
 )
-def test_a_retrained_default_of_another_architecture_still_loads(
-    tmp_path, monkeypatch
-):
+def test_a_retrained_default_of_another_architecture_still_loads(tmp_path, monkeypatch):
     """After the default classifier is retrained with another architecture, the
     shipped pair no longer fits: the model must still load (train-shapley needs it
     to make the new pair), with a warning, and vit-shapley says it is unavailable;
