@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set,
 
 import torch
 
+from ._settings import settings_diff
 from ._utils import progress_bar
 from .distributed import DistContext, shard
 from .vit.adapter import logits_of
@@ -116,23 +117,17 @@ def check_settings(records: Sequence[dict], settings: dict, out: Path) -> None:
         if other == settings:
             continue
         other = other if isinstance(other, dict) else {}
-        keys = sorted(set(other) | set(settings))
-        diff = [
-            f"{k}: {_short(other.get(k))} then, {_short(settings.get(k))} now"
-            for k in keys
-            if other.get(k) != settings.get(k)
-        ]
         raise SettingsMismatch(
             f"--out {str(out)!r} holds records made with other settings ("
-            + "; ".join(diff[:5])
-            + ("; ..." if len(diff) > 5 else "")
+            + settings_diff(other, settings, _show)
             + "); use another --out, or the same settings to resume"
         )
 
 
-def _short(v: Any) -> str:
-    s = json.dumps(v) if not isinstance(v, str) else v
-    return s if len(s) <= 40 else s[:37] + "..."
+def _show(v: Any) -> str:
+    """A record's setting as the message writes it: strings as they are, the rest
+    as JSON."""
+    return v if isinstance(v, str) else json.dumps(v)
 
 
 def done_keys(records: Sequence[dict]) -> Set[Tuple[str, int]]:

@@ -51,7 +51,7 @@ import os, sys
 import torch
 from captum_vit.distributed import init_distributed
 from captum_vit.shapley import train_explainer, train_surrogate
-from captum_vit.shapley import training
+from captum_vit.shapley import _checkpoints
 
 d = sys.argv[1]
 kw = torch.load(os.path.join(d, "kwargs.pt"))
@@ -72,7 +72,7 @@ if ctx.is_main:
         },
         os.path.join(d, "ddp.pt"),
     )
-save = training._save_checkpoint
+save = _checkpoints.save
 
 
 def save_then_die(path, payload):
@@ -80,7 +80,7 @@ def save_then_die(path, payload):
     os._exit(17)  # killed right after the step-2 checkpoint
 
 
-training._save_checkpoint = save_then_die
+_checkpoints.save = save_then_die
 train_explainer(m["explainer"], m["gap"], m["items"], ctx=ctx,
                 checkpoint=os.path.join(d, "run.pt"), **kw["resumed"])
 """

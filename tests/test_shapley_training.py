@@ -333,3 +333,119 @@ def test_run_files_refuse_other_classifiers_and_surrogates(tmp_path):
             save_explainer(ShapleyExplainer.from_surrogate(small), tmp_path / "g.pt"),
             model,
         )
+
+
+def test_checkpoint_fingerprints_are_the_ones_run_folders_hold(tmp_path):
+    """Each trainer's fingerprint is the dict its checkpoints have always stored
+    (written out here the way the trainers built it before their settings became
+    one dataclass), so run folders made before resume: a checkpoint holding it
+    returns its weights at once."""
+    from pathlib import Path
+
+    model = make_model("cls")
+    x = _images(6, seed=4)
+    extra = {"model": "tiny", "augment": True, "where": Path("/data")}
+    common = dict(epochs=1, batch_size=4, lr=1e-3, seed=2, max_steps=1, save_every=1)
+    old = dict(
+        epochs=1,
+        batch_size=4,
+        lr=1e-3,
+        weight_decay=0.01,
+        warmup=0.05,
+        grad_clip=None,
+        seed=2,
+        max_steps=1,
+        save_every=1,
+        amp=None,
+        num_patches=16,
+        model="tiny",
+        augment=True,
+        where="/data",
+    )
+    runs = {
+        "surrogate": (
+            lambda ckpt: train_surrogate(
+                model,
+                x[:4],
+                x[4:],
+                subsets_per_image=2,
+                mode="drop",
+                grad_clip=None,
+                checkpoint=ckpt,
+                settings=extra,
+                workers=0,
+                **common,
+            ),
+            dict(
+                old,
+                n=4,
+                n_val=2,
+                subsets_per_image=2,
+                mode="drop",
+                sampler="UniformSizeSampler(num_players=16)",
+            ),
+        ),
+        "explainer": (
+            lambda ckpt: train_explainer(
+                ShapleyExplainer.from_surrogate(model),
+                model,
+                x,
+                num_subsets=4,
+                grad_clip=None,
+                checkpoint=ckpt,
+                settings=extra,
+                keep_checkpoints=2,
+                **common,
+            ),
+            dict(
+                old,
+                n=6,
+                n_val=0,
+                num_subsets=4,
+                paired=True,
+                num_classes=5,
+                shared_blocks=0,
+            ),
+        ),
+    }
+    for kind, (train, fingerprint) in runs.items():
+        ckpt = tmp_path / f"{kind}.pt"
+        trained = train(ckpt).model
+        payload = torch.load(ckpt, weights_only=True)
+        assert payload["kind"] == kind and payload["fingerprint"] == fingerprint
+        payload["fingerprint"] = fingerprint  # as a run before the change wrote it
+        torch.save(payload, ckpt)
+        again = train(ckpt)
+        assert again.history == payload["history"], kind
+        a, b = trained.state_dict(), again.model.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), kind
+
+
+def test_a_checkpoint_of_other_settings_names_five_of_them(tmp_path):
+    """One settings-diff helper writes the checkpoint's and the job records'
+    refusals: sorted names, both values (cut to 40 characters), five at most."""
+    from captum_vit._jobs import SettingsMismatch, check_settings
+    from captum_vit.shapley import _checkpoints
+
+    ckpt = tmp_path / "run.pt"
+    then = {"a": 1, "b": None, "c": "x" * 50, "d": 1, "e": 1, "f": 1, "same": 0}
+    now = {"a": 2, "b": True, "c": "y", "d": 2, "e": 2, "f": 2, "same": 0}
+    _checkpoints.StepCheckpoints(ckpt, "surrogate", then, 1).finish(
+        1, 0.0, torch.nn.Linear(1, 1), {}
+    )
+    with pytest.raises(ValueError) as info:
+        _checkpoints.StepCheckpoints(ckpt, "surrogate", now, 1).read()
+    assert str(info.value) == (
+        f"checkpoint: {ckpt} was written by a run with other settings (a: 1 then, "
+        f"2 now; b: None then, True now; c: {'x' * 37}... then, y now; d: 1 then, "
+        "2 now; e: 1 then, 2 now; ...); resume with the same settings, or delete "
+        "the file to start again"
+    )
+    with pytest.raises(SettingsMismatch) as info:
+        check_settings([{"settings": then}], now, tmp_path)
+    assert str(info.value) == (
+        f"--out {str(tmp_path)!r} holds records made with other settings (a: 1 "
+        f"then, 2 now; b: null then, true now; c: {'x' * 37}... then, y now; d: 1 "
+        "then, 2 now; e: 1 then, 2 now; ...); use another --out, or the same "
+        "settings to resume"
+    )

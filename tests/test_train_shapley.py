@@ -27,7 +27,7 @@ from captum_vit.shapley import (
     load_surrogate,
     save_explainer,
 )
-from captum_vit.shapley import training
+from captum_vit.shapley import _checkpoints
 
 CONFIG = dict(
     image_size=32,
@@ -199,7 +199,7 @@ def test_killed_run_resumes_exactly(files, monkeypatch, tmp_path):
     steps = ["--save-every", "2", "--epochs", "2"]  # 4 steps per stage
     straight = tmp_path / "straight"
     assert main(_train_args(files, straight, "--workers", "1", *steps)) == 0
-    save = training._save_checkpoint
+    save = _checkpoints.save
 
     def save_then_die(path, payload):
         save(path, payload)
@@ -207,10 +207,10 @@ def test_killed_run_resumes_exactly(files, monkeypatch, tmp_path):
             raise KeyboardInterrupt("killed")
 
     killed = tmp_path / "killed"
-    monkeypatch.setattr(training, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(_checkpoints, "save", save_then_die)
     assert main(_train_args(files, killed, "--workers", "0", *steps)) == 130
     assert not (killed / "explainer.pt").exists()
-    monkeypatch.setattr(training, "_save_checkpoint", save)
+    monkeypatch.setattr(_checkpoints, "save", save)
     assert main(_train_args(files, killed, "--workers", "0", *steps)) == 0
     for name in ("surrogate.pt", "explainer.pt"):
         a = torch.load(straight / name)["state_dict"]

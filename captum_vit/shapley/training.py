@@ -33,6 +33,7 @@ import copy
 import math
 import sys
 import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import (
     Any,
@@ -58,6 +59,7 @@ from .._utils import check_int, check_number, progress_bar
 from ..distributed import DistContext, shard
 from ..vit import CLASS_HEAD, TokenMask, ViTAdapter
 from ..vit.adapter import logits_of
+from . import _checkpoints
 from ._utils import (
     ImageSource,
     Micro,
@@ -80,8 +82,6 @@ __all__ = [
     "train_surrogate",
 ]
 
-_CKPT_FORMAT = "captum_vit.shapley.training"
-_CKPT_VERSION = 2
 Data = Union[Tensor, Dataset]
 PathLike = Union[str, Path]
 #: ``pieces(images, keep, weights, forward) -> [thunk]``: each thunk runs one forward
@@ -155,58 +155,105 @@ def explainer_loss(
     return phi.shape[1] * F.mse_loss(pred, values.to(pred.dtype))
 
 
-# ------------------------------------------------------------------ checkpoints
-def _fingerprint(**kw: Any) -> Dict[str, Any]:
-    return {
-        k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
-        for k, v in kw.items()
-    }
+# -------------------------------------------------------------------- settings
+def _loop(identifies: bool = True) -> Any:
+    """A field of :class:`_Settings`; ``identifies``: part of the fingerprint."""
+    return field(metadata={"identifies": identifies})
 
 
-def _load_checkpoint(path: Path, kind: str, fingerprint: Dict[str, Any]) -> Dict:
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != _CKPT_FORMAT:
-        raise ValueError(f"checkpoint: {path} is not a captum-vit training checkpoint")
-    if payload.get("kind") != kind:
-        raise ValueError(
-            f"checkpoint: {path} belongs to a {payload.get('kind')} run, not {kind}"
-        )
-    if payload.get("version") != _CKPT_VERSION:
-        raise ValueError(
-            f"checkpoint: {path} was written by an older captum-vit training loop; "
-            "delete it to start again"
-        )
-    saved = payload.get("fingerprint", {})
-    if saved != fingerprint:
-        keys = sorted(set(saved) | set(fingerprint))
-        diff = [
-            f"{k}: {_short(saved.get(k))} then, {_short(fingerprint.get(k))} now"
-            for k in keys
-            if saved.get(k) != fingerprint.get(k)
-        ]
-        raise ValueError(
-            f"checkpoint: {path} was written by a run with other settings ("
-            + "; ".join(diff[:5])
-            + ("; ..." if len(diff) > 5 else "")
-            + "); resume with the same settings, or delete the file to start again"
-        )
-    return payload
+@dataclass(frozen=True)
+class _Settings:
+    """The settings both trainers share, as their keyword arguments name them.
 
+    The fields that identify a run (``identifies``) go into its checkpoint's
+    fingerprint, with what each trainer adds (:meth:`fingerprint`); the others
+    (where the checkpoint is, how many are kept, micro-batches, DataLoader workers,
+    the progress bar) may change between a run and its resumption.
+    """
 
-def _short(v: Any) -> str:
-    s = str(v)
-    return s if len(s) <= 40 else s[:37] + "..."
+    epochs: float = _loop()
+    batch_size: int = _loop()
+    lr: float = _loop()
+    weight_decay: float = _loop()
+    warmup: float = _loop()
+    grad_clip: Optional[float] = _loop()
+    seed: int = _loop()
+    max_steps: Optional[int] = _loop()
+    save_every: Optional[int] = _loop()
+    amp: Optional[str] = _loop()
+    checkpoint: Optional[PathLike] = _loop(False)
+    resume: bool = _loop(False)
+    keep_checkpoints: int = _loop(False)
+    select_best: bool = _loop(False)
+    micro_batch_size: Optional[int] = _loop(False)
+    workers: int = _loop(False)
+    show_progress: bool = _loop(False)
 
+    @classmethod
+    def of(cls, arguments: Dict[str, Any]) -> "_Settings":
+        """The settings among a trainer's arguments (its ``locals()`` on entry),
+        not yet checked (:meth:`check`).
 
-def _save_checkpoint(path: Path, payload: Dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+        Args:
+            arguments: The trainer's arguments by name.
 
+        Returns:
+            The settings.
+        """
+        return cls(**{f.name: arguments[f.name] for f in fields(cls)})
 
-def _state_copy(model: nn.Module) -> Dict[str, Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    def check(self) -> None:
+        """Raise a ``ValueError`` naming the first bad setting.
+
+        Raises:
+            ValueError: a setting of the wrong type or out of range.
+        """
+        check_number("epochs", self.epochs, 0.0)
+        if not self.epochs > 0:
+            raise ValueError(f"epochs: expected a positive number, got {self.epochs}")
+        check_int("batch_size", self.batch_size, 1)
+        keep = self.keep_checkpoints
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+            raise ValueError(
+                f"keep_checkpoints: expected an integer >= 0, got {keep!r}"
+            )
+        check_number("lr", self.lr, 0.0)
+        check_number("weight_decay", self.weight_decay, 0.0)
+        check_number("warmup", self.warmup, 0.0, 1.0)
+        if self.grad_clip is not None:
+            check_number("grad_clip", self.grad_clip, 0.0)
+        for name in ("max_steps", "save_every", "micro_batch_size"):
+            value = getattr(self, name)
+            if value is not None:
+                check_int(name, value, 1)
+        check_int("workers", self.workers, 0)
+
+    def fingerprint(
+        self, extra: Optional[Dict[str, Any]], **identity: Any
+    ) -> Dict[str, Any]:
+        """The settings that identify a run, as its checkpoint stores them.
+
+        Args:
+            extra: The caller's ``settings`` (e.g. the model and data of a command).
+            **identity: What the trainer adds (data sizes, its own settings).
+
+        Returns:
+            Every identifying field, ``identity`` and ``extra``; values other than
+            None, bool, int, float and str as their ``str``.
+
+        Raises:
+            TypeError: a name given twice.
+        """
+        own = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.metadata["identifies"]
+        }
+        values = dict(**own, **identity, **(extra or {}))
+        return {
+            k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
+            for k, v in values.items()
+        }
 
 
 # ------------------------------------------------------------------- the data
@@ -270,29 +317,14 @@ def _unused_parameters(model: nn.Module, forward: Callable, x: Tensor) -> bool:
 
 
 class _Run(NamedTuple):
-    """The settings of one run of the loop."""
+    """One run of the loop: its kind, settings, device, processes and checkpoint
+    files (None without a ``checkpoint``)."""
 
     kind: str
-    epochs: float
-    batch_size: int
-    lr: float
-    weight_decay: float
-    warmup: float
-    grad_clip: Optional[float]
-    seed: int
-    checkpoint: Optional[Path]
-    resume: bool
-    keep_checkpoints: int
-    select_best: bool
-    max_steps: Optional[int]
-    save_every: Optional[int]
-    micro_batch_size: Optional[int]
-    amp: Optional[str]
-    workers: int
-    show_progress: bool
+    settings: _Settings
     device: torch.device
     ctx: DistContext
-    fingerprint: Dict[str, Any]
+    files: Optional[_checkpoints.StepCheckpoints]
 
 
 def _validation(
@@ -309,24 +341,24 @@ def _validation(
     """
     if source is None:
         return None
-    ctx, device = run.ctx, run.device
+    ctx, device, opts = run.ctx, run.device, run.settings
     n = len(source)
-    plan = _micro_plan(n, ctx.rank, ctx.world_size, run.micro_batch_size or 256)
+    plan = _micro_plan(n, ctx.rank, ctx.world_size, opts.micro_batch_size or 256)
     cache: List[Tuple[Micro, Any]] = []
 
     def requests() -> Iterator[List[Tuple[int, int, int]]]:
         for tags in plan:
-            yield [(p, item_seed(run.seed, -1 - p), p) for p in tags]
+            yield [(p, item_seed(opts.seed, -1 - p), p) for p in tags]
 
     def fn() -> float:
         if not cache:
-            with torch.no_grad(), autocast(device, run.amp):
+            with torch.no_grad(), autocast(device, opts.amp):
                 for micro in read_micro_batches(
-                    source, requests, len(plan), device, run.workers
+                    source, requests, len(plan), device, opts.workers
                 ):
                     cache.append((micro, prepare(micro.images, micro.tags)))
         stats = torch.zeros(2, dtype=torch.float64, device=device)
-        with torch.no_grad(), autocast(device, run.amp):
+        with torch.no_grad(), autocast(device, opts.amp):
             for micro, targets in cache:
                 per_image = loss(micro.images, targets).double()
                 ok = micro.ok.to(per_image.dtype)
@@ -371,22 +403,22 @@ def _train(
     val_loss: Optional[Callable[[], float]],
     probe_forward: Callable[[nn.Module, Tensor], Any],
 ) -> TrainingResult:
-    ctx, device = run.ctx, run.device
-    world, n, b = ctx.world_size, len(source), run.batch_size
+    ctx, device, opts, files = run.ctx, run.device, run.settings, run.files
+    world, n, b = ctx.world_size, len(source), opts.batch_size
     if b < world:
         raise ValueError(
             f"batch_size: the global batch of {b} image(s) needs at least one image "
             f"per process ({world} processes)"
         )
     steps_per_epoch = math.ceil(n / b)
-    total = max(1, math.ceil(run.epochs * n / b))
-    if run.max_steps is not None:
-        total = min(total, run.max_steps)
-    save_every = run.save_every or steps_per_epoch
-    warmup_steps = int(round(run.warmup * total))
+    total = max(1, math.ceil(opts.epochs * n / b))
+    if opts.max_steps is not None:
+        total = min(total, opts.max_steps)
+    save_every = opts.save_every or steps_per_epoch
+    warmup_steps = int(round(opts.warmup * total))
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(trainable, lr=run.lr, weight_decay=run.weight_decay)
-    scaler = torch.amp.GradScaler("cuda") if run.amp == "fp16" else None
+    optim = torch.optim.AdamW(trainable, lr=opts.lr, weight_decay=opts.weight_decay)
+    scaler = torch.amp.GradScaler("cuda") if opts.amp == "fp16" else None
     history: Dict[str, Any] = {
         "epoch": [],
         "step": [],
@@ -403,19 +435,12 @@ def _train(
     step, elapsed = 0, 0.0
     kept: Dict[str, Optional[int]] = {"step": None}  # the last checkpoint's step
     finished = False  # resumed from the cut-down checkpoint of a finished run
-    ckpt = run.checkpoint
-    if ckpt is not None and run.resume:
-
-        def read() -> Optional[Dict]:
-            if not ckpt.is_file():
-                return None
-            return _load_checkpoint(ckpt, run.kind, run.fingerprint)
-
-        payload = ctx.agree(read, (ValueError,))
+    if files is not None and opts.resume:
+        payload = ctx.agree(files.read, (ValueError,))
         seen = ctx.all_gather(None if payload is None else int(payload["step"]))
         if len(set(seen)) > 1:
             exc = ValueError(
-                f"checkpoint: the processes see different checkpoints at {ckpt} "
+                f"checkpoint: the processes see different checkpoints at {files.path} "
                 f"(steps {seen}): every process must see the same output folder"
             )
             exc.all_ranks = True  # type: ignore[attr-defined]
@@ -431,7 +456,7 @@ def _train(
             best_state = payload.get("best")
             best_step = payload.get("best_step")
             if best_state is None and best_step == step:  # the weights themselves
-                best_state = _state_copy(model)
+                best_state = _checkpoints.state_copy(model)
             kept["step"] = step
             finished = bool(payload.get("finished"))
     if step < total:
@@ -450,35 +475,24 @@ def _train(
         forward = ddp
 
     def save() -> None:
-        """The step checkpoint (the best weights in it only where they are not
-        its weights), the older ones rotated and pruned to ``keep_checkpoints``."""
-        if ckpt is None or not ctx.is_main:
+        """The step checkpoint, by rank 0."""
+        if files is None or not ctx.is_main:
             return
-        if run.keep_checkpoints > 1 and kept["step"] not in (None, step):
-            if ckpt.is_file():
-                ckpt.replace(_older_checkpoint(ckpt, int(kept["step"])))
-        _save_checkpoint(
-            ckpt,
-            {
-                "format": _CKPT_FORMAT,
-                "version": _CKPT_VERSION,
-                "kind": run.kind,
-                "fingerprint": run.fingerprint,
-                "step": step,
-                "seconds": elapsed,
-                "model": _state_copy(model),
-                "optimizer": optim.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "history": history,
-                "best": None if best_step == step else best_state,
-                "best_step": best_step,
-            },
+        files.write(
+            kept["step"],
+            step,
+            elapsed,
+            model,
+            optim.state_dict(),
+            scaler.state_dict() if scaler is not None else None,
+            history,
+            best_state,
+            best_step,
         )
         kept["step"] = step
-        _prune_checkpoints(ckpt, max(run.keep_checkpoints, 1) - 1)
 
-    stream = _Stream(n, b, run.seed)
-    plan = _micro_plan(b, ctx.rank, world, run.micro_batch_size)
+    stream = _Stream(n, b, opts.seed)
+    plan = _micro_plan(b, ctx.rank, world, opts.micro_batch_size)
 
     def requests() -> Iterator[List[Tuple[int, int, int]]]:
         for t in range(step, total):
@@ -488,7 +502,7 @@ def _train(
     bar = progress_bar(
         total=total * b,
         initial=step * b,
-        enabled=run.show_progress and ctx.is_main,
+        enabled=opts.show_progress and ctx.is_main,
         desc=run.kind,
         unit="img",
     )
@@ -511,14 +525,16 @@ def _train(
                 requests,
                 (total - step) * len(plan),
                 device,
-                run.workers,
+                opts.workers,
                 on_skip,
             )
             while step < total:
                 factor = cosine_factor(step, total, warmup_steps)
                 for group in optim.param_groups:
-                    group["lr"] = run.lr * factor
-                torch.manual_seed(int(step_generator(run.seed, step, 3).initial_seed()))
+                    group["lr"] = opts.lr * factor
+                torch.manual_seed(
+                    int(step_generator(opts.seed, step, 3).initial_seed())
+                )
                 model.train()
                 keep = subsets(step)  # (B, k, d): the whole global batch's coalitions
                 optim.zero_grad(set_to_none=True)
@@ -527,7 +543,7 @@ def _train(
                 for m in range(len(plan)):
                     micro = next(micros)
                     weights = micro.ok.float() * (world / b)
-                    with autocast(device, run.amp):
+                    with autocast(device, opts.amp):
                         thunks = pieces(
                             micro.images, keep[micro.tags], weights, forward
                         )
@@ -535,7 +551,7 @@ def _train(
                         last = m == len(plan) - 1 and i == len(thunks) - 1
                         sync = ddp.no_sync() if ddp is not None and not last else None
                         with sync or contextlib.nullcontext():
-                            with autocast(device, run.amp):
+                            with autocast(device, opts.amp):
                                 loss = thunk()
                             (
                                 scaler.scale(loss) if scaler is not None else loss
@@ -552,8 +568,8 @@ def _train(
                     )
                 if scaler is not None:
                     scaler.unscale_(optim)
-                if run.grad_clip is not None and run.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(trainable, run.grad_clip)
+                if opts.grad_clip is not None and opts.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(trainable, opts.grad_clip)
                 if scaler is not None:
                     scaler.step(optim)
                     scaler.update()
@@ -576,7 +592,7 @@ def _train(
                     )
                     history["val_loss"].append(val)
                     history["lr"].append(
-                        run.lr * cosine_factor(step - 1, total, warmup_steps)
+                        opts.lr * cosine_factor(step - 1, total, warmup_steps)
                     )
                     history["seconds"].append(elapsed)
                     running = []
@@ -584,9 +600,11 @@ def _train(
                         history["best_val"] is None or val < history["best_val"]
                     ):
                         history["best_val"] = val
-                        best_state = _state_copy(model) if run.select_best else None
-                        best_step = step if run.select_best else None
-                    if val is not None and run.show_progress and ctx.is_main:
+                        best_state = (
+                            _checkpoints.state_copy(model) if opts.select_best else None
+                        )
+                        best_step = step if opts.select_best else None
+                    if val is not None and opts.show_progress and ctx.is_main:
                         bar.write(
                             f"{run.kind} step {step}: val loss {val:.5g}",
                             file=sys.stderr,
@@ -597,124 +615,44 @@ def _train(
                     )  # seconds: training, not checkpoint writing
     except KeyboardInterrupt:
         bar.close()
+        ckpt = files.path if files is not None else None
         raise _jobs.Interrupted(
             _interrupted_line(run.kind, step, total, ckpt, kept["step"], save_every)
         ) from None
     bar.close()
-    if run.select_best and best_state is not None:
+    if opts.select_best and best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     for p in model.parameters():
         p.grad = None
-    if ckpt is not None and ctx.is_main and not finished:
-        _finish_checkpoint(ckpt, run, step, elapsed, model, history)
+    if files is not None and ctx.is_main and not finished:
+        files.finish(step, elapsed, model, history)
     return TrainingResult(model, history)
 
 
-def _older_checkpoint(ckpt: Path, step: int) -> Path:
-    """Where the step-``step`` checkpoint goes when a newer one replaces it."""
-    return ckpt.with_name(f"{ckpt.stem}.step{step:08d}{ckpt.suffix}")
-
-
-def _older_checkpoints(ckpt: Path) -> List[Path]:
-    """The older step checkpoints beside ``ckpt``, oldest first."""
-    return sorted(ckpt.parent.glob(f"{ckpt.stem}.step*{ckpt.suffix}"))
-
-
-def _prune_checkpoints(ckpt: Path, keep: int) -> None:
-    """Remove all but the newest ``keep`` older step checkpoints."""
-    older = _older_checkpoints(ckpt)
-    for path in older[: max(0, len(older) - keep)]:
-        path.unlink()
-
-
-def _finish_checkpoint(
-    ckpt: Path,
-    run: _Run,
-    step: int,
-    elapsed: float,
-    model: nn.Module,
-    history: Dict[str, Any],
-) -> None:
-    """At the end of a run: the newest checkpoint becomes the returned weights and
-    the history (no optimiser state, no second copy of the weights), so that the
-    same call returns at once; with ``keep_checkpoints=0`` every checkpoint goes."""
-    if run.keep_checkpoints == 0:
-        for path in [ckpt, *_older_checkpoints(ckpt)]:
-            path.unlink(missing_ok=True)
-        return
-    _save_checkpoint(
-        ckpt,
-        {
-            "format": _CKPT_FORMAT,
-            "version": _CKPT_VERSION,
-            "kind": run.kind,
-            "fingerprint": run.fingerprint,
-            "step": step,
-            "seconds": elapsed,
-            "model": _state_copy(model),
-            "optimizer": None,
-            "scaler": None,
-            "history": history,
-            "best": None,
-            "best_step": None,
-            "finished": True,
-        },
-    )
-
-
-def _common_checks(
-    epochs: float,
-    batch_size: int,
-    lr: float,
-    weight_decay: float,
-    warmup: float,
-    grad_clip: Optional[float],
-    max_steps: Optional[int],
-    save_every: Optional[int],
-    micro_batch_size: Optional[int],
-    workers: int,
-    keep_checkpoints: int = 1,
-) -> None:
-    check_number("epochs", epochs, 0.0)
-    if not epochs > 0:
-        raise ValueError(f"epochs: expected a positive number, got {epochs}")
-    check_int("batch_size", batch_size, 1)
-    if (
-        isinstance(keep_checkpoints, bool)
-        or not isinstance(keep_checkpoints, int)
-        or keep_checkpoints < 0
-    ):
-        raise ValueError(
-            f"keep_checkpoints: expected an integer >= 0, got {keep_checkpoints!r}"
-        )
-    check_number("lr", lr, 0.0)
-    check_number("weight_decay", weight_decay, 0.0)
-    check_number("warmup", warmup, 0.0, 1.0)
-    if grad_clip is not None:
-        check_number("grad_clip", grad_clip, 0.0)
-    for name, value in (
-        ("max_steps", max_steps),
-        ("save_every", save_every),
-        ("micro_batch_size", micro_batch_size),
-    ):
-        if value is not None:
-            check_int(name, value, 1)
-    check_int("workers", workers, 0)
-
-
-def _make_run(kind: str, device: torch.device, fingerprint: Dict, **kw: Any) -> _Run:
-    ctx = kw.pop("ctx")
-    ctx = ctx if ctx is not None else DistContext(device=device)
-    check_amp(device, kw["amp"])
-    ckpt = kw.pop("checkpoint")
+def _make_run(
+    kind: str,
+    settings: _Settings,
+    fingerprint: Dict[str, Any],
+    device: torch.device,
+    ctx: Optional[DistContext],
+) -> _Run:
+    """The run of ``kind``: its precision checked for ``device``, one process
+    unless ``ctx`` says otherwise, its checkpoint files if it has a checkpoint."""
+    check_amp(device, settings.amp)
+    ckpt = settings.checkpoint
     return _Run(
         kind=kind,
+        settings=settings,
         device=device,
-        ctx=ctx,
-        checkpoint=Path(ckpt) if ckpt is not None else None,
-        fingerprint=fingerprint,
-        **kw,
+        ctx=ctx if ctx is not None else DistContext(device=device),
+        files=(
+            _checkpoints.StepCheckpoints(
+                Path(ckpt), kind, fingerprint, settings.keep_checkpoints
+            )
+            if ckpt is not None
+            else None
+        ),
     )
 
 
@@ -821,25 +759,14 @@ def train_surrogate(
         ...                          show_progress=True)
         >>> surrogate = result.model
     """
+    opts = _Settings.of(locals())
     adapter = ViTAdapter(classifier)
     adapter.require(CLASS_HEAD, "train_surrogate")
     if adapter.num_prefix_tokens < 1:
         raise ValueError(
             "classifier: ViT Shapley needs a model with at least one prefix token"
         )
-    _common_checks(
-        epochs,
-        batch_size,
-        lr,
-        weight_decay,
-        warmup,
-        grad_clip,
-        max_steps,
-        save_every,
-        micro_batch_size,
-        workers,
-        keep_checkpoints,
-    )
+    opts.check()
     check_int("subsets_per_image", subsets_per_image, 1)
     check_int("forward_batch_size", forward_batch_size, 1)
     TokenMask(adapter, mode=mode)  # validates mode
@@ -890,47 +817,16 @@ def train_surrogate(
             for idx, cm in masked_chunks(rows, mode, forward_batch_size)
         ]
 
-    run = _make_run(
-        "surrogate",
-        device,
-        _fingerprint(
-            n=len(source),
-            n_val=len(val_source) if val_source is not None else 0,
-            epochs=epochs,
-            batch_size=batch_size,
-            subsets_per_image=k,
-            lr=lr,
-            weight_decay=weight_decay,
-            warmup=warmup,
-            grad_clip=grad_clip,
-            mode=mode,
-            sampler=repr(sampler),
-            seed=seed,
-            max_steps=max_steps,
-            save_every=save_every,
-            amp=amp,
-            num_patches=d,
-            **(settings or {}),
-        ),
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        warmup=warmup,
-        grad_clip=grad_clip,
-        seed=seed,
-        checkpoint=checkpoint,
-        resume=resume,
-        keep_checkpoints=keep_checkpoints,
-        select_best=select_best,
-        max_steps=max_steps,
-        save_every=save_every,
-        micro_batch_size=micro_batch_size,
-        amp=amp,
-        workers=workers,
-        show_progress=show_progress,
-        ctx=ctx,
+    fingerprint = opts.fingerprint(
+        settings,
+        n=len(source),
+        n_val=len(val_source) if val_source is not None else 0,
+        subsets_per_image=k,
+        mode=mode,
+        sampler=repr(sampler),
+        num_patches=d,
     )
+    run = _make_run("surrogate", opts, fingerprint, device, ctx)
     val_keep: Optional[Tensor] = None
     if val_source is not None:
         gen = step_generator(seed, -1, 5)
@@ -1066,24 +962,13 @@ def train_explainer(
         >>> result = train_explainer(explainer, surrogate, train_images, val_images)
         >>> phi = result.model.shapley_values(images)      # (B, N, C)
     """
+    opts = _Settings.of(locals())
     if not isinstance(explainer, ShapleyExplainer):
         raise TypeError(
             f"explainer: expected a ShapleyExplainer, got {type(explainer)}"
         )
     explainer.check_surrogate(surrogate)
-    _common_checks(
-        epochs,
-        batch_size,
-        lr,
-        weight_decay,
-        warmup,
-        grad_clip,
-        max_steps,
-        save_every,
-        micro_batch_size,
-        workers,
-        keep_checkpoints,
-    )
+    opts.check()
     check_int("num_subsets", num_subsets, 2 if paired else 1)
     if paired and num_subsets % 2:
         raise ValueError(f"num_subsets: must be even when paired, got {num_subsets}")
@@ -1125,48 +1010,17 @@ def train_explainer(
 
         return [piece]
 
-    run = _make_run(
-        "explainer",
-        device,
-        _fingerprint(
-            n=len(source),
-            n_val=len(val_source) if val_source is not None else 0,
-            epochs=epochs,
-            batch_size=batch_size,
-            num_subsets=k,
-            paired=paired,
-            lr=lr,
-            weight_decay=weight_decay,
-            warmup=warmup,
-            grad_clip=grad_clip,
-            seed=seed,
-            max_steps=max_steps,
-            save_every=save_every,
-            amp=amp,
-            num_patches=d,
-            num_classes=explainer.num_classes,
-            shared_blocks=explainer.shared_blocks,
-            **(settings or {}),
-        ),
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        warmup=warmup,
-        grad_clip=grad_clip,
-        seed=seed,
-        checkpoint=checkpoint,
-        resume=resume,
-        keep_checkpoints=keep_checkpoints,
-        select_best=select_best,
-        max_steps=max_steps,
-        save_every=save_every,
-        micro_batch_size=micro_batch_size,
-        amp=amp,
-        workers=workers,
-        show_progress=show_progress,
-        ctx=ctx,
+    fingerprint = opts.fingerprint(
+        settings,
+        n=len(source),
+        n_val=len(val_source) if val_source is not None else 0,
+        num_subsets=k,
+        paired=paired,
+        num_patches=d,
+        num_classes=explainer.num_classes,
+        shared_blocks=explainer.shared_blocks,
     )
+    run = _make_run("explainer", opts, fingerprint, device, ctx)
     val_keep: Optional[Tensor] = None
     if val_source is not None:
         gen = step_generator(seed, -1, 5)
