@@ -9,11 +9,16 @@ in ``conftest.py``.
 
 from __future__ import annotations
 
-from typing import Dict, List
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 import timm
 import torch
 import torch.nn as nn
+from PIL import Image
 
 _TINY = dict(pretrained=False, depth=2, embed_dim=32, num_heads=2, num_classes=5)
 
@@ -178,14 +183,12 @@ def model_state(model: nn.Module) -> List[tuple]:
     return state
 
 
-def write_scene_folder(root, n: int = 4, classes=("right", "left"), seed: int = 21):
+def write_scene_folder(
+    root, n: int = 4, classes=("right", "left"), seed: int = 21, stem: str = "scene"
+):
     """An ImageFolder of ``n`` embedded scenes saved as PNGs (class folders taken in
-    turn) and its boxes rows ``[key, x0, y0, x1, y1]`` (the main item's box)."""
-    from pathlib import Path
-
-    import numpy as np
-    from PIL import Image
-
+    turn) and its boxes rows ``[key, x0, y0, x1, y1]`` (the main item's box); the
+    files are named ``{stem}{i}.png``."""
     from captum_vit import zoo
 
     root = Path(root)
@@ -194,11 +197,131 @@ def write_scene_folder(root, n: int = 4, classes=("right", "left"), seed: int = 
     for i in range(n):
         cls = classes[i % len(classes)]
         (root / cls).mkdir(parents=True, exist_ok=True)
-        key = f"{cls}/scene{i}.png"
+        key = f"{cls}/{stem}{i}.png"
         img = (sc.images[i].transpose(1, 2, 0) * 255).round().astype(np.uint8)
         Image.fromarray(img).save(root / key)
         rows.append([key, *sc.boxes[i, 0].tolist()])
     return rows
+
+
+def images(
+    family: str, b: int = 2, seed: int = 1, size: Optional[int] = None
+) -> torch.Tensor:
+    """A seeded batch of ``b`` random images of the family's size (or ``size``)."""
+    s = size or image_size(family)
+    return torch.randn(b, 3, s, s, generator=torch.Generator().manual_seed(seed))
+
+
+def same_state(a: List[tuple], b: List[tuple]) -> bool:
+    """Whether two :func:`model_state` snapshots agree."""
+    return a == b
+
+
+def write_scene_pngs(folder: Path, n: int = 10, seed: int = 3, size: int = 40) -> Path:
+    """``n`` embedded scenes of ``size`` px saved as ``folder/img{i}.png`` (no labels).
+
+    Args:
+        folder: The folder to create and fill.
+        n: How many images.
+        seed: The scenes' seed.
+        size: Their side in pixels.
+
+    Returns:
+        ``folder``.
+    """
+    from captum_vit import zoo
+
+    sc = zoo.make_scenes(n, split="test", seed=seed, image_size=size)
+    folder.mkdir()
+    for i in range(n):
+        img = (sc.images[i].transpose(1, 2, 0) * 255).round().astype(np.uint8)
+        Image.fromarray(img).save(folder / f"img{i}.png")
+    return folder
+
+
+#: A tiny classifier in the zoo's format: 32 px, patch 8, one block, 10 classes.
+ZOO_CONFIG = dict(
+    image_size=32,
+    patch_size=8,
+    embed_dim=32,
+    depth=1,
+    num_heads=2,
+    mlp_ratio=2.0,
+    num_classes=10,
+)
+
+
+def save_zoo_classifier(path: Path, seed: int = 0, image_size: int = 32) -> Path:
+    """Save a random-weight :data:`ZOO_CONFIG` classifier (``--model default
+    --checkpoint`` reads it) drawn after ``torch.manual_seed(seed)``.
+
+    Args:
+        path: Where to save it.
+        seed: The seed its weights are drawn with.
+        image_size: Its input size in pixels.
+
+    Returns:
+        ``path``.
+    """
+    from captum_vit import zoo
+
+    torch.manual_seed(seed)
+    cfg = dict(ZOO_CONFIG, image_size=image_size)
+    torch.save({"config": cfg, "state_dict": zoo.build_model(cfg).state_dict()}, path)
+    return path
+
+
+# ------------------------------------------------------------------ the CLI
+#: ``evaluate`` options that make a run fast (few curve steps and samples, no ROAD).
+FAST_EVALUATE = [
+    "--curve-steps",
+    "2",
+    "--faith-samples",
+    "4",
+    "--sensitivity-sizes",
+    "2",
+    "--sensitivity-samples",
+    "4",
+    "--road",
+    "off",
+    "--workers",
+    "0",
+    "--quiet",
+]
+
+
+def cli(capsys, *args) -> Tuple[int, str, str]:
+    """Run ``captum-vit`` in this process (arguments turned into strings).
+
+    Args:
+        capsys: pytest's capsys fixture of the calling test.
+        *args: The command line after ``captum-vit``.
+
+    Returns:
+        The exit status, stdout and stderr.
+    """
+    from captum_vit.cli import main
+
+    rc = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the installed ``captum-vit`` console script in a subprocess.
+
+    Args:
+        *args: The command line after ``captum-vit``.
+        timeout: Seconds before the run counts as hung.
+
+    Returns:
+        The finished process, its output captured as text.
+    """
+    exe = shutil.which("captum-vit")
+    assert exe is not None, "the captum-vit console script is not installed"
+    return subprocess.run(
+        [exe, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 # ------------------------------------------------------------------ timm oracles

@@ -9,15 +9,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from helpers import FAMILIES, image_size, make_model, map_pool_by_hand, model_state
+from helpers import FAMILIES, images, make_model, map_pool_by_hand, model_state
 
 from captum_vit import RISE, RawAttention, ViTGradCAM, patch_scores
 from captum_vit.attr._rise import rise_grids, rise_masks
-
-
-def images(family: str, b: int = 2, seed: int = 1) -> torch.Tensor:
-    s = image_size(family)
-    return torch.randn(b, 3, s, s, generator=torch.Generator().manual_seed(seed))
 
 
 def readout(

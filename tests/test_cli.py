@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import cli, run_cli
 
 from captum_vit import zoo
-
-
-def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    exe = shutil.which("captum-vit")
-    assert exe is not None, "the captum-vit console script is not installed"
-    return subprocess.run(
-        [exe, *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
 
 
 def test_explain_default_writes_grid_and_prints_model_predictions(tmp_path: Path):
@@ -93,15 +85,6 @@ def test_module_entry_point(tmp_path: Path):
 
 
 # ------------------------------------------------------------ flags, in process
-def cli(capsys, *args: str):
-    """Run the command in this process: (exit status, stdout, stderr)."""
-    from captum_vit.cli import main
-
-    rc = main(list(args))
-    out = capsys.readouterr()
-    return rc, out.out, out.err
-
-
 BAD_FLAGS = [
     (["--n", "0"], "--n: expected a positive integer, got 0"),
     (["--n", "-2"], "--n: expected a positive integer, got -2"),

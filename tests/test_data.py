@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from helpers import write_scene_folder
 from PIL import Image
 
 from captum_vit import zoo
@@ -248,16 +249,7 @@ def test_boxes_to_mask_uses_pixel_centres_like_pointing_game():
 
 # ------------------------------------------------------------------ sources
 def _write_scenes(root: Path, n: int = 4, classes=("b_cls", "a_cls")) -> list:
-    sc = zoo.make_scenes(n, split="test", seed=7)
-    rows = []
-    for i in range(n):
-        cls = classes[i % len(classes)]
-        (root / cls).mkdir(parents=True, exist_ok=True)
-        key = f"{cls}/s{i}.png"
-        img = (sc.images[i].transpose(1, 2, 0) * 255).round().astype(np.uint8)
-        Image.fromarray(img).save(root / key)
-        rows.append([key, *sc.boxes[i, 0].tolist()])
-    return rows
+    return write_scene_folder(root, n, classes, seed=7, stem="s")
 
 
 def test_image_folder_labels_boxes_and_class_map(tmp_path: Path):

@@ -5,11 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import FAST_EVALUATE, cli, run_cli
 
 from captum_vit.evaluate import METRICS, EvalConfig, mean_ci, run_evaluation
 from captum_vit.methods import method_names
@@ -36,17 +35,10 @@ SMALL = [
 OPT_IN = ("road_morf", "road_lerf", "randomization_spearman", "randomization_ssim")
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    exe = shutil.which("captum-vit")
-    assert exe is not None, "the captum-vit console script is not installed"
-    return subprocess.run(
-        [exe, *args], capture_output=True, text=True, timeout=1200, check=False
-    )
-
-
 def test_evaluate_n20_every_method_and_metric(tmp_path: Path):
     out = tmp_path / "eval"
-    res = run_cli("evaluate", "--n", "20", "--chunk", "20", *SMALL, "--out", str(out))
+    args = ["evaluate", "--n", "20", "--chunk", "20", *SMALL, "--out", str(out)]
+    res = run_cli(*args, timeout=1200)
     assert res.returncode == 0, res.stderr[-2000:]
     with (out / "results.csv").open() as fh:
         rows = list(csv.DictReader(fh))
@@ -182,31 +174,6 @@ def test_black_removal_means_black_pixels():
 
 
 # ------------------------------------------------------------- user folders
-def cli(capsys, *args):
-    from captum_vit.cli import main
-
-    rc = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return rc, out.out, out.err
-
-
-FAST = [
-    "--curve-steps",
-    "2",
-    "--faith-samples",
-    "4",
-    "--sensitivity-sizes",
-    "2",
-    "--sensitivity-samples",
-    "4",
-    "--road",
-    "off",
-    "--workers",
-    "0",
-    "--quiet",
-]
-
-
 def test_evaluate_folder_skips_a_corrupt_image_and_reports_it(tmp_path, capsys):
     from helpers import write_scene_folder
 
@@ -226,7 +193,7 @@ def test_evaluate_folder_skips_a_corrupt_image_and_reports_it(tmp_path, capsys):
         "--methods",
         "rollout",
         "random",
-        *FAST,
+        *FAST_EVALUATE,
         "--out",
         out,
     )
@@ -282,7 +249,7 @@ def test_evaluate_folder_bad_input_one_line(tmp_path, capsys, setup, args, messa
         "--methods",
         "random",
         *args,
-        *FAST,
+        *FAST_EVALUATE,
         "--out",
         tmp_path / "out",
     )
@@ -291,7 +258,7 @@ def test_evaluate_folder_bad_input_one_line(tmp_path, capsys, setup, args, messa
 
 
 def test_evaluate_resume_with_other_settings_is_one_line(tmp_path, capsys):
-    base = ["evaluate", "--n", "2", "--methods", "random", *FAST]
+    base = ["evaluate", "--n", "2", "--methods", "random", *FAST_EVALUATE]
     assert cli(capsys, *base, "--out", tmp_path)[0] == 0
     rc, _, err = cli(capsys, *base, "--removal", "blur", "--out", tmp_path)
     assert rc == 2 and err.count("\n") == 1
@@ -318,7 +285,7 @@ def test_records_of_another_default_model_are_not_resumed(
     if not path.is_file():
         pytest.skip(f"{path.name} not shipped")
     out = tmp_path / "run"
-    base = ["evaluate", "--n", "2", "--methods", "random", *FAST, "--out", out]
+    base = ["evaluate", "--n", "2", "--methods", "random", *FAST_EVALUATE, "--out", out]
     assert cli(capsys, *base)[0] == 0
     payload = torch.load(path, weights_only=True)
     state = dict(payload["state_dict"])
@@ -337,7 +304,16 @@ def test_records_of_another_default_model_are_not_resumed(
 def test_amp_bf16_runs_perturbation_methods_and_metrics_on_cpu(tmp_path, capsys):
     """bf16 autocast is a precision change, not another method: the table stays
     close to the float32 one (the differences are measured by benchmarks/scale.py)."""
-    base = ["evaluate", "--n", "2", "--methods", "tis", "--tis-masks", "8", *FAST]
+    base = [
+        "evaluate",
+        "--n",
+        "2",
+        "--methods",
+        "tis",
+        "--tis-masks",
+        "8",
+        *FAST_EVALUATE,
+    ]
     assert cli(capsys, *base, "--out", tmp_path / "f32")[0] == 0
     rc, _, err = cli(capsys, *base, "--amp", "bf16", "--out", tmp_path / "bf16")
     assert rc == 0, err

@@ -9,16 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from captum_vit.cli import main
 from captum_vit.explain import read_maps
 from captum_vit.models import load_model
-from helpers import write_scene_folder
-
-
-def cli(capsys, *args):
-    rc = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return rc, out.out, out.err
+from helpers import cli, write_scene_folder
 
 
 def _manifest(out: Path):

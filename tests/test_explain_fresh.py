@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import captum_vit.cli as cli_module
-from captum_vit.cli import build_parser, main
+from captum_vit.cli import build_parser
 from captum_vit.explain import (
     constant_map_warnings,
     display_names,
@@ -23,13 +23,7 @@ from captum_vit.explain import (
     read_maps,
 )
 from captum_vit.methods import METHODS, method_names, resolve_methods
-from helpers import write_scene_folder
-
-
-def cli(capsys, *args):
-    rc = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return rc, out.out, out.err
+from helpers import cli, write_scene_folder
 
 
 def _manifest(out: Path) -> List[dict]:

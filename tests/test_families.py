@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn as nn
 from captum.attr import IntegratedGradients
-from helpers import make_model, model_state, reduced_forward
+from helpers import OTHER_FAMILIES, make_model, model_state, reduced_forward
 
 from captum_vit import (
     RISE,
@@ -39,14 +39,8 @@ from captum_vit.metrics import (
     road,
 )
 
-TOKEN_OTHERS = (
-    "torchvision",
-    "hf_vit",
-    "hf_deit",
-    "hf_deit_teacher",
-    "hf_dinov2",
-    "hf_dinov2_reg",
-)
+#: The other libraries' families that run as a token sequence (all but Swin).
+TOKEN_OTHERS = tuple(f for f in OTHER_FAMILIES if f != "swin")
 PREFIX = {
     "torchvision": 1,
     "hf_vit": 1,

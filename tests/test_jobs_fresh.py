@@ -12,12 +12,11 @@ import subprocess
 from pathlib import Path
 from typing import Dict, List
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers import FAST_EVALUATE, cli, save_zoo_classifier, write_scene_pngs
 
-from captum_vit import __version__, zoo
+from captum_vit import __version__
 from captum_vit._jobs import RecordStore
 from captum_vit._utils import progress_bar
 from captum_vit.cli import build_parser, main
@@ -28,28 +27,6 @@ from captum_vit.evaluate import (
     protocol_settings,
     run_evaluation,
 )
-
-FAST = [
-    "--curve-steps",
-    "2",
-    "--faith-samples",
-    "4",
-    "--sensitivity-sizes",
-    "2",
-    "--sensitivity-samples",
-    "4",
-    "--road",
-    "off",
-    "--workers",
-    "0",
-    "--quiet",
-]
-
-
-def cli(capsys, *args):
-    rc = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 def _table(path: Path) -> Dict[str, Dict[str, str]]:
@@ -145,7 +122,16 @@ def test_ctrl_c_in_evaluate_is_one_line_and_the_rerun_resumes(
 ):
     import captum_vit.evaluate._job as evaluate  # where the job runs
 
-    args = ["evaluate", "--n", "4", "--chunk", "2", "--methods", "rollout", *FAST]
+    args = [
+        "evaluate",
+        "--n",
+        "4",
+        "--chunk",
+        "2",
+        "--methods",
+        "rollout",
+        *FAST_EVALUATE,
+    ]
     assert cli(capsys, *args, "--out", tmp_path / "straight")[0] == 0
     _interrupt_second_explain(monkeypatch, evaluate)
     out = tmp_path / "stopped"
@@ -168,7 +154,7 @@ def test_ctrl_c_in_explain_data_is_one_line_and_the_rerun_resumes(
     capsys, monkeypatch, tmp_path
 ):
     import captum_vit.explain as explain
-    from conftest import write_scene_folder
+    from helpers import write_scene_folder
 
     write_scene_folder(tmp_path / "data", n=4)
     args = ["explain", "--data", tmp_path / "data", "--method", "rollout"]
@@ -310,24 +296,10 @@ def train_files(tmp_path_factory) -> Dict[str, Path]:
     """A tiny random-weight classifier in the zoo's format (32 px, patch 8, one
     block) and 10 scene images as PNG files (8 for training, 2 held out)."""
     d = tmp_path_factory.mktemp("keep")
-    sc = zoo.make_scenes(10, split="test", seed=3, image_size=40)
-    (d / "images").mkdir()
-    for i in range(10):
-        img = (sc.images[i].transpose(1, 2, 0) * 255).round().astype(np.uint8)
-        Image.fromarray(img).save(d / "images" / f"img{i}.png")
-    cfg = dict(
-        image_size=32,
-        patch_size=8,
-        embed_dim=32,
-        depth=1,
-        num_heads=2,
-        mlp_ratio=2.0,
-        num_classes=10,
-    )
-    torch.manual_seed(0)
-    state = zoo.build_model(cfg).state_dict()
-    torch.save({"config": cfg, "state_dict": state}, d / "tiny.pt")
-    return {"images": d / "images", "model": d / "tiny.pt"}
+    return {
+        "images": write_scene_pngs(d / "images"),
+        "model": save_zoo_classifier(d / "tiny.pt"),
+    }
 
 
 def _surrogate_args(files: Dict[str, Path], out: Path, *extra: str) -> List[str]:

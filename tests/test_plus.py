@@ -27,7 +27,7 @@ from captum.attr import (
     ShapleyValues,
     ShapleyValueSampling,
 )
-from helpers import image_size, make_model, map_pool_by_hand, model_state, timm_tokens
+from helpers import images, make_model, map_pool_by_hand, model_state, timm_tokens
 
 from captum_vit import AttentionRollout, GenAtt, patch_scores
 from captum_vit.attr._plus import (
@@ -93,11 +93,6 @@ def direct_plus(
         )
         total = total + reduce(attr.detach())[:, p:]
     return total
-
-
-def images(family: str, b: int = 2, seed: int = 1, size: Optional[int] = None):
-    s = size or image_size(family)
-    return torch.randn(b, 3, s, s, generator=torch.Generator().manual_seed(seed))
 
 
 def grid_of(attr: torch.Tensor, model: nn.Module) -> torch.Tensor:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import List
-
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from helpers import FAMILIES, image_size, make_model, model_state, reduced_forward
+from helpers import (
+    FAMILIES,
+    images,
+    make_model,
+    model_state,
+    reduced_forward,
+    same_state,
+)
 
 from captum_vit.attr._tis import (
     TransformerInputSampling,
@@ -17,15 +22,6 @@ from captum_vit.attr._tis import (
     kmeans,
     token_saliency,
 )
-
-
-def images(family: str, b: int = 2, seed: int = 1) -> torch.Tensor:
-    s = image_size(family)
-    return torch.randn(b, 3, s, s, generator=torch.Generator().manual_seed(seed))
-
-
-def same_state(a: List[tuple], b: List[tuple]) -> bool:
-    return a == b
 
 
 def physically_reduced_prob(model: nn.Module, image, kept, t: int) -> float:

@@ -14,10 +14,9 @@ import shutil
 from pathlib import Path
 from typing import Dict, List
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers import ZOO_CONFIG, cli, save_zoo_classifier, write_scene_pngs
 
 from captum_vit import zoo
 from captum_vit.cli import main
@@ -29,15 +28,6 @@ from captum_vit.shapley import (
 )
 from captum_vit.shapley import _checkpoints
 
-CONFIG = dict(
-    image_size=32,
-    patch_size=8,
-    embed_dim=32,
-    depth=1,
-    num_heads=2,
-    mlp_ratio=2.0,
-    num_classes=10,
-)
 SMALL = [
     "--batch-size",
     "4",
@@ -47,35 +37,17 @@ SMALL = [
 ]
 
 
-def _classifier(path: Path, seed: int, image_size: int = 32) -> Path:
-    torch.manual_seed(seed)
-    cfg = dict(CONFIG, image_size=image_size)
-    torch.save({"config": cfg, "state_dict": zoo.build_model(cfg).state_dict()}, path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> Dict[str, Path]:
     d = tmp_path_factory.mktemp("train_shapley")
-    sc = zoo.make_scenes(10, split="test", seed=3, image_size=40)
-    (d / "images").mkdir()
-    for i in range(10):
-        img = (sc.images[i].transpose(1, 2, 0) * 255).round().astype(np.uint8)
-        Image.fromarray(img).save(d / "images" / f"img{i}.png")
     (d / "empty" / "sub").mkdir(parents=True)
     return {
         "dir": d,
-        "images": d / "images",
-        "model": _classifier(d / "tiny.pt", 0),
-        "other": _classifier(d / "other.pt", 1),
-        "small": _classifier(d / "small.pt", 0, image_size=16),
+        "images": write_scene_pngs(d / "images"),
+        "model": save_zoo_classifier(d / "tiny.pt", 0),
+        "other": save_zoo_classifier(d / "other.pt", 1),
+        "small": save_zoo_classifier(d / "small.pt", 0, image_size=16),
     }
-
-
-def cli(capsys, *args: str):
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def _train_args(files, out: Path, *extra: str) -> List[str]:
@@ -290,7 +262,7 @@ def test_bad_input_one_line_each(run, files, capsys, tmp_path):
     grid = tmp_path / "grid"
     grid.mkdir()
     shutil.copy(run / "surrogate.pt", grid / "surrogate.pt")
-    small = zoo.build_model(dict(CONFIG, image_size=16))
+    small = zoo.build_model(dict(ZOO_CONFIG, image_size=16))
     save_explainer(ShapleyExplainer.from_surrogate(small), grid / "explainer.pt")
     rc, _, err = cli(
         capsys,

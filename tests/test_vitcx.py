@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from typing import List
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.ndimage import gaussian_filter
 from scipy.spatial.distance import pdist
 
-from helpers import FAMILIES, image_size, make_model, model_state
+from helpers import FAMILIES, images, make_model, model_state, same_state
 
 from captum_vit.attr._vitcx import (
     ViTCX,
@@ -26,15 +25,6 @@ from captum_vit.attr._vitcx import (
     feature_masks,
     merge_clusters,
 )
-
-
-def images(family: str, b: int = 2, seed: int = 1) -> torch.Tensor:
-    s = image_size(family)
-    return torch.randn(b, 3, s, s, generator=torch.Generator().manual_seed(seed))
-
-
-def same_state(a: List[tuple], b: List[tuple]) -> bool:
-    return a == b
 
 
 # ------------------------------------------------------------------ oracles
