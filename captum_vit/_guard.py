@@ -24,6 +24,11 @@
   error. Inputs are never cast silently: PyTorch and Captum do not cast either, and a
   float64 batch explained by a float32 model would return float32-precision maps
   (in float64) without a word.
+- :func:`autocast` and :func:`check_amp`: the ``--amp`` precision (bf16, fp16) the
+  jobs and the ViT Shapley trainers run forward passes in, refused with one line
+  where the device cannot run it.
+- :class:`Interrupted`: Ctrl-C during a long run (a dataset job, a trainer), with the
+  one line saying what was kept and how to resume.
 """
 
 from __future__ import annotations
@@ -284,3 +289,32 @@ def check_dtype(images: Tensor, model: nn.Module, name: str = "inputs") -> None:
         f"{name}: {_dtype_name(images.dtype)} images for a {_dtype_name(want)} model; "
         f"call {call} on them (or convert the model, or run it under torch.autocast)"
     )
+
+
+# ------------------------------------------------------------------- precision
+@contextmanager
+def autocast(device: torch.device, amp: Optional[str]) -> Iterator[None]:
+    """``torch.autocast`` for ``amp`` in ``{"bf16", "fp16"}``; nothing for None."""
+    if amp is None:
+        yield
+        return
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield
+
+
+def check_amp(device: torch.device, amp: Optional[str]) -> None:
+    """Raise ValueError (naming ``--amp``) for a precision the device cannot run."""
+    if amp not in (None, "bf16", "fp16"):
+        raise ValueError(f"--amp: expected bf16 or fp16, got {amp!r}")
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError(
+            "--amp fp16 needs a CUDA device (CPU autocast runs bf16): use --amp bf16 "
+            "or --device cuda"
+        )
+
+
+# ------------------------------------------------------------------ long runs
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a job; ``str(exc)`` is the one line the command prints (what
+    was kept, and how to resume)."""

@@ -19,10 +19,12 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 
+from ._guard import Interrupted, autocast, check_amp  # noqa: F401  (the jobs' names)
+from ._loader import make_loader
 from ._settings import settings_diff
 from ._utils import progress_bar
 from .distributed import DistContext, shard
@@ -31,11 +33,6 @@ from .vit.adapter import logits_of
 
 class SettingsMismatch(ValueError):
     """Records in the output folder were made with other settings."""
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during a job; ``str(exc)`` is the one line the command prints (what
-    was kept, and how to resume)."""
 
 
 def image_seed(seed: int, key: str) -> int:
@@ -197,28 +194,6 @@ def plan(
     return shard(pending, ctx.rank, ctx.world_size), reused, total
 
 
-@contextlib.contextmanager
-def autocast(device: torch.device, amp: Optional[str]) -> Iterator[None]:
-    """``torch.autocast`` for ``amp`` in ``{"bf16", "fp16"}``; nothing for None."""
-    if amp is None:
-        yield
-        return
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-    with torch.autocast(device_type=device.type, dtype=dtype):
-        yield
-
-
-def check_amp(device: torch.device, amp: Optional[str]) -> None:
-    """Raise ValueError (naming ``--amp``) for a precision the device cannot run."""
-    if amp not in (None, "bf16", "fp16"):
-        raise ValueError(f"--amp: expected bf16 or fp16, got {amp!r}")
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError(
-            "--amp fp16 needs a CUDA device (CPU autocast runs bf16): use --amp bf16 "
-            "or --device cuda"
-        )
-
-
 def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work (for honest timings)."""
     if device.type == "cuda":
@@ -336,8 +311,6 @@ def run_chunks(
         Interrupted: on Ctrl-C, saying how many of the data's images are done
             (every method recorded) and that the same command resumes.
     """
-    from .data import make_loader
-
     loader = make_loader(
         dataset, [w[1] for w in work], workers, pin_memory=ctx.device.type == "cuda"
     )

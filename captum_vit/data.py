@@ -16,7 +16,8 @@ Every command that works on many images (``captum-vit evaluate``, ``captum-vit e
   optional boxes (CSV ``file,x0,y0,x1,y1``, several rows per file) or masks (a folder of
   PNGs with the images' stems); :class:`SceneDataset` serves the embedded
   Fashion-MNIST scenes the same way;
-- :func:`make_loader` feeds fixed batches of indices (the resumable chunks) through a
+- :func:`make_loader` (from :mod:`captum_vit._loader`, shared with the ViT Shapley
+  trainers) feeds fixed batches of indices (the resumable chunks) through a
   ``torch.utils.data.DataLoader`` with workers and pinned memory.
 
 An unreadable or corrupt image never stops a run: its item comes back with
@@ -48,6 +49,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 from torch import Tensor
+
+from ._loader import collate_items, make_loader  # noqa: F401  (loading, re-exported)
 
 #: File suffixes read as images (case-insensitive).
 IMAGE_EXTENSIONS = (
@@ -1038,56 +1041,3 @@ def _digest(text: str) -> str:
     import hashlib
 
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-# --------------------------------------------------------------------------- loading
-def collate_items(items: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """Stack a list of items into a batch: tensors and numbers stacked, strings as
-    lists."""
-    out: Dict[str, Any] = {}
-    for k in items[0]:
-        vals = [it[k] for it in items]
-        if isinstance(vals[0], Tensor):
-            out[k] = torch.stack(vals)
-        elif isinstance(vals[0], bool):
-            out[k] = torch.tensor(vals, dtype=torch.bool)
-        elif isinstance(vals[0], int):
-            out[k] = torch.tensor(vals, dtype=torch.long)
-        else:
-            out[k] = vals
-    return out
-
-
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)  # workers decode; the main process computes
-
-
-def make_loader(
-    dataset: torch.utils.data.Dataset,
-    batches: Union[Sequence[Sequence[int]], torch.utils.data.Sampler],
-    workers: int = 0,
-    pin_memory: bool = False,
-) -> torch.utils.data.DataLoader:
-    """A DataLoader yielding exactly the given batches of indices, in order.
-
-    Args:
-        dataset: An :class:`ItemDataset`.
-        batches: Lists of dataset indices (e.g. this rank's chunks), or a
-            ``torch.utils.data.Sampler`` yielding them (long or lazily made runs).
-        workers: Worker processes decoding images (0: in the calling process).
-        pin_memory: Pin batches for fast host-to-GPU copies.
-
-    Returns:
-        A ``torch.utils.data.DataLoader`` of collated batches (:func:`collate_items`).
-    """
-    if not isinstance(batches, torch.utils.data.Sampler):
-        batches = [list(b) for b in batches]
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_sampler=batches,
-        num_workers=int(workers),
-        pin_memory=bool(pin_memory),
-        collate_fn=collate_items,
-        worker_init_fn=_worker_init if workers else None,
-        persistent_workers=False,
-    )

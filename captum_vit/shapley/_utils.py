@@ -202,7 +202,7 @@ def read_micro_batches(
     """Read micro-batches of ``(index, seed, tag)`` requests, in order.
 
     A tensor source is indexed directly; a dataset goes through
-    :func:`captum_vit.data.make_loader` (a DataLoader with ``workers`` processes and
+    :func:`captum_vit._loader.make_loader` (a DataLoader with ``workers`` processes and
     pinned memory on GPUs), every item read under its own seed.
 
     Args:
@@ -219,7 +219,7 @@ def read_micro_batches(
             ok = torch.ones(len(reqs), dtype=torch.bool, device=device)
             yield Micro(x, ok, [int(r[2]) for r in reqs])
         return
-    from ..data import make_loader
+    from .._loader import make_loader
 
     loader = make_loader(
         _SeededItems(source.data),

@@ -53,8 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .. import _jobs
-from .._jobs import autocast, check_amp
+from .._guard import Interrupted, autocast, check_amp
 from .._utils import check_int, check_number, progress_bar
 from ..distributed import DistContext, shard
 from ..vit import CLASS_HEAD, TokenMask, ViTAdapter
@@ -616,7 +615,7 @@ def _train(
     except KeyboardInterrupt:
         bar.close()
         ckpt = files.path if files is not None else None
-        raise _jobs.Interrupted(
+        raise Interrupted(
             _interrupted_line(run.kind, step, total, ckpt, kept["step"], save_every)
         ) from None
     bar.close()
