@@ -37,8 +37,7 @@ from captum.log import log_usage
 from torch import Tensor
 
 from ..vit import CLASS_HEAD, TOKENS, ViTAdapter, record_attention, tokens_to_pixels
-from ..vit.adapter import resolve_layer_indices
-from ..vit.families import SUPPORTED_FAMILIES
+from ..vit.adapter import SUPPORTED_FAMILIES, resolve_layer_indices
 from ._genatt import GenAtt
 from ._rollout import AttentionRollout, discard_lowest, fuse_heads
 from ._utils import (

@@ -2,7 +2,9 @@
 
 ``ViTAdapter(model)`` picks the adapter of the model's family
 (:mod:`captum_vit.vit.families`); methods ask it for geometry, forward parts, masking
-and attention, and check its capabilities.
+and attention, and check its capabilities. The family adapters register themselves
+(:func:`~captum_vit.vit.adapter.register_family`) when this package imports
+:mod:`~captum_vit.vit.families`; :mod:`~captum_vit.vit.adapter` never imports them.
 """
 
 from .adapter import (
@@ -19,7 +21,7 @@ from .adapter import (
     logits_of,
 )
 from .attention import AttentionRecorder, record_attention
-from .families import FAMILIES, SUPPORTED_FAMILIES
+from .families import FAMILIES, SUPPORTED_FAMILIES  # registers the family adapters
 from .masking import TokenMask
 from .patches import patch_scores, tokens_to_pixels
 

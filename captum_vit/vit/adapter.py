@@ -4,7 +4,10 @@
 (one small class per file in :mod:`captum_vit.vit.families`). Every adapter is an
 instance of :class:`ViTAdapter`; methods and metrics only use the members defined
 here, so they never learn a family's internals, and adding a family means adding one
-file (and its tests).
+file (and its tests). A family file registers its class with :func:`register_family`
+(as timm's ``register_model`` does), so this module never imports the families:
+:mod:`captum_vit.vit` imports them, and they fill the registry :func:`family_of`
+reads.
 
 Each adapter declares its *capabilities* (:data:`CAPABILITIES`). A method that needs
 one the family lacks calls :meth:`ViTAdapter.require`, which raises a ``TypeError``
@@ -34,6 +37,8 @@ from typing import (
     Sequence,
     Set,
     Tuple,
+    Type,
+    TypeVar,
     Union,
 )
 
@@ -236,8 +241,6 @@ class ViTAdapter:
         if cls is ViTAdapter:
             target = model.model if isinstance(model, ViTAdapter) else model
             target = unwrap_compiled(target)  # torch.compile(model) -> model
-            from .families import family_of
-
             cls = family_of(target)
         return super().__new__(cls)
 
@@ -261,8 +264,6 @@ class ViTAdapter:
         """Raise a ``TypeError`` for layouts of the family that are not served."""
 
     def _unsupported(self, what: str) -> TypeError:
-        from .families import SUPPORTED_FAMILIES
-
         return TypeError(
             f"model: {what} is not supported; supported: {SUPPORTED_FAMILIES}"
         )
@@ -1071,9 +1072,78 @@ def is_supported_vit(model: Any) -> bool:
     return True
 
 
-def __getattr__(name: str) -> Any:  # SUPPORTED_FAMILIES lives with the families
-    if name == "SUPPORTED_FAMILIES":
-        from .families import SUPPORTED_FAMILIES
+# ------------------------------------------------------------------ families
+SUPPORTED_FAMILIES = (
+    "timm VisionTransformer (CLS, register tokens, avg/max pooling, attention "
+    "pooling global_pool='map'), VisionTransformerDistilled (DeiT distilled), Eva "
+    "(EVA-02), Beit and SwinTransformer; torchvision VisionTransformer (vit_b_16, "
+    "...); Hugging Face ViTForImageClassification, DeiTForImageClassification"
+    "(WithTeacher), Dinov2ForImageClassification and "
+    "Dinov2WithRegistersForImageClassification"
+)
 
-        return SUPPORTED_FAMILIES
-    raise AttributeError(name)
+_A = TypeVar("_A", bound=ViTAdapter)
+
+#: ``(priority, adapter class)`` of every registered family (see
+#: :func:`register_family`), filled as :mod:`captum_vit.vit.families` is imported.
+_REGISTRY: List[Tuple[int, Type[ViTAdapter]]] = []
+
+
+def register_family(priority: int) -> Callable[[Type[_A]], Type[_A]]:
+    """Class decorator: make ``ViTAdapter(model)`` try this family adapter.
+
+    Families are tried in increasing ``priority`` (more specific model classes
+    first: Eva and BEiT before the generic timm ``VisionTransformer``). A class
+    registered again (a reloaded module) replaces its earlier entry.
+
+    Args:
+        priority: Matching order of the family; ties keep registration order.
+
+    Returns:
+        The decorator, which returns the class unchanged.
+
+    Examples::
+
+        >>> @register_family(priority=70)
+        ... class MyAdapter(ViTAdapter):
+        ...     @classmethod
+        ...     def matches(cls, model):
+        ...         return isinstance(model, MyViT)
+    """
+
+    def register(cls: Type[_A]) -> Type[_A]:
+        key = (cls.__module__, cls.__qualname__)
+        _REGISTRY[:] = [
+            (p, c) for p, c in _REGISTRY if (c.__module__, c.__qualname__) != key
+        ]
+        _REGISTRY.append((int(priority), cls))
+        _REGISTRY.sort(key=lambda entry: entry[0])  # stable: ties keep their order
+        return cls
+
+    return register
+
+
+def registered_families() -> List[Type[ViTAdapter]]:
+    """The registered family adapters, in matching order."""
+    return [cls for _, cls in _REGISTRY]
+
+
+def family_of(model: Any) -> Type[ViTAdapter]:
+    """The adapter class serving ``model``.
+
+    Args:
+        model: The (unwrapped) model.
+
+    Returns:
+        The first registered family adapter whose ``matches(model)`` holds.
+
+    Raises:
+        TypeError: naming the supported families when none matches.
+    """
+    for fam in registered_families():
+        if fam.matches(model):
+            return fam
+    raise TypeError(
+        f"model: expected a supported Vision Transformer ({SUPPORTED_FAMILIES}); "
+        f"got {type(model).__name__}"
+    )

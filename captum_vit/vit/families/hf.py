@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..adapter import MaskState, ViTAdapter, set_attribute
+from ..adapter import MaskState, ViTAdapter, register_family, set_attribute
 
 #: Served class names -> head kind.
 _CLASSES: Dict[str, str] = {
@@ -55,6 +55,7 @@ def _configs(model: nn.Module) -> List[Any]:
     return list(seen.values())
 
 
+@register_family(priority=60)
 class HFViTAdapter(ViTAdapter):
     """Hugging Face ViT / DeiT / DINOv2 image classifiers."""
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..adapter import MaskState, set_attribute
+from ..adapter import MaskState, register_family, set_attribute
 from ._timm import TimmTokenAdapter
 
 
@@ -38,6 +38,7 @@ def _gather_bias(bias: Tensor, token_index: Tensor) -> Tensor:
     )  # (heads, B, K, K) → (B, heads, K, K)
 
 
+@register_family(priority=20)
 class BeitAdapter(TimmTokenAdapter):
     """timm ``Beit``."""
 

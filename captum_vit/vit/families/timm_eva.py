@@ -14,12 +14,13 @@ from typing import Any, List, Optional, Tuple
 import torch.nn as nn
 from torch import Tensor
 
-from ..adapter import MaskState
+from ..adapter import MaskState, register_family
 from ._timm import TimmTokenAdapter
 
 _POOLS = ("token", "avg", "max", "avgmax")
 
 
+@register_family(priority=10)
 class EvaAdapter(TimmTokenAdapter):
     """timm ``Eva``."""
 

@@ -27,14 +27,16 @@ from torch import Tensor
 from ..adapter import (
     ATTENTION_MASK,
     RECORDED_ATTENTION,
-    TOKEN_DROP,
     TOKENS,
+    TOKEN_DROP,
+    register_family,
 )
 from ._timm import TimmAdapter
 
 _WHY = "does not allow: its shifted windows need the full patch grid"
 
 
+@register_family(priority=40)
 class SwinAdapter(TimmAdapter):
     """timm ``SwinTransformer``."""
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, List, Optional, Tuple
 import torch.nn as nn
 from torch import Tensor
 
-from ..adapter import LRP_RULES, MaskState
+from ..adapter import LRP_RULES, MaskState, register_family
 from ._timm import TimmTokenAdapter
 
 _POOLS = ("token", "avg", "max", "avgmax")
@@ -33,6 +33,7 @@ def _timm_classes():
     return VisionTransformer
 
 
+@register_family(priority=30)
 class TimmViTAdapter(TimmTokenAdapter):
     """timm ``VisionTransformer`` and ``VisionTransformerDistilled``."""
 

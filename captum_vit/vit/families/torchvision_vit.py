@@ -25,9 +25,10 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..adapter import MaskState, ViTAdapter
+from ..adapter import MaskState, ViTAdapter, register_family
 
 
+@register_family(priority=50)
 class TorchvisionViTAdapter(ViTAdapter):
     """torchvision ``VisionTransformer``."""
 
