@@ -183,7 +183,7 @@ def evaluate_dropped_tokens(
     Raises:
         ImportError: ``captum_vit.TokenMask`` is not available.
     """
-    from captum_vit import TokenMask
+    from ..vit import TokenMask
 
     model.eval()
     masker = TokenMask(model, mode="drop")
