@@ -16,6 +16,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(params=list(FAMILIES))
 def family(request) -> str:
+    """Each timm family of ``helpers.FAMILIES`` in turn."""
     return request.param
 
 
