@@ -76,7 +76,7 @@ class CheckError(ValueError):
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    from captum_vit.methods import METHODS
+    from captum_vit.methods import DEFAULT_OPTIONS, METHODS
 
     p = argparse.ArgumentParser(
         prog="gpu_check.py",
@@ -89,9 +89,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument(
         "--methods", nargs="+", default=["all"], help=f"of {', '.join(METHODS)}"
     )
-    p.add_argument("--tis-masks", type=int, default=1024)
-    p.add_argument("--rise-masks", type=int, default=4000)
-    p.add_argument("--ig-steps", type=int, default=20)
+    p.add_argument("--tis-masks", type=int, default=DEFAULT_OPTIONS.tis_masks)
+    p.add_argument("--rise-masks", type=int, default=DEFAULT_OPTIONS.rise_masks)
+    p.add_argument("--ig-steps", type=int, default=DEFAULT_OPTIONS.n_steps)
     p.add_argument(
         "--min-r", type=float, default=0.99, help="least Pearson r per method"
     )
@@ -350,18 +350,22 @@ def check_methods(
 ) -> List[Dict[str, Any]]:
     """Every method's maps on the CPU and on ``device`` for the same scenes."""
     from captum_vit import zoo
-    from captum_vit.methods import MethodUnavailable, resolve_methods
+    from captum_vit.methods import (
+        MethodOptions,
+        MethodUnavailable,
+        TrainedParts,
+        resolve_methods,
+    )
 
     methods = resolve_methods(args.methods)
     inputs, scenes = zoo.load_default_scenes(n=args.n, seed=args.seed)
     target = torch.as_tensor(scenes.labels).long()
     seeds = [args.seed * 100_003 + i for i in range(args.n)]
-    options = dict(
-        tis_masks=args.tis_masks,
-        rise_masks=args.rise_masks,
-        n_steps=args.ig_steps,
-        show_progress=False,
+    options = MethodOptions(
+        tis_masks=args.tis_masks, rise_masks=args.rise_masks, n_steps=args.ig_steps
     )
+    cpu_parts = TrainedParts.from_mapping(cpu_loaded.extras)
+    dev_parts = TrainedParts.from_mapping(dev_loaded.extras)
     x_dev, t_dev = inputs.to(device), target.to(device)
     with torch.no_grad():  # load CUDA's kernels before anything is timed
         dev_loaded.model(x_dev[:1])
@@ -369,8 +373,8 @@ def check_methods(
     for method in methods:
         row: Dict[str, Any] = {"method": method.name}
         try:
-            cpu_fn = method.build(cpu_loaded.model, dict(cpu_loaded.extras, **options))
-            dev_fn = method.build(dev_loaded.model, dict(dev_loaded.extras, **options))
+            cpu_fn = method.explainer(cpu_loaded.model, options, cpu_parts)
+            dev_fn = method.explainer(dev_loaded.model, options, dev_parts)
         except MethodUnavailable as exc:
             row.update(ok=True, skipped=" ".join(str(exc).split()))
             rows.append(row)
@@ -516,7 +520,7 @@ def smoke_train_shapley(
 ) -> List[Dict[str, Any]]:
     """``captum-vit train-shapley`` on ``device``, two steps per stage, and the
     trained explainer loaded back and run there."""
-    from captum_vit.methods import METHODS
+    from captum_vit.methods import METHODS, TrainedParts
     from captum_vit.models import load_model
     from captum_vit.train_shapley import attach_shapley
 
@@ -544,7 +548,9 @@ def smoke_train_shapley(
             ok = ok and bool(values) and all(math.isfinite(v) for v in values)
             loaded = load_model("default", device=device)
             attach_shapley(loaded, out)
-            explain = METHODS["vit-shapley"].build(loaded.model, loaded.extras)
+            explain = METHODS["vit-shapley"].explainer(
+                loaded.model, trained=TrainedParts.from_mapping(loaded.extras)
+            )
             from captum_vit import zoo
 
             x, scenes = zoo.load_default_scenes(n=2, seed=0)

@@ -34,6 +34,7 @@ import torch.nn as nn
 
 from captum_vit.attr._tis import TransformerInputSampling
 from captum_vit.attr._vitcx import ViTCX
+from captum_vit.methods import DEFAULT_OPTIONS
 from captum_vit.vit import TokenMask, ViTAdapter
 
 
@@ -154,7 +155,7 @@ def report(
         flush=True,
     )
     for n in tis_masks:
-        setting = "default" if n == 1024 else "REDUCED"
+        setting = "default" if n == DEFAULT_OPTIONS.tis_masks else "REDUCED"
         t, m, floor, t_m = bench_tis(model, x, n, ppe, min_total)
         print(
             f"| TIS | {setting} (n_masks={n}, ratio 0.5) | {m} | {t:.2f} | "
@@ -184,7 +185,9 @@ def embedded(weights: Optional[str]) -> Optional[Tuple[nn.Module, torch.Tensor]]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="vit_base_patch16_224")
-    ap.add_argument("--tis-masks", type=int, nargs="+", default=[1024])
+    ap.add_argument(
+        "--tis-masks", type=int, nargs="+", default=[DEFAULT_OPTIONS.tis_masks]
+    )
     ap.add_argument("--ppe", type=int, default=64, help="perturbations_per_eval")
     ap.add_argument(
         "--min-total",

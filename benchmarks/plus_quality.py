@@ -28,6 +28,7 @@ from captum.attr import InputXGradient, IntegratedGradients
 
 from captum_vit import GenAtt
 from captum_vit.attr._plus import PLUSWrapper, SkipPLUSWrapper
+from captum_vit.methods import DEFAULT_OPTIONS
 
 
 def mean_sem(v: torch.Tensor) -> Tuple[float, float]:
@@ -40,7 +41,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200, help="number of scenes")
     ap.add_argument("--batch", type=int, default=25)
-    ap.add_argument("--n-steps", type=int, default=20, help="IG steps")
+    ap.add_argument(
+        "--n-steps", type=int, default=DEFAULT_OPTIONS.n_steps, help="IG steps"
+    )
     ap.add_argument("--seed", type=int, default=0, help="scene seed")
     ap.add_argument("--weights", default=None, help="weights file (default: shipped)")
     ap.add_argument("--threads", type=int, default=2)

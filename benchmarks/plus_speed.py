@@ -34,6 +34,7 @@ import torch.nn as nn
 from captum.attr import InputXGradient, IntegratedGradients
 
 from captum_vit.attr._plus import PLUSWrapper, SkipPLUSWrapper, skipplus_layers
+from captum_vit.methods import DEFAULT_OPTIONS
 
 
 def interleaved_medians(
@@ -146,7 +147,7 @@ def bench_model(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--n-steps", type=int, default=20)
+    ap.add_argument("--n-steps", type=int, default=DEFAULT_OPTIONS.n_steps)
     ap.add_argument("--internal-batch-size", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)

@@ -58,7 +58,13 @@ from torch import Tensor
 
 from captum_vit import TokenMask
 from captum_vit.attr import TransformerInputSampling, ViTCX
-from captum_vit.methods import METHODS, default_model_extras
+from captum_vit.methods import (
+    DEFAULT_OPTIONS,
+    METHODS,
+    MethodOptions,
+    TrainedParts,
+    default_model_extras,
+)
 from captum_vit.shapley import ShapleyExplainer
 from captum_vit.vit import ViTAdapter
 
@@ -155,7 +161,7 @@ def floor_of(
     name: str,
     model: nn.Module,
     x: Tensor,
-    opts: Dict[str, Any],
+    opts: MethodOptions,
 ) -> Tuple[Optional[Callable[[], None]], str]:
     """The bare model evaluations ``name`` needs for batch ``x``, and a label."""
     b = x.shape[0]
@@ -169,10 +175,10 @@ def floor_of(
     if base in ("genatt", "ixg", "gradcam", "transformer-attribution"):
         return forward_backward(model, x, b, b), "1 fwd+bwd"
     if base == "rise":
-        masks = opts["rise_masks"]
+        masks = opts.rise_masks
         return forwards(model, x, b * masks, 64), f"{masks} fwd"
     if base == "ig":
-        steps = opts["n_steps"]
+        steps = opts.n_steps
         return forward_backward(model, x, b * steps, 64), f"{steps} fwd+bwd"
     if base == "leave-one-out":
         return forwards(model, x, b * (n_patches + 1), 64 * b), f"{n_patches + 1} fwd"
@@ -185,7 +191,7 @@ def floor_of(
         # k-means gives min(n_masks, non-constant channels) masks per image
         acts = TransformerInputSampling(model).activations(x)  # (B, N, L·D)
         per_image = [
-            min(opts["tis_masks"], int((a.amax(0) > a.amin(0)).sum())) for a in acts
+            min(opts.tis_masks, int((a.amax(0) > a.amin(0)).sum())) for a in acts
         ]
         kept = int(0.5 * n_patches)
         drop = kept_token_forwards(model, x, sum(per_image), kept, 64)
@@ -196,25 +202,22 @@ def floor_of(
 
 
 # ------------------------------------------------------------------- models
-def vit_base(size: int, device: torch.device) -> Tuple[nn.Module, Dict[str, Any]]:
+def vit_base(size: int, device: torch.device) -> Tuple[nn.Module, TrainedParts]:
     model = timm.create_model(
         "vit_base_patch16_224", pretrained=False, img_size=size, num_classes=1000
     )
     model = model.to(device).eval()
     torch.manual_seed(0)
     explainer = ShapleyExplainer.from_surrogate(model).to(device).eval()
-    return model, {"shapley_explainer": explainer, "shapley_surrogate": model}
+    return model, TrainedParts(shapley_explainer=explainer, shapley_surrogate=model)
 
 
-def embedded(device: torch.device) -> Tuple[nn.Module, Dict[str, Any]]:
+def embedded(device: torch.device) -> Tuple[nn.Module, TrainedParts]:
     from captum_vit.zoo import load_default_model
 
     model = load_default_model(device)
-    extras = default_model_extras()
-    for key in ("shapley_explainer", "shapley_surrogate"):
-        if key in extras:
-            extras[key] = extras[key].to(device)
-    return model, extras
+    parts = {k: v.to(device) for k, v in default_model_extras().items()}
+    return model, TrainedParts.from_mapping(parts)
 
 
 def images(model: nn.Module, batch: int, device: torch.device) -> Tensor:
@@ -226,15 +229,15 @@ def images(model: nn.Module, batch: int, device: torch.device) -> Tensor:
 # -------------------------------------------------------------------- runs
 def run_one(
     model: nn.Module,
-    extras: Dict[str, Any],
+    trained: TrainedParts,
     name: str,
     x: Tensor,
-    opts: Dict[str, Any],
+    opts: MethodOptions,
     clock: Clock,
     repeats: int,
     with_floor: bool = True,
 ) -> Dict[str, Any]:
-    explain = METHODS[name].build(model, {**extras, **opts})
+    explain = METHODS[name].explainer(model, opts, trained)
     with torch.no_grad():
         target = model(x).argmax(dim=1)
     t = measure(clock, lambda: explain(x, target), repeats)
@@ -299,9 +302,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--base-batch-sizes", type=int, nargs="+", default=[1, 4])
     p.add_argument("--image-sizes", type=int, nargs="+", default=[160, 224, 288])
-    p.add_argument("--tis-masks", type=int, default=1024)
-    p.add_argument("--ig-steps", type=int, default=20)
-    p.add_argument("--rise-masks", type=int, default=4000)
+    p.add_argument("--tis-masks", type=int, default=DEFAULT_OPTIONS.tis_masks)
+    p.add_argument("--ig-steps", type=int, default=DEFAULT_OPTIONS.n_steps)
+    p.add_argument("--rise-masks", type=int, default=DEFAULT_OPTIONS.rise_masks)
     p.add_argument("--quick", action="store_true", help="small settings")
     p.add_argument(
         "--models",
@@ -318,11 +321,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         args.batch_sizes, args.base_batch_sizes = [1, 4], [1]
         args.image_sizes, args.repeats = [224], 2
     torch.set_num_threads(args.threads)
-    opts = {
-        "tis_masks": args.tis_masks,
-        "n_steps": args.ig_steps,
-        "rise_masks": args.rise_masks,
-    }
+    opts = MethodOptions(
+        tis_masks=args.tis_masks, n_steps=args.ig_steps, rise_masks=args.rise_masks
+    )
     devices = [torch.device("cpu")]
     if args.device == "auto":
         if torch.cuda.is_available():

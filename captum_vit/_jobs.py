@@ -200,34 +200,6 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build_methods(
-    methods: Sequence[Any],
-    loaded: Any,
-    options: Dict[str, Any],
-    announce: bool,
-    log: Optional[Callable[[str], None]] = None,
-) -> Dict[str, Callable[..., torch.Tensor]]:
-    """Build every method for a loaded model, ``{name: explain}``.
-
-    The builders read the model's trained parts (``loaded.extras``) and ``options``
-    (``tis_masks``, ``rise_masks``, ``n_steps``, ``show_progress``). A method the
-    model cannot serve (:class:`~captum_vit.methods.MethodUnavailable`) is left out
-    with one line ``"<name>: skipped (<why>)"`` to ``log`` (default ``print``) when
-    ``announce`` (rank 0).
-    """
-    from .methods import MethodUnavailable
-
-    extras = dict(loaded.extras, **options)
-    built: Dict[str, Callable[..., torch.Tensor]] = {}
-    for method in methods:
-        try:
-            built[method.name] = method.build(loaded.model, extras)
-        except MethodUnavailable as exc:
-            if announce:
-                (log or print)(f"{method.name}: skipped ({exc})")
-    return built
-
-
 def method_autocast(method: Any, device: torch.device, amp: Optional[str]):
     """``--amp`` autocast for a perturbation method's forward passes; gradient and
     attention methods run in full precision."""

@@ -26,10 +26,9 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import torch
-from torch import Tensor
 
 COMMANDS = ("explain", "evaluate", "train-shapley")
 
@@ -186,6 +185,8 @@ def package_version() -> str:
 
 
 def _add_common(p: argparse.ArgumentParser, default_out: str, batch: int) -> None:
+    from .methods import DEFAULT_OPTIONS as knobs
+
     p.add_argument(
         "--method",
         "--methods",
@@ -272,11 +273,18 @@ def _add_common(p: argparse.ArgumentParser, default_out: str, batch: int) -> Non
         default=None,
         help="autocast the forward passes of perturbation methods (and metrics)",
     )
-    g.add_argument("--tis-masks", type=_positive, default=1024, help="TIS n_masks")
     g.add_argument(
-        "--rise-masks", type=_positive, default=4000, help="RISE n_masks (paper: 4000)"
+        "--tis-masks", type=_positive, default=knobs.tis_masks, help="TIS n_masks"
     )
-    g.add_argument("--ig-steps", type=_positive, default=20, help="IG n_steps")
+    g.add_argument(
+        "--rise-masks",
+        type=_positive,
+        default=knobs.rise_masks,
+        help=f"RISE n_masks (paper: {knobs.rise_masks})",
+    )
+    g.add_argument(
+        "--ig-steps", type=_positive, default=knobs.n_steps, help="IG n_steps"
+    )
     g.add_argument(
         "--seed", type=_non_negative, default=1234, help="seed of per-image choices"
     )
@@ -753,6 +761,19 @@ def _dataset(args: argparse.Namespace, loaded: Any, default_n: int):
     return data.subset(args.n, args.seed) if args.n is not None else data
 
 
+def _method_options(args: argparse.Namespace) -> Any:
+    """The methods' knobs given on the command line (progress bars unless
+    --quiet)."""
+    from .methods import MethodOptions
+
+    return MethodOptions(
+        tis_masks=args.tis_masks,
+        rise_masks=args.rise_masks,
+        n_steps=args.ig_steps,
+        show_progress=not args.quiet,
+    )
+
+
 def _workers(args: argparse.Namespace, world: int) -> int:
     if args.workers is not None:
         return args.workers
@@ -762,29 +783,36 @@ def _workers(args: argparse.Namespace, world: int) -> int:
 # --------------------------------------------------------------------------- explain
 def _explain_preview_default(ex: argparse.ArgumentParser) -> None:
     """explain without --method runs the quick preview (every method but RISE)."""
-    from .methods import PREVIEW_SKIPPED
+    from .methods import DEFAULT_OPTIONS, PREVIEW_SKIPPED
 
     for action in ex._actions:
         if action.dest == "methods":
             action.default = None
             action.help = (
                 "method name(s), or 'all'; default: a quick preview, every method but "
-                f"{', '.join(PREVIEW_SKIPPED)} (4000 masks per image)"
+                f"{', '.join(PREVIEW_SKIPPED)} ({DEFAULT_OPTIONS.rise_masks} masks per "
+                "image)"
             )
 
 
 def _explain_methods(args: argparse.Namespace, announce: bool = True) -> List[Any]:
     """The methods explain runs: --method's, or the preview (said on screen when
     ``announce``)."""
-    from .methods import PREVIEW_SKIPPED, preview_methods, resolve_methods
+    from .methods import (
+        DEFAULT_OPTIONS,
+        PREVIEW_SKIPPED,
+        preview_methods,
+        resolve_methods,
+    )
 
     if args.methods is not None:
         return resolve_methods(args.methods)
     if announce:
         print(
-            f"preview: {', '.join(PREVIEW_SKIPPED)} skipped (4000 masks per image, ten "
-            "times any other method); --method rise runs it, --method all runs every "
-            "method with the paper's settings"
+            f"preview: {', '.join(PREVIEW_SKIPPED)} skipped "
+            f"({DEFAULT_OPTIONS.rise_masks} masks per image, ten times any other "
+            "method); --method rise runs it, --method all runs every method with the "
+            "paper's settings"
         )
     return preview_methods()
 
@@ -826,9 +854,7 @@ def _explain_folder(args: argparse.Namespace, ctx: Any) -> int:
         ctx=ctx,
         target=_explain_target(args),
         batch_size=args.batch_size,
-        tis_masks=args.tis_masks,
-        rise_masks=args.rise_masks,
-        n_steps=args.ig_steps,
+        options=_method_options(args),
         amp=args.amp,
         seed=args.seed,
         png=args.png,
@@ -853,102 +879,22 @@ def _explain_target(args: argparse.Namespace) -> Any:
 
 def _explain_few(args: argparse.Namespace, ctx: Any) -> int:
     """Explain given files or a few embedded scenes into one comparison grid."""
-    from ._jobs import check_amp, image_seed, note, timed_explain
-    from .data import DataError, SceneDataset, read_image
-    from .evaluate import format_seconds
-    from .explain import build_available, constant_map_warnings, model_ignores_input
-    from .vit import logits_of
-    from .viz import comparison_grid, image_title
+    from ._jobs import check_amp
+    from .explain import explain_few
 
     methods = _explain_methods(args)
     check_amp(ctx.device, args.amp)
-    loaded = _load(args, ctx.device)
-    options = dict(
-        tis_masks=args.tis_masks,
-        rise_masks=args.rise_masks,
-        n_steps=args.ig_steps,
-        show_progress=not args.quiet,
+    explain_few(
+        args.out,
+        methods,
+        model=_load(args, ctx.device),
+        images=args.images,
+        n=args.n,
+        target=_explain_target(args),
+        options=_method_options(args),
+        amp=args.amp,
+        seed=args.seed,
     )
-    built, unavailable = build_available(methods, loaded, options)
-    pre = loaded.preprocessing
-    size = loaded.input_size
-    if args.images:
-        xs, labels = [], []
-        for p in args.images:
-            try:
-                im = read_image(p)
-            except DataError as exc:
-                raise CLIError(str(exc)) from exc
-            if (im.height, im.width) != size:
-                print(
-                    f"note: {p} is {im.width}x{im.height}; resized to the model's "
-                    f"input {size[1]}x{size[0]}"
-                )
-            xs.append(pre(im).float())
-            labels.append(Path(p).name)
-        inputs = torch.stack(xs)
-    else:
-        default = loaded.source == "default" and size == (64, 64)
-        scenes = SceneDataset(args.n or 4, pre, seed=0, default_model=default)
-        if not default:
-            w, h = size[1], size[0]
-            print(f"note: embedded scenes resized to the model's input {w}x{h}")
-        items = [scenes[i] for i in range(len(scenes))]
-        inputs = torch.stack([it["image"] for it in items])
-        from .zoo import CLASS_NAMES
-
-        labels = [
-            f"scene {i} ({CLASS_NAMES[it['label']]})" for i, it in enumerate(items)
-        ]
-    inputs = inputs.to(ctx.device)
-    with torch.no_grad():
-        probs = logits_of(loaded.model(inputs)).softmax(-1)
-    pred = probs.argmax(-1)
-    names = loaded.class_names
-    if args.target == "pred":
-        target = pred
-    elif args.target == "label":
-        if args.images:
-            raise CLIError("--target label: image files have no labels; use --data")
-        target = torch.tensor([it["label"] for it in items], device=ctx.device)
-    else:
-        t = int(args.target)
-        if t >= len(names):
-            raise CLIError(f"--target: class {t} out of range [0, {len(names)})")
-        target = torch.full_like(pred, t)
-    for i, label in enumerate(labels):
-        top = probs[i].topk(min(3, probs.shape[1]))
-        tops = ", ".join(
-            f"{names[int(c)]} {float(p):.2f}" for p, c in zip(top.values, top.indices)
-        )
-        print(f"{label}: top: {tops}; explaining '{names[int(target[i])]}'")
-    maps: Dict[str, Tensor] = {}
-    signed: Dict[str, bool] = {}
-    seeds = [image_seed(args.seed, lab) for lab in labels]
-    for method in methods:
-        if method.name in unavailable:
-            print(f"{method.name}: skipped ({unavailable[method.name]})")
-            continue
-        explain = built[method.name]
-        attr, dt = timed_explain(explain, method, inputs, target, seeds, args.amp)
-        maps[method.name] = attr.detach().float().cpu()
-        signed[method.name] = method.signed
-        print(
-            f"{method.name}: {format_seconds(dt)} s "
-            f"({format_seconds(dt / len(inputs))} s/image)"
-        )
-    for line in constant_map_warnings(
-        {n: m.sum(1).numpy() for n, m in maps.items()},
-        labels,
-        lambda i: model_ignores_input(loaded.model, inputs[i]),
-    ):
-        note(line)
-    out = Path(args.out)
-    path = out / "explain_grid.png"
-    titles = [image_title(lab, names, int(target[i])) for i, lab in enumerate(labels)]
-    images01 = pre.denormalise(inputs.float().cpu())
-    comparison_grid(images01, maps, path=str(path), row_titles=titles, signed=signed)
-    print(f"wrote {path}")
     return 0
 
 

@@ -1,4 +1,8 @@
-"""Explain a whole folder of images with several methods, resumably, on many GPUs.
+"""Explain images with several methods: a few into one picture, or a whole folder,
+resumably, on many GPUs.
+
+:func:`explain_few` is what ``captum-vit explain`` runs on image files or a few
+embedded scenes: one comparison grid, ``OUT/explain_grid.png``.
 
 :func:`run_explain` is what ``captum-vit explain --data DIR --out OUT`` runs. For every
 image it saves the maps as arrays, ``OUT/maps/<relative path>.npz`` holding one
@@ -29,7 +33,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -52,7 +56,14 @@ from ._jobs import (
 from ._utils import check_count
 from .data import ItemDataset
 from .distributed import DistContext
-from .methods import Method, resolve_methods
+from .methods import (
+    DEFAULT_OPTIONS,
+    Method,
+    MethodOptions,
+    TrainedParts,
+    build_all,
+    resolve_methods,
+)
 
 #: Columns of ``manifest.csv``.
 MANIFEST_COLUMNS = ["file", "target", "method", "seconds", "status"]
@@ -79,16 +90,16 @@ def map_path(out: Path, key: str, suffix: str = ".npz", folder: str = "maps") ->
 
 
 def build_available(
-    methods: Sequence[Method], loaded: Any, options: Dict[str, Any]
+    methods: Sequence[Method], loaded: Any, options: MethodOptions = DEFAULT_OPTIONS
 ) -> Tuple[Dict[str, Callable[..., Tensor]], Dict[str, str]]:
-    """Build every method for a loaded model.
+    """Build every method for a loaded model (:func:`captum_vit.methods.build_all`),
+    refusing when none can run.
 
     Args:
         methods: The requested methods.
         loaded: A :class:`captum_vit.models.LoadedModel` (its ``extras`` hold
             trained parts such as ViT Shapley's explainer).
-        options: Builder options (``tis_masks``, ``rise_masks``, ``n_steps``,
-            ``show_progress``).
+        options: The methods' knobs.
 
     Returns:
         ``(built, unavailable)``: ``{name: explain}`` and ``{name: reason}`` of the
@@ -99,16 +110,8 @@ def build_available(
         MethodsUnavailable: no requested method can run; the text gives each
             method's reason.
     """
-    from .methods import MethodUnavailable
-
-    extras = dict(loaded.extras, **options)
-    built: Dict[str, Callable[..., Tensor]] = {}
-    unavailable: Dict[str, str] = {}
-    for method in methods:
-        try:
-            built[method.name] = method.build(loaded.model, extras)
-        except MethodUnavailable as exc:
-            unavailable[method.name] = " ".join(str(exc).split())
+    trained = TrainedParts.from_mapping(loaded.extras)
+    built, unavailable = build_all(methods, loaded.model, options, trained)
     if methods and not built:
         raise MethodsUnavailable(
             "--method: no requested method can run for this model: "
@@ -228,6 +231,133 @@ def _save_maps(path: Path, maps: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]
     return merged
 
 
+def explain_few(
+    out_dir: str,
+    methods: Sequence[Method],
+    *,
+    model: Any,
+    images: Sequence[str] = (),
+    n: Optional[int] = None,
+    target: Union[str, int] = "pred",
+    options: MethodOptions = DEFAULT_OPTIONS,
+    amp: Optional[str] = None,
+    seed: int = 1234,
+) -> Path:
+    """Explain image files, or a few embedded scenes, with each method into one
+    comparison grid, ``out_dir/explain_grid.png``; say on screen what it does.
+
+    Prints each image's top classes and the explained one, one line per method
+    (its seconds, or why it is skipped), and writes constant-map warnings to
+    stderr.
+
+    Args:
+        out_dir: Output folder (it must exist).
+        methods: The methods, in the grid's order.
+        model: A :class:`captum_vit.models.LoadedModel`.
+        images: Image files (resized to the model's input); none: the scenes.
+        n: Embedded scenes to explain without ``images`` (default 4).
+        target: ``"pred"`` (the predicted class), ``"label"`` (scenes only) or a
+            class index.
+        options: The methods' knobs.
+        amp: ``"bf16"``/``"fp16"``: autocast for perturbation methods' forwards.
+        seed: Base of the per-image seeds.
+
+    Returns:
+        The grid's path.
+
+    Raises:
+        MethodsUnavailable: no requested method can run for the model.
+        ValueError: ``target="label"`` with image files, a class out of range, an
+            unreadable file (:class:`captum_vit.data.DataError`).
+    """
+    import torch
+
+    from .data import SceneDataset, read_image
+    from .evaluate import format_seconds
+    from .vit import logits_of
+    from .viz import comparison_grid, image_title
+
+    device = model.device
+    check_amp(device, amp)
+    built, unavailable = build_available(methods, model, options)
+    pre = model.preprocessing
+    size = model.input_size
+    if images:
+        xs, labels = [], []
+        for p in images:
+            im = read_image(p)
+            if (im.height, im.width) != size:
+                print(
+                    f"note: {p} is {im.width}x{im.height}; resized to the model's "
+                    f"input {size[1]}x{size[0]}"
+                )
+            xs.append(pre(im).float())
+            labels.append(Path(p).name)
+        inputs = torch.stack(xs)
+    else:
+        default = model.source == "default" and size == (64, 64)
+        scenes = SceneDataset(n or 4, pre, seed=0, default_model=default)
+        if not default:
+            w, h = size[1], size[0]
+            print(f"note: embedded scenes resized to the model's input {w}x{h}")
+        items = [scenes[i] for i in range(len(scenes))]
+        inputs = torch.stack([it["image"] for it in items])
+        from .zoo import CLASS_NAMES
+
+        labels = [
+            f"scene {i} ({CLASS_NAMES[it['label']]})" for i, it in enumerate(items)
+        ]
+    inputs = inputs.to(device)
+    with torch.no_grad():
+        probs = logits_of(model.model(inputs)).softmax(-1)
+    pred = probs.argmax(-1)
+    names = model.class_names
+    if target == "pred":
+        t = pred
+    elif target == "label":
+        if images:
+            raise ValueError("--target label: image files have no labels; use --data")
+        t = torch.tensor([it["label"] for it in items], device=device)
+    else:
+        if int(target) >= len(names):
+            raise ValueError(
+                f"--target: class {int(target)} out of range [0, {len(names)})"
+            )
+        t = torch.full_like(pred, int(target))
+    for i, label in enumerate(labels):
+        top = probs[i].topk(min(3, probs.shape[1]))
+        tops = ", ".join(
+            f"{names[int(c)]} {float(p):.2f}" for p, c in zip(top.values, top.indices)
+        )
+        print(f"{label}: top: {tops}; explaining '{names[int(t[i])]}'")
+    maps: Dict[str, Tensor] = {}
+    signed: Dict[str, bool] = {}
+    seeds = [image_seed(seed, lab) for lab in labels]
+    for method in methods:
+        if method.name in unavailable:
+            print(f"{method.name}: skipped ({unavailable[method.name]})")
+            continue
+        attr, dt = timed_explain(built[method.name], method, inputs, t, seeds, amp)
+        maps[method.name] = attr.detach().float().cpu()
+        signed[method.name] = method.signed
+        print(
+            f"{method.name}: {format_seconds(dt)} s "
+            f"({format_seconds(dt / len(inputs))} s/image)"
+        )
+    for line in constant_map_warnings(
+        {name: m.sum(1).numpy() for name, m in maps.items()},
+        labels,
+        lambda i: model_ignores_input(model.model, inputs[i]),
+    ):
+        note(line)
+    path = Path(out_dir) / "explain_grid.png"
+    titles = [image_title(lab, names, int(t[i])) for i, lab in enumerate(labels)]
+    images01 = pre.denormalise(inputs.float().cpu())
+    comparison_grid(images01, maps, path=str(path), row_titles=titles, signed=signed)
+    print(f"wrote {path}")
+    return path
+
+
 def run_explain(
     out_dir: str,
     methods: Optional[List[str]] = None,
@@ -237,9 +367,7 @@ def run_explain(
     ctx: Optional[DistContext] = None,
     target: Union[str, int] = "pred",
     batch_size: int = 8,
-    tis_masks: int = 1024,
-    rise_masks: int = 4000,
-    n_steps: int = 20,
+    options: MethodOptions = DEFAULT_OPTIONS,
     amp: Optional[str] = None,
     seed: int = 1234,
     png: bool = False,
@@ -258,9 +386,8 @@ def run_explain(
         ctx: The process's :class:`captum_vit.distributed.DistContext`.
         target: ``"pred"`` (the predicted class), ``"label"`` or a class index.
         batch_size: Images per batch and per record (the unit of resuming).
-        tis_masks: TIS ``n_masks``.
-        rise_masks: RISE ``n_masks``.
-        n_steps: Integrated Gradients steps.
+        options: The methods' knobs (TIS and RISE masks, IG steps, ...; their
+            progress bars stay off).
         amp: ``"bf16"``/``"fp16"``: autocast for perturbation methods' forwards.
         seed: Base of the per-image seeds.
         png: Also draw one PNG per image.
@@ -295,8 +422,7 @@ def run_explain(
     check_amp(device, amp)
     chosen: List[Method] = resolve_methods(methods)
     check_count("batch_size", batch_size)
-    check_count("tis_masks", tis_masks)
-    check_count("rise_masks", rise_masks)
+    options = replace(options, show_progress=False)  # one bar, over the images
     check_job(dataset, model.num_classes, target, ctx.world_size)
     out = writable_dir(out_dir)
     settings = {
@@ -305,16 +431,14 @@ def run_explain(
         "data": dataset.describe(),
         "target": target,
         "batch_size": batch_size,
-        "tis_masks": tis_masks,
-        "rise_masks": rise_masks,
-        "n_steps": n_steps,
+        "tis_masks": options.tis_masks,
+        "rise_masks": options.rise_masks,
+        "n_steps": options.n_steps,
         "amp": amp,
         "seed": seed,
         "output_names": OUTPUT_NAMES,
+        **_other_knobs(options),
     }
-    options = dict(
-        tis_masks=tis_masks, rise_masks=rise_masks, n_steps=n_steps, show_progress=False
-    )
     try:
         built, unavailable = build_available(chosen, model, options)
     except MethodsUnavailable as exc:
@@ -351,6 +475,18 @@ def run_explain(
     return write_manifest(
         out, [m.name for m in chosen], settings, unavailable, dataset.keys()
     )
+
+
+def _other_knobs(options: MethodOptions) -> Dict[str, Any]:
+    """The knobs beyond TIS and RISE masks and IG steps that change the maps, as
+    recorded: only those off their defaults, so the settings of a default run are
+    those of earlier versions (and their folders resume)."""
+    out: Dict[str, Any] = {}
+    for name in ("vitcx_fill", "rise_fill", "input_mean", "input_std"):
+        value = getattr(options, name)
+        if value != getattr(DEFAULT_OPTIONS, name):
+            out[name] = value if isinstance(value, str) else [float(v) for v in value]
+    return out
 
 
 def _check_output_names(store: RecordStore) -> None:

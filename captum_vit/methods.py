@@ -5,14 +5,15 @@ Each entry builds, for a model, a function ``explain(inputs, target, seeds=None)
 attributions`` with Captum's shapes. ``seeds`` (one int per image) seeds the random
 choices of methods that make them per image, so an image's map never depends on the
 batch or the process it was computed in; seeded methods that are already per-image
-reproducible (TIS, ViT-CX, RISE: the same seed for every image) ignore it. Methods that
-need extra trained parts (ViT Shapley's explainer) raise :class:`MethodUnavailable`
-when those parts are not there.
+reproducible (TIS, ViT-CX, RISE: the same seed for every image) ignore it.
 
-Builders read options from ``extras``: ``tis_masks``, ``rise_masks``, ``n_steps``,
-``vitcx_fill``, ``rise_fill``, ``input_mean``/``input_std``, ``show_progress`` (tqdm
-bars inside the methods that have them; False unless the caller asks, as in Captum),
-and the trained parts (``shapley_explainer``, ``shapley_surrogate``).
+Every method knob lives in one place, :class:`MethodOptions`, with the papers'
+defaults (TIS 1024 masks, RISE 4000, Integrated Gradients 20 steps, ...); the command
+line's flags, :mod:`captum_vit.explain`, :mod:`captum_vit.evaluate` and the benchmarks
+read their defaults from it. Trained parts are apart from the knobs, in
+:class:`TrainedParts` (ViT Shapley's explainer and surrogate): methods that need them
+(``needs_trained``) raise :class:`MethodUnavailable` when they are not there.
+:func:`build_all` builds a list of methods and says which ones the model cannot serve.
 
 Every built function runs under the same guard (:func:`_guarded`), whatever the method:
 the inputs are validated (floating point, finite, at least one image, the model's
@@ -26,11 +27,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from torch import Tensor
+
+from ._utils import check_count
 
 #: ``explain(inputs, target, seeds=None) -> attributions``.
 Explain = Callable[..., Tensor]
@@ -41,11 +44,99 @@ class MethodUnavailable(RuntimeError):
 
 
 @dataclass(frozen=True)
+class MethodOptions:
+    """Every knob of the registered methods, with its default (the papers').
+
+    Attributes:
+        tis_masks: TIS ``n_masks`` (Englebert et al. 2023: 1024).
+        rise_masks: RISE ``n_masks`` (Petsiuk et al. 2018: 4000).
+        n_steps: Integrated Gradients steps (IG and SkipPLUS(IG)).
+        vitcx_fill: ViT-CX's fill of the masked pixels (``baselines``; the
+            measured default, see :class:`captum_vit.attr.ViTCX`).
+        rise_fill: RISE's fill of the masked pixels (``baselines``).
+        input_mean: The model's input normalisation, for the ``"black"`` fills of
+            ViT-CX and RISE (None: their own default).
+        input_std: See ``input_mean``.
+        seed: Seed of the random baseline's stream when it is called without
+            per-image seeds.
+        show_progress: tqdm bars inside the methods that have them (False unless
+            the caller asks, as in Captum).
+
+    Raises:
+        ValueError: a count below 1 (naming the option).
+    """
+
+    tis_masks: int = 1024
+    rise_masks: int = 4000
+    n_steps: int = 20
+    vitcx_fill: str = "mean"
+    rise_fill: str = "zero"
+    input_mean: Optional[Sequence[float]] = None
+    input_std: Optional[Sequence[float]] = None
+    seed: int = 0
+    show_progress: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("tis_masks", "rise_masks", "n_steps"):
+            check_count(name, getattr(self, name))
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "MethodOptions":
+        """The knobs of a string-keyed mapping (the builders' former ``extras``
+        dict); trained parts (:data:`TRAINED_KEYS`) are left for
+        :meth:`TrainedParts.from_mapping`.
+
+        Raises:
+            TypeError: keys that are neither knobs nor trained parts.
+        """
+        knobs = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(knobs) - set(TRAINED_KEYS))
+        if unknown:
+            raise TypeError(
+                f"unknown method option(s) {unknown}; known: {', '.join(knobs)} "
+                f"(trained parts: {', '.join(TRAINED_KEYS)})"
+            )
+        return cls(**{k: v for k, v in values.items() if k in knobs})
+
+
+#: The paper defaults, in one place (``DEFAULT_OPTIONS.tis_masks`` is 1024, ...).
+DEFAULT_OPTIONS = MethodOptions()
+
+#: Names of the trained parts in a loaded model's ``extras``.
+TRAINED_KEYS = ("shapley_explainer", "shapley_surrogate")
+
+
+@dataclass(frozen=True)
+class TrainedParts:
+    """Trained models some methods need, apart from the knobs.
+
+    Attributes:
+        shapley_explainer: ViT Shapley's amortised explainer for the model.
+        shapley_surrogate: The classifier fine-tuned to missing patches (ViT
+            Shapley's surrogate; also an evaluator of the removal metrics).
+    """
+
+    shapley_explainer: Optional[nn.Module] = None
+    shapley_surrogate: Optional[nn.Module] = None
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "TrainedParts":
+        """The trained parts of a string-keyed mapping (a
+        :class:`captum_vit.models.LoadedModel`'s ``extras``); other keys are
+        ignored."""
+        return cls(**{k: values[k] for k in TRAINED_KEYS if k in values})
+
+
+@dataclass(frozen=True)
 class Method:
     """A named method: how to build it and how to read its maps."""
 
     name: str
-    build: Callable[[nn.Module, Dict[str, Any]], Explain]
+    #: ``build(model, options)`` (and ``trained`` for ``needs_trained``
+    #: methods) -> ``explain``. The registered methods' ``build`` also accepts
+    #: ``build(model)`` (the defaults) and, as before, one string-keyed mapping
+    #: of knobs and trained parts, ``build(model, loaded.extras)``.
+    build: Callable[..., Explain]
     signed: bool
     description: str
     options: Dict[str, Any] = field(default_factory=dict)
@@ -54,94 +145,137 @@ class Method:
     #: Whether the method evaluates the model on perturbed inputs (its forward
     #: passes run under ``--amp`` autocast).
     perturbation: bool = False
+    #: Reads trained parts (:class:`TrainedParts`): ``build(model, options,
+    #: trained)``.
+    needs_trained: bool = False
+
+    def explainer(
+        self,
+        model: nn.Module,
+        options: MethodOptions = DEFAULT_OPTIONS,
+        trained: Optional[TrainedParts] = None,
+    ) -> Explain:
+        """``explain`` for ``model`` with the knobs ``options``; ``trained`` goes
+        only to methods that read trained parts.
+
+        Raises:
+            MethodUnavailable: the method needs trained parts that are not there.
+        """
+        if self.needs_trained:
+            return self.build(model, options, trained or TrainedParts())
+        return self.build(model, options)
 
 
-def _progress(extras: Dict[str, Any]) -> bool:
-    return bool(extras.get("show_progress", False))
+def build_all(
+    methods: Sequence[Method],
+    model: nn.Module,
+    options: MethodOptions = DEFAULT_OPTIONS,
+    trained: Optional[TrainedParts] = None,
+) -> Tuple[Dict[str, Explain], Dict[str, str]]:
+    """Build every method for ``model`` (the one build-and-skip path of explain,
+    evaluate and the command line).
+
+    Args:
+        methods: The methods, in order.
+        model: The classifier.
+        options: The knobs.
+        trained: The model's trained parts (ViT Shapley's pair), if any.
+
+    Returns:
+        ``(built, unavailable)``: ``{name: explain}``, and ``{name: reason}`` (one
+        line) of the methods the model cannot serve (:class:`MethodUnavailable`).
+    """
+    built: Dict[str, Explain] = {}
+    unavailable: Dict[str, str] = {}
+    for method in methods:
+        try:
+            built[method.name] = method.explainer(model, options, trained)
+        except MethodUnavailable as exc:
+            unavailable[method.name] = " ".join(str(exc).split())
+    return built, unavailable
 
 
-def _rollout(model: nn.Module, extras: Dict[str, Any]) -> Explain:
+def _rollout(model: nn.Module, options: MethodOptions) -> Explain:
     from .attr import AttentionRollout
 
     m = AttentionRollout(model)
     return lambda x, t, seeds=None: m.attribute(x, target=t)  # target validated only
 
 
-def _genatt(model: nn.Module, extras: Dict[str, Any]) -> Explain:
+def _genatt(model: nn.Module, options: MethodOptions) -> Explain:
     from .attr import GenAtt
 
     m = GenAtt(model)
     return lambda x, t, seeds=None: m.attribute(x, target=t)
 
 
-def _normalization(extras: Dict[str, Any]) -> Dict[str, Any]:
-    """The model's input normalisation from ``extras`` (for the "black" fill)."""
-    return dict(input_mean=extras.get("input_mean"), input_std=extras.get("input_std"))
+def _normalization(options: MethodOptions) -> Dict[str, Any]:
+    """The model's input normalisation from ``options`` (for the "black" fill)."""
+    return dict(input_mean=options.input_mean, input_std=options.input_std)
 
 
-def _vitcx(model: nn.Module, extras: Dict[str, Any]) -> Explain:
+def _vitcx(model: nn.Module, options: MethodOptions) -> Explain:
     from .attr import ViTCX
 
-    m = ViTCX(model, **_normalization(extras))
-    fill = extras.get("vitcx_fill", "mean")  # the measured default, see ViTCX
-    sp = _progress(extras)
+    m = ViTCX(model, **_normalization(options))
+    fill = options.vitcx_fill
+    sp = options.show_progress
     return lambda x, t, seeds=None: m.attribute(
         x, target=t, seed=0, baselines=fill, show_progress=sp
     )
 
 
-def _tis(model: nn.Module, extras: Dict[str, Any]) -> Explain:
+def _tis(model: nn.Module, options: MethodOptions) -> Explain:
     from .attr import TransformerInputSampling
 
-    m = TransformerInputSampling(model, n_masks=extras.get("tis_masks", 1024))
-    sp = _progress(extras)
+    m = TransformerInputSampling(model, n_masks=options.tis_masks)
+    sp = options.show_progress
     return lambda x, t, seeds=None: m.attribute(x, target=t, seed=0, show_progress=sp)
 
 
-def _transformer_attribution(model: nn.Module, extras: Dict[str, Any]) -> Explain:
+def _transformer_attribution(model: nn.Module, options: MethodOptions) -> Explain:
     from .attr import TransformerAttribution
 
     m = TransformerAttribution(model)
     return lambda x, t, seeds=None: m.attribute(x, target=t)
 
 
-def _raw_attention(model: nn.Module, extras: Dict[str, Any]) -> Explain:
+def _raw_attention(model: nn.Module, options: MethodOptions) -> Explain:
     from .attr import RawAttention
 
     m = RawAttention(model)
     return lambda x, t, seeds=None: m.attribute(x, target=t)  # target validated only
 
 
-def _rise(model: nn.Module, extras: Dict[str, Any]) -> Explain:
+def _rise(model: nn.Module, options: MethodOptions) -> Explain:
     from .attr import RISE
 
-    # extras["rise_masks"]: fewer masks for quick runs (the paper uses 4000)
-    m = RISE(model, n_masks=extras.get("rise_masks", 4000), **_normalization(extras))
-    fill = extras.get("rise_fill", "zero")
-    sp = _progress(extras)
+    m = RISE(model, n_masks=options.rise_masks, **_normalization(options))
+    fill = options.rise_fill
+    sp = options.show_progress
     return lambda x, t, seeds=None: m.attribute(
         x, target=t, seed=0, baselines=fill, show_progress=sp
     )
 
 
-def _gradcam(model: nn.Module, extras: Dict[str, Any]) -> Explain:
+def _gradcam(model: nn.Module, options: MethodOptions) -> Explain:
     from .attr import ViTGradCAM
 
     m = ViTGradCAM(model)
     return lambda x, t, seeds=None: m.attribute(x, target=t)
 
 
-def _ig(model: nn.Module, extras: Dict[str, Any]) -> Explain:
+def _ig(model: nn.Module, options: MethodOptions) -> Explain:
     from captum.attr import IntegratedGradients
 
     m = IntegratedGradients(model)
-    steps = extras.get("n_steps", 20)
+    steps = options.n_steps
     return lambda x, t, seeds=None: m.attribute(
         x, target=t, n_steps=steps, internal_batch_size=64
     )
 
 
-def _ixg(model: nn.Module, extras: Dict[str, Any]) -> Explain:
+def _ixg(model: nn.Module, options: MethodOptions) -> Explain:
     from captum.attr import InputXGradient
 
     m = InputXGradient(model)
@@ -151,19 +285,19 @@ def _ixg(model: nn.Module, extras: Dict[str, Any]) -> Explain:
     )
 
 
-def _skipplus_ig(model: nn.Module, extras: Dict[str, Any]) -> Explain:
+def _skipplus_ig(model: nn.Module, options: MethodOptions) -> Explain:
     from captum.attr import IntegratedGradients
 
     from .attr import SkipPLUSWrapper
 
     m = SkipPLUSWrapper(IntegratedGradients(model))
-    steps = extras.get("n_steps", 20)
+    steps = options.n_steps
     return lambda x, t, seeds=None: m.attribute(
         x, target=t, n_steps=steps, internal_batch_size=64
     )
 
 
-def _skipplus_ixg(model: nn.Module, extras: Dict[str, Any]) -> Explain:
+def _skipplus_ixg(model: nn.Module, options: MethodOptions) -> Explain:
     from captum.attr import InputXGradient
 
     from .attr import SkipPLUSWrapper
@@ -172,7 +306,7 @@ def _skipplus_ixg(model: nn.Module, extras: Dict[str, Any]) -> Explain:
     return lambda x, t, seeds=None: m.attribute(x, target=t)
 
 
-def _leave_one_out(model: nn.Module, extras: Dict[str, Any]) -> Explain:
+def _leave_one_out(model: nn.Module, options: MethodOptions) -> Explain:
     """Captum FeatureAblation with one feature per patch (leave-one-out)."""
     from captum.attr import FeatureAblation
 
@@ -180,7 +314,7 @@ def _leave_one_out(model: nn.Module, extras: Dict[str, Any]) -> Explain:
 
     adapter = ViTAdapter(model)
     m = FeatureAblation(model)
-    sp = _progress(extras)
+    sp = options.show_progress
 
     def explain(x: Tensor, t: Tensor, seeds: Optional[Sequence[int]] = None) -> Tensor:
         gh, gw = adapter.check_images(x)
@@ -199,8 +333,10 @@ def _leave_one_out(model: nn.Module, extras: Dict[str, Any]) -> Explain:
     return explain
 
 
-def _vit_shapley(model: nn.Module, extras: Dict[str, Any]) -> Explain:
-    explainer = extras.get("shapley_explainer")
+def _vit_shapley(
+    model: nn.Module, options: MethodOptions, trained: TrainedParts
+) -> Explain:
+    explainer = trained.shapley_explainer
     if explainer is None:
         raise MethodUnavailable(
             "vit-shapley needs a ViT Shapley explainer trained for this model; one is "
@@ -210,21 +346,21 @@ def _vit_shapley(model: nn.Module, extras: Dict[str, Any]) -> Explain:
         )
     from .attr import ViTShapley
 
-    m = ViTShapley(explainer, extras.get("shapley_surrogate"))
+    m = ViTShapley(explainer, trained.shapley_surrogate)
     return lambda x, t, seeds=None: m.attribute(x, target=t)
 
 
-def _random(model: nn.Module, extras: Dict[str, Any]) -> Explain:
+def _random(model: nn.Module, options: MethodOptions) -> Explain:
     """Random patch scores: the floor any method should beat.
 
     With ``seeds`` every image draws its scores from its own seed (the same map for
     the same image in any batch or process); without, successive calls continue one
-    stream seeded with ``extras["seed"]``.
+    stream seeded with ``options.seed``.
     """
     from .vit import ViTAdapter, tokens_to_pixels
 
     adapter = ViTAdapter(model)
-    gen = torch.Generator().manual_seed(int(extras.get("seed", 0)))
+    gen = torch.Generator().manual_seed(int(options.seed))
 
     def explain(x: Tensor, t: Tensor, seeds: Optional[Sequence[int]] = None) -> Tensor:
         grid = adapter.check_images(x)
@@ -260,8 +396,22 @@ def _guarded(method: Method) -> Method:
 
     build = method.build
 
-    def guarded_build(model: nn.Module, extras: Dict[str, Any]) -> Explain:
-        explain = build(model, extras)
+    def guarded_build(
+        model: nn.Module,
+        options: Union[MethodOptions, Mapping[str, Any], None] = None,
+        trained: Union[TrainedParts, Mapping[str, Any], None] = None,
+    ) -> Explain:
+        if isinstance(options, Mapping):  # knobs and trained parts in one mapping
+            if trained is None:
+                trained = TrainedParts.from_mapping(options)
+            options = MethodOptions.from_mapping(options)
+        if isinstance(trained, Mapping):
+            trained = TrainedParts.from_mapping(trained)
+        options = DEFAULT_OPTIONS if options is None else options
+        if method.needs_trained:
+            explain = build(model, options, trained or TrainedParts())
+        else:
+            explain = build(model, options)
         adapter = ViTAdapter(model)
         num_classes = adapter.num_classes
 
@@ -311,8 +461,20 @@ METHODS: Dict[str, Method] = {
             "Grad-CAM on the last block's tokens",
             needs_grad=True,
         ),
-        Method("vit-shapley", _vit_shapley, True, "ViT Shapley (Covert et al. 2023)"),
-        Method("ig", _ig, True, "Integrated Gradients, 20 steps", needs_grad=True),
+        Method(
+            "vit-shapley",
+            _vit_shapley,
+            True,
+            "ViT Shapley (Covert et al. 2023)",
+            needs_trained=True,
+        ),
+        Method(
+            "ig",
+            _ig,
+            True,
+            f"Integrated Gradients, {DEFAULT_OPTIONS.n_steps} steps",
+            needs_grad=True,
+        ),
         Method(
             "skipplus-ig",
             _skipplus_ig,

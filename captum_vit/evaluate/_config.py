@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 import torch
 
 from .._utils import check_count
+from ..methods import DEFAULT_OPTIONS, MethodOptions, TrainedParts
 
 if TYPE_CHECKING:
     from ..data import ItemDataset
@@ -323,7 +324,8 @@ class EvalConfig:
             patches; 13 on 196 patches: n = 14, 28, ..., 182, ViT Shapley's sweep).
         sensitivity_samples: Random subsets per size for sensitivity-n (ViT
             Shapley: 1000).
-        tis_masks: TIS ``n_masks``.
+        tis_masks: TIS ``n_masks`` (default and the other knobs:
+            :class:`captum_vit.methods.MethodOptions`).
         rise_masks: RISE ``n_masks``.
         n_steps: Integrated Gradients steps.
         target: ``"label"`` or ``"pred"`` (the model's predicted class).
@@ -332,8 +334,9 @@ class EvalConfig:
         evaluator: Which model scores the perturbed inputs of the removal metrics
             (insertion, deletion, AOPC, faithfulness, sensitivity-n, non-target):
             ``"classifier"`` or ``"surrogate"``, the ViT Shapley surrogate
-            fine-tuned to missing patches (``extras["shapley_surrogate"]`` of the
-            loaded model; ViT Shapley §6.2 removes through it for every method).
+            fine-tuned to missing patches (a trained part of the loaded model,
+            :class:`captum_vit.methods.TrainedParts`; ViT Shapley §6.2 removes
+            through it for every method).
         pointing: Pointing-game rule: ``"first"`` (the single highest pixel of the
             map at the image's resolution, ties to the first in row-major order, as
             the reference codes' argmax; Zhang et al. 2018, ViT-CX §4), ``"random"``
@@ -361,9 +364,9 @@ class EvalConfig:
     faith_samples: int = 16
     sensitivity_sizes: int = 3
     sensitivity_samples: int = 8
-    tis_masks: int = 1024
-    rise_masks: int = 4000
-    n_steps: int = 20
+    tis_masks: int = DEFAULT_OPTIONS.tis_masks
+    rise_masks: int = DEFAULT_OPTIONS.rise_masks
+    n_steps: int = DEFAULT_OPTIONS.n_steps
     target: str = "label"
     amp: Optional[str] = None
     evaluator: str = "classifier"
@@ -422,6 +425,12 @@ class EvalConfig:
                 f"randomization: expected a number of images in 0..{self.n}, got {r!r}"
             )
 
+    def method_options(self) -> MethodOptions:
+        """The methods' knobs of this run (no progress bars inside the methods)."""
+        return MethodOptions(
+            tis_masks=self.tis_masks, rise_masks=self.rise_masks, n_steps=self.n_steps
+        )
+
     def sensitivity_fractions(self) -> List[float]:
         """The sweep's subset sizes as fractions of the patches."""
         k = self.sensitivity_sizes
@@ -460,7 +469,7 @@ def check_protocol(cfg: EvalConfig, loaded: Any, dataset: ItemDataset) -> Any:
             non-target columns for a one-class model.
     """
     if cfg.evaluator == "surrogate":
-        surrogate = loaded.extras.get("shapley_surrogate")
+        surrogate = TrainedParts.from_mapping(loaded.extras).shapley_surrogate
         if surrogate is None:
             raise ValueError(
                 "--evaluator surrogate: the model has no ViT Shapley surrogate (one is "

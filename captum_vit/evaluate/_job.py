@@ -18,7 +18,6 @@ from .._jobs import (
     RecordStore,
     SettingsMismatch,
     autocast,
-    build_methods,
     check_amp,
     check_job,
     chunk_inputs,
@@ -32,7 +31,7 @@ from .._jobs import (
 )
 from ..data import ItemDataset, SceneDataset
 from ..distributed import DistContext
-from ..methods import Method, resolve_methods
+from ..methods import Method, TrainedParts, build_all, resolve_methods
 from ._config import (
     ROAD_FRACTIONS,
     EvalConfig,
@@ -257,13 +256,11 @@ def run_evaluation(
     removal = _removal(cfg.removal, loaded.preprocessing)
     if isinstance(removal, Tensor):
         removal = removal.to(device)
-    options = dict(
-        tis_masks=cfg.tis_masks,
-        rise_masks=cfg.rise_masks,
-        n_steps=cfg.n_steps,
-        show_progress=False,
-    )
-    built = build_methods(chosen, loaded, options, ctx.is_main, log)
+    trained = TrainedParts.from_mapping(loaded.extras)
+    built, unavailable = build_all(chosen, loaded.model, cfg.method_options(), trained)
+    if ctx.is_main:
+        for name, why in unavailable.items():
+            (log or print)(f"{name}: skipped ({why})")
     by_name = {m.name: m for m in chosen}
     store = RecordStore(out, ctx.rank)
     chunks = chunks_of(len(dataset), cfg.chunk)
