@@ -251,7 +251,7 @@ def explain_few(
     stderr.
 
     Args:
-        out_dir: Output folder (it must exist).
+        out_dir: Output folder (created; must be writable).
         methods: The methods, in the grid's order.
         model: A :class:`captum_vit.models.LoadedModel`.
         images: Image files (resized to the model's input); none: the scenes.
@@ -269,16 +269,18 @@ def explain_few(
         MethodsUnavailable: no requested method can run for the model.
         ValueError: ``target="label"`` with image files, a class out of range, an
             unreadable file (:class:`captum_vit.data.DataError`).
+        OSError: ``out_dir`` cannot be created or written.
     """
     import torch
 
     from .data import SceneDataset, read_image
-    from .evaluate import format_seconds
+    from .evaluate import format_seconds, writable_dir
     from .vit import logits_of
     from .viz import comparison_grid, image_title
 
     device = model.device
     check_amp(device, amp)
+    out = writable_dir(out_dir)
     built, unavailable = build_available(methods, model, options)
     pre = model.preprocessing
     size = model.input_size
@@ -350,7 +352,7 @@ def explain_few(
         lambda i: model_ignores_input(model.model, inputs[i]),
     ):
         note(line)
-    path = Path(out_dir) / "explain_grid.png"
+    path = out / "explain_grid.png"
     titles = [image_title(lab, names, int(t[i])) for i, lab in enumerate(labels)]
     images01 = pre.denormalise(inputs.float().cpu())
     comparison_grid(images01, maps, path=str(path), row_titles=titles, signed=signed)
