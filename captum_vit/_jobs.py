@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 
-from ._guard import Interrupted, autocast, check_amp  # noqa: F401  (the jobs' names)
+from ._guard import Interrupted, autocast
 from ._loader import make_loader
 from ._settings import settings_diff
 from ._utils import progress_bar

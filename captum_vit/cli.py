@@ -879,7 +879,7 @@ def _explain_target(args: argparse.Namespace) -> Any:
 
 def _explain_few(args: argparse.Namespace, ctx: Any) -> int:
     """Explain given files or a few embedded scenes into one comparison grid."""
-    from ._jobs import check_amp
+    from ._guard import check_amp
     from .explain import explain_few
 
     methods = _explain_methods(args)

@@ -40,10 +40,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from torch import Tensor
 
+from ._guard import check_amp
 from ._jobs import (
     RecordStore,
     SettingsMismatch,
-    check_amp,
     check_job,
     chunk_inputs,
     chunks_of,

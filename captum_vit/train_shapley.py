@@ -51,7 +51,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
-from ._jobs import Interrupted
+from ._guard import Interrupted
 from .data import DataError, ImageDataset, ItemDataset, SceneDataset
 from .distributed import DistContext
 

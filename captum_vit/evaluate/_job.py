@@ -14,11 +14,10 @@ import torch
 from torch import Tensor
 
 from .. import metrics
+from .._guard import autocast, check_amp
 from .._jobs import (
     RecordStore,
     SettingsMismatch,
-    autocast,
-    check_amp,
     check_job,
     chunk_inputs,
     chunks_of,
