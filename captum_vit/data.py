@@ -988,7 +988,7 @@ class SceneDataset(ItemDataset):
             # scenes are drawn per index (generator 2) from these Fashion-MNIST
             # items; folders made with other scenes are refused on resume
             "generator": zoo.SCENES_VERSION,
-            "items": zoo.data_source(self.split),
+            "items": zoo.data_source(),
             "images": self.n,
             "seed": self.seed,
             "preprocessing": (

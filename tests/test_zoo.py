@@ -95,10 +95,10 @@ def test_scenes_are_the_same_with_and_without_debian_data(
     # ... and through the environment variable, which the CLI jobs read too
     monkeypatch.setenv(zoo.DATA_ENV, "debian")
     assert not _same_scenes(without["test"], zoo.make_scenes(6, seed=3))
-    assert zoo.data_source("test") == str(fake)
+    assert zoo.data_source() == str(fake)
     monkeypatch.setenv(zoo.DATA_ENV, "shipped")
     assert _same_scenes(without["test"], zoo.make_scenes(6, seed=3))
-    assert zoo.data_source("test") == "shipped"
+    assert zoo.data_source() == "shipped"
 
 
 def test_scene_i_depends_only_on_split_seed_and_i() -> None:

@@ -188,10 +188,8 @@ def _npz_split(path: Path) -> str:
         return str(npz["split"]) if "split" in npz.files else "test"
 
 
-def data_source(
-    split: str = "test", root: Optional[Union[str, os.PathLike]] = None
-) -> str:
-    """Where :func:`load_fashion_mnist` reads ``split`` from, as a printable string.
+def data_source(root: Optional[Union[str, os.PathLike]] = None) -> str:
+    """Where :func:`load_fashion_mnist` reads its items from, as a printable string.
 
     ``"shipped"`` for the package's own arrays, else the path that ``root`` or the
     ``CAPTUM_VIT_FASHION_MNIST`` variable names (``debian`` resolved).
