@@ -149,7 +149,8 @@ def constant_map_warnings(
         maps: ``{method: (B, H, W) maps}`` of one batch.
         names: The B images' names.
         ignores_input: ``ignores_input(i)``: whether the model's output for image
-            ``i`` does not depend on the input (called only for a constant map).
+            ``i`` does not depend on the input (called only for a constant map, at
+            most once per image: methods constant on the same image share it).
         already: Methods warned about before (skipped; the new ones are added), so
             a long run warns once per method.
 
@@ -158,6 +159,7 @@ def constant_map_warnings(
         likely cause>"`` lines.
     """
     lines: List[str] = []
+    blind: Dict[int, bool] = {}  # ignores_input(i): one forward pass per image
     for method, batch in maps.items():
         if already is not None and method in already:
             continue
@@ -166,7 +168,9 @@ def constant_map_warnings(
             continue
         i = const[0]
         more = f" (and {len(const) - 1} more of {len(batch)})" if len(const) > 1 else ""
-        if ignores_input(i):
+        if i not in blind:
+            blind[i] = ignores_input(i)
+        if blind[i]:
             cause = (
                 "the model's output does not depend on the input (a blank image gets "
                 "the same logits): a zero-initialised head, as torchvision's "

@@ -239,6 +239,22 @@ def test_constant_map_warning_without_an_input_blind_model():
     assert constant_map_warnings(maps, ["a", "b"], lambda i: False, warned) == []
 
 
+def test_the_cause_of_constant_maps_is_checked_once_per_image():
+    """Every method of an input-blind model is constant: one forward pass names
+    the cause for all of them, not one per method."""
+    maps = {name: np.zeros((2, 4, 4), np.float32) for name in ("a", "b", "c")}
+    maps["c"][0, 0, 0] = 1.0  # c is constant on image 1 only
+    calls: List[int] = []
+
+    def ignores_input(i: int) -> bool:
+        calls.append(i)
+        return True
+
+    lines = constant_map_warnings(maps, ["x", "y"], ignores_input)
+    assert len(lines) == 3 and all("does not depend on the input" in x for x in lines)
+    assert calls == [0, 1]
+
+
 # ----------------------------------------------------------------- 17: names
 def test_pictures_use_folder_class_names_and_the_true_label(
     capsys, tmp_path, monkeypatch
