@@ -394,24 +394,18 @@ def _guarded(method: Method) -> Method:
     from ._utils import format_target, unpack_inputs
     from .vit import ViTAdapter
 
-    build = method.build
-
     def guarded_build(
         model: nn.Module,
         options: Union[MethodOptions, Mapping[str, Any], None] = None,
-        trained: Union[TrainedParts, Mapping[str, Any], None] = None,
+        trained: Optional[TrainedParts] = None,
     ) -> Explain:
         if isinstance(options, Mapping):  # knobs and trained parts in one mapping
             if trained is None:
                 trained = TrainedParts.from_mapping(options)
             options = MethodOptions.from_mapping(options)
-        if isinstance(trained, Mapping):
-            trained = TrainedParts.from_mapping(trained)
-        options = DEFAULT_OPTIONS if options is None else options
-        if method.needs_trained:
-            explain = build(model, options, trained or TrainedParts())
-        else:
-            explain = build(model, options)
+        explain = method.explainer(
+            model, DEFAULT_OPTIONS if options is None else options, trained
+        )
         adapter = ViTAdapter(model)
         num_classes = adapter.num_classes
 
