@@ -138,6 +138,18 @@ def test_trainers_leave_models_alone_on_error():
         train_surrogate(model, torch.zeros(0, 3, 32, 32))
 
 
+def test_keep_checkpoints_is_checked_as_every_count():
+    # one validator for the trainers' counts: keep_checkpoints through check_int
+    model = make_model("cls")
+    x = _images(8)
+    with pytest.raises(ValueError, match="keep_checkpoints: expected an integer >= 0"):
+        train_surrogate(model, x, keep_checkpoints=-1)
+    with pytest.raises(ValueError, match="keep_checkpoints: expected an integer"):
+        train_surrogate(model, x, keep_checkpoints=True)
+    with pytest.raises(TypeError, match="keep_checkpoints: expected an integer"):
+        train_surrogate(model, x, keep_checkpoints="1")
+
+
 def test_train_explainer_reduces_loss_and_keeps_efficiency():
     model = make_model("cls")
     x = _images(20, seed=5)

@@ -211,11 +211,7 @@ class _Settings:
         if not self.epochs > 0:
             raise ValueError(f"epochs: expected a positive number, got {self.epochs}")
         check_int("batch_size", self.batch_size, 1)
-        keep = self.keep_checkpoints
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
-            raise ValueError(
-                f"keep_checkpoints: expected an integer >= 0, got {keep!r}"
-            )
+        check_int("keep_checkpoints", self.keep_checkpoints, 0)
         check_number("lr", self.lr, 0.0)
         check_number("weight_decay", self.weight_decay, 0.0)
         check_number("warmup", self.warmup, 0.0, 1.0)
