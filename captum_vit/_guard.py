@@ -272,7 +272,8 @@ def check_dtype(images: Tensor, model: nn.Module, name: str = "inputs") -> None:
 
     Args:
         images: The (floating-point) image batch.
-        model: The module that will run the images.
+        model: The module the images enter first (e.g. the patch embedding, as
+            ``ViTAdapter.check_images`` passes), or the whole model.
         name: Argument name used in the message.
 
     Raises:

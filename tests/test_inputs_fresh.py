@@ -85,6 +85,9 @@ def test_models_that_cast_their_inputs_and_autocast_are_not_refused():
     mixed = make_model("cls")
     mixed.head.bfloat16()
     check_dtype(x, mixed)
+    # ... but the adapter checks the patch embedding, which the images enter first
+    with pytest.raises(TypeError, match="^inputs: float64 images for a float32 model"):
+        AttentionRollout(mixed).attribute(x.double(), target=TARGET)
 
 
 # ------------------------------------------------------ 17. channels-last batches

@@ -468,7 +468,7 @@ class ViTAdapter:
             )
         check_layout(images, self.in_chans, name)  # with channels-last hints
         if not self.casts_inputs:
-            check_dtype(images, self.model, name)
+            check_dtype(images, self._input_module(), name)
         hw = (int(images.shape[-2]), int(images.shape[-1]))
         if self.dynamic_img_size:
             ph, pw = self.patch_size
@@ -488,6 +488,12 @@ class ViTAdapter:
                 "or create the model for that size."
             )
         return self.grid_size
+
+    def _input_module(self) -> nn.Module:
+        """The module the images enter first, whose parameters' dtype
+        :meth:`check_images` asks of them: the whole model here; the families name
+        their patch embedding, so the check reads a few parameters, not all."""
+        return self.model
 
     def _needs_patch_multiple(self) -> bool:
         return True

@@ -59,6 +59,9 @@ class TimmAdapter(ViTAdapter):
     def input_normalization(self) -> Optional[Normalization]:
         return pretrained_cfg_normalization(self.model)
 
+    def _input_module(self) -> nn.Module:
+        return self.model.patch_embed
+
 
 class TimmTokenAdapter(TimmAdapter):
     """Shared base of the timm token-sequence adapters (not a family itself)."""

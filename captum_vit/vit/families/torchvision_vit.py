@@ -93,6 +93,9 @@ class TorchvisionViTAdapter(ViTAdapter):
         convs = [m for m in self.model.conv_proj.modules() if isinstance(m, nn.Conv2d)]
         return int(convs[0].in_channels) if convs else None
 
+    def _input_module(self) -> nn.Module:
+        return self.model.conv_proj
+
     @property
     def blocks(self) -> List[nn.Module]:
         return list(self.model.encoder.layers)
