@@ -184,17 +184,27 @@ def package_version() -> str:
         return __version__
 
 
-def _add_common(p: argparse.ArgumentParser, default_out: str, batch: int) -> None:
+def _add_common(
+    p: argparse.ArgumentParser, default_out: str, batch: int, preview: bool = False
+) -> None:
+    """The flags explain and evaluate share; with ``preview``, no --method means
+    explain's quick preview (None) rather than every method."""
     from .methods import DEFAULT_OPTIONS as knobs
+    from .methods import PREVIEW_SKIPPED
 
     p.add_argument(
         "--method",
         "--methods",
         dest="methods",
         nargs="+",
-        default=["all"],
+        default=None if preview else ["all"],
         metavar="NAME",
-        help="method name(s), or 'all' (default)",
+        help=(
+            "method name(s), or 'all'; default: a quick preview, every method but "
+            f"{', '.join(PREVIEW_SKIPPED)} ({knobs.rise_masks} masks per image)"
+            if preview
+            else "method name(s), or 'all' (default)"
+        ),
     )
     g = p.add_argument_group("model")
     g.add_argument(
@@ -334,8 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --data: also draw one PNG per image",
     )
-    _add_common(ex, "out", 8)
-    _explain_preview_default(ex)
+    _add_common(ex, "out", 8, preview=True)
     ex.set_defaults(func=cmd_explain, parser=ex)
     ev = sub.add_parser(
         "evaluate",
@@ -781,20 +790,6 @@ def _workers(args: argparse.Namespace, world: int) -> int:
 
 
 # --------------------------------------------------------------------------- explain
-def _explain_preview_default(ex: argparse.ArgumentParser) -> None:
-    """explain without --method runs the quick preview (every method but RISE)."""
-    from .methods import DEFAULT_OPTIONS, PREVIEW_SKIPPED
-
-    for action in ex._actions:
-        if action.dest == "methods":
-            action.default = None
-            action.help = (
-                "method name(s), or 'all'; default: a quick preview, every method but "
-                f"{', '.join(PREVIEW_SKIPPED)} ({DEFAULT_OPTIONS.rise_masks} masks per "
-                "image)"
-            )
-
-
 def _explain_methods(args: argparse.Namespace, announce: bool = True) -> List[Any]:
     """The methods explain runs: --method's, or the preview (said on screen when
     ``announce``)."""
