@@ -25,7 +25,7 @@ import torch
 
 from ._guard import Interrupted, autocast
 from ._loader import make_loader
-from ._settings import settings_diff
+from ._settings import differing, settings_diff
 from ._utils import progress_bar
 from .distributed import DistContext, shard
 from .vit.adapter import logits_of
@@ -166,7 +166,7 @@ def plan(
     ranks = ctx.all_gather(settings)
     if any(other != settings for other in ranks):
         bad = next(r for r, other in enumerate(ranks) if other != settings)
-        keys = sorted(k for k in settings if ranks[bad].get(k) != settings.get(k))
+        keys = differing(ranks[bad], settings)
         exc = SettingsMismatch(
             f"the processes disagree on the settings ({', '.join(keys[:5])} differ "
             f"between rank {ctx.rank} and rank {bad}): every rank must see the same "
@@ -286,12 +286,13 @@ def run_chunks(
     loader = make_loader(
         dataset, [w[1] for w in work], workers, pin_memory=ctx.device.type == "cuda"
     )
-    bar = make_progress(
-        sum(len(w[1]) for w in work),
-        desc + (f" (rank 0 of {ctx.world_size})" if ctx.world_size > 1 else ""),
-        show_progress and ctx.is_main,
-    )
     pending = sum(len(w[1]) for w in work)
+    bar = progress_bar(  # images/s and ETA; plain lines when not on a terminal
+        total=pending,
+        desc=desc + (f" (rank 0 of {ctx.world_size})" if ctx.world_size > 1 else ""),
+        unit="img",
+        enabled=show_progress and ctx.is_main,
+    )
     finished = 0
     try:
         for (start, positions, left), batch in zip(work, loader):
@@ -318,12 +319,6 @@ def predicted(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """The model's predicted class per image, (B,) long."""
     with torch.no_grad():
         return logits_of(model(inputs)).argmax(-1)
-
-
-def make_progress(total: int, desc: str, enabled: bool):
-    """A bar counting images (images/s and ETA), or a do-nothing stand-in
-    (:func:`captum_vit._utils.progress_bar`: plain lines when not on a terminal)."""
-    return progress_bar(total=total, desc=desc, unit="img", enabled=enabled)
 
 
 def note(line: str) -> None:

@@ -177,6 +177,20 @@ def test_a_record_cut_by_a_killed_process_does_not_swallow_the_next(tmp_path):
     assert [r["method"] for r in store.read()] == ["a", "c"]
 
 
+def test_ranks_that_disagree_name_a_setting_only_one_of_them_has(tmp_path):
+    # the one settings-diff (captum_vit._settings.differing): a key that only the
+    # other rank has is named too
+    from captum_vit._jobs import SettingsMismatch, plan
+    from captum_vit.distributed import DistContext
+
+    class TwoRanks(DistContext):
+        def all_gather(self, obj):
+            return [obj, {**obj, "labels": "labels.csv"}]
+
+    with pytest.raises(SettingsMismatch, match=r"\(labels differ between rank 0"):
+        plan(TwoRanks(), RecordStore(tmp_path), {"data": "x"}, ["m"], [[0]])
+
+
 # ------------------------------------------------------------------ 15: protocols
 def test_evaluate_help_names_the_presets_honestly(capsys):
     with pytest.raises(SystemExit):
