@@ -22,6 +22,7 @@ from .._utils import (  # noqa: F401
     unpack_inputs,
 )
 from ..vit import AttentionRecorder, ViTAdapter
+from ..vit.adapter import installed
 
 _T = TypeVar("_T")
 
@@ -82,14 +83,13 @@ def capture_layers(
         ValueError: a layer that did not run exactly once.
     """
     seen: List[List[Any]] = [[] for _ in layers]
-    handles = []
-    try:
+
+    def install(handles: List[Any]) -> None:
         for out, layer in zip(seen, layers):
             handles.append(layer.register_forward_hook(_appender(out)))
+
+    with installed(install):  # the package's one hook lifecycle
         result = run()
-    finally:
-        for handle in handles:
-            handle.remove()
     for out in seen:
         if len(out) != 1:
             raise ValueError(
