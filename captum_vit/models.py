@@ -405,20 +405,22 @@ def _quiet_loading(quiet: bool, transformers: bool) -> Iterator[None]:
     hub_states = dict(hub.progress_bar_states)
     tf_logging = None
     if transformers:
-        from transformers.utils import logging as tf_logging
-
-        tf_enabled = tf_logging.is_progress_bar_enabled()
-    with warnings.catch_warnings():
-        # HF_HUB_DISABLE_PROGRESS_BARS=0 keeps the bars on (it has priority)
-        warnings.simplefilter("ignore")
-        if tf_logging is not None:
-            tf_logging.disable_progress_bar()  # also disables huggingface_hub's
-        else:
-            hub.disable_progress_bars()
+        try:
+            from transformers.utils import logging as tf_logging
+        except ImportError:  # _load_hf refuses with its one line
+            tf_logging = None
+    tf_enabled = tf_logging is not None and tf_logging.is_progress_bar_enabled()
     try:
+        with warnings.catch_warnings():
+            # HF_HUB_DISABLE_PROGRESS_BARS=0 keeps the bars on (it has priority)
+            warnings.simplefilter("ignore")
+            if tf_logging is not None:
+                tf_logging.disable_progress_bar()  # also disables huggingface_hub's
+            else:
+                hub.disable_progress_bars()
         yield
     finally:
-        if tf_logging is not None and tf_enabled:
+        if tf_enabled:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 tf_logging.enable_progress_bar()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import sys
 import time
 from pathlib import Path
 
@@ -417,3 +418,13 @@ def test_quiet_hides_the_transformers_loading_bar_and_restores_it(
     with pytest.warns(UserWarning, match="preprocessor_config"):
         cli._load(args, torch.device("cpu"))
     assert "Loading weights" not in capfd.readouterr().err
+
+
+def test_quiet_without_transformers_keeps_the_install_hint(monkeypatch):
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # not installed
+    for quiet in (False, True):
+        with pytest.raises(ModelError, match="transformers package is not installed"):
+            load_model("hf:some/model", quiet=quiet)
+    assert not are_progress_bars_disabled()  # restored after the refusal
