@@ -334,3 +334,12 @@ def test_main_reports_a_bad_init_or_resume_in_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "--init: no weights" in err[0], err
     assert "--resume: no checkpoint" in err[1], err
+
+
+def test_training_bar_in_a_log_is_plain_lines(idx_root: Path, tmp_path, capsys) -> None:
+    # the trainer's bar is _utils.progress_bar's: written to a non-terminal (here
+    # pytest's captured stdout, as a log file) it is lines, not \r redraws
+    args = [f"--out={tmp_path}", "--workers=0", *_tiny_run(idx_root, 1, 32)]
+    train_mod.train(train_mod.parse_args(args))
+    out = capsys.readouterr().out
+    assert "epoch 1/1" in out and "\r" not in out

@@ -31,8 +31,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
+from .._utils import progress_bar
 from . import (  # _ARCH_KEYS: what --init's weights must share with the trained model
     _ARCH_KEYS,
     CLASS_NAMES,
@@ -402,11 +402,10 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
             stream = torch.utils.data.DataLoader(
                 stream, batch_size=None, num_workers=1, prefetch_factor=4
             )
-        bar = tqdm(
+        bar = progress_bar(
             stream,
             total=steps_per_epoch,
             desc=f"epoch {epoch + 1}/{args.epochs}",
-            mininterval=15.0,
             file=sys.stdout,
         )
         loss_sum, correct, seen = 0.0, 0, 0
