@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._loader import collate_items, make_loader  # noqa: F401  (loading, re-exported)
+from ._loader import make_loader  # noqa: F401  (re-exported: the documented path)
 
 #: File suffixes read as images (case-insensitive).
 IMAGE_EXTENSIONS = (
