@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import FAST_EVALUATE, cli, run_cli
+from helpers import FAST_EVALUATE, cli, run_cli, write_scene_folder
 
 from captum_vit.evaluate import METRICS, EvalConfig, mean_ci, run_evaluation
 from captum_vit.methods import method_names
@@ -175,8 +175,6 @@ def test_black_removal_means_black_pixels():
 
 # ------------------------------------------------------------- user folders
 def test_evaluate_folder_skips_a_corrupt_image_and_reports_it(tmp_path, capsys):
-    from helpers import write_scene_folder
-
     rows = write_scene_folder(tmp_path / "data", n=3)
     (tmp_path / "data" / "left" / "broken.png").write_bytes(b"\x89PNG broken")
     boxes = tmp_path / "boxes.csv"
@@ -226,8 +224,6 @@ def test_evaluate_folder_skips_a_corrupt_image_and_reports_it(tmp_path, capsys):
     ],
 )
 def test_evaluate_folder_bad_input_one_line(tmp_path, capsys, setup, args, message):
-    from helpers import write_scene_folder
-
     data = tmp_path / "data"
     data.mkdir()
     if setup == "tree":

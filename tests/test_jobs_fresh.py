@@ -14,7 +14,13 @@ from typing import Dict, List
 
 import pytest
 import torch
-from helpers import FAST_EVALUATE, cli, save_zoo_classifier, write_scene_pngs
+from helpers import (
+    FAST_EVALUATE,
+    cli,
+    save_zoo_classifier,
+    write_scene_folder,
+    write_scene_pngs,
+)
 
 from captum_vit import __version__
 from captum_vit._jobs import RecordStore
@@ -154,7 +160,6 @@ def test_ctrl_c_in_explain_data_is_one_line_and_the_rerun_resumes(
     capsys, monkeypatch, tmp_path
 ):
     import captum_vit.explain as explain
-    from helpers import write_scene_folder
 
     write_scene_folder(tmp_path / "data", n=4)
     args = ["explain", "--data", tmp_path / "data", "--method", "rollout"]
