@@ -138,6 +138,20 @@ def test_trainers_leave_models_alone_on_error():
         train_surrogate(model, torch.zeros(0, 3, 32, 32))
 
 
+def test_an_error_in_training_closes_its_progress_bar():
+    # the bar is closed on any way out of the loop, not only on Ctrl-C and success
+    from tqdm.auto import tqdm
+
+    x = _images(8)
+    x[3] = float("nan")
+    before = len(tqdm._instances)
+    with pytest.raises(FloatingPointError) as info:  # keeps the loop's frame alive
+        train_surrogate(
+            make_model("cls"), x, epochs=1, batch_size=8, show_progress=True
+        )
+    assert info.value is not None and len(tqdm._instances) == before
+
+
 def test_keep_checkpoints_is_checked_as_every_count():
     # one validator for the trainers' counts: keep_checkpoints through check_int
     model = make_model("cls")

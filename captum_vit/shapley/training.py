@@ -605,16 +605,14 @@ def _train(
                             file=sys.stderr,
                         )
                     save()
-                    t0 = (
-                        time.perf_counter()
-                    )  # seconds: training, not checkpoint writing
+                    t0 = time.perf_counter()  # seconds: training, not checkpoints
     except KeyboardInterrupt:
-        bar.close()
         ckpt = files.path if files is not None else None
         raise Interrupted(
             _interrupted_line(run.kind, step, total, ckpt, kept["step"], save_every)
         ) from None
-    bar.close()
+    finally:
+        bar.close()
     if opts.select_best and best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
