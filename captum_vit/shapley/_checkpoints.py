@@ -140,6 +140,10 @@ class StepCheckpoints:
         fingerprint: The settings that identify the run.
         keep: Step checkpoints kept, the newest included (``0``: all of them go
             when the run ends).
+
+    Attributes:
+        step: The step of the checkpoint at :attr:`path`, as this process last read
+            or wrote it (None: none yet).
     """
 
     def __init__(
@@ -149,6 +153,7 @@ class StepCheckpoints:
         self.kind = kind
         self.fingerprint = fingerprint
         self.keep = keep
+        self.step: Optional[int] = None
 
     def read(self) -> Optional[Dict[str, Any]]:
         """The newest checkpoint's payload, None when there is none.
@@ -158,7 +163,9 @@ class StepCheckpoints:
         """
         if not self.path.is_file():
             return None
-        return load(self.path, self.kind, self.fingerprint)
+        payload = load(self.path, self.kind, self.fingerprint)
+        self.step = int(payload["step"])
+        return payload
 
     def _payload(
         self, step: int, seconds: float, model: nn.Module, **rest: Any
@@ -176,7 +183,6 @@ class StepCheckpoints:
 
     def write(
         self,
-        previous: Optional[int],
         step: int,
         seconds: float,
         model: nn.Module,
@@ -186,11 +192,11 @@ class StepCheckpoints:
         best: Optional[Dict[str, Tensor]],
         best_step: Optional[int],
     ) -> None:
-        """The checkpoint of ``step``; the one of ``previous`` is kept beside it
-        when ``keep`` > 1, and the older ones are pruned to ``keep - 1``.
+        """The checkpoint of ``step``; the one it replaces (of :attr:`step`) is
+        kept beside it when ``keep`` > 1, and the older ones are pruned to
+        ``keep - 1``.
 
         Args:
-            previous: The step of the checkpoint now at :attr:`path` (None: none).
             step: The step just done.
             seconds: Training and validation seconds so far.
             model: The trained model (its weights are copied).
@@ -201,8 +207,8 @@ class StepCheckpoints:
                 ``model``'s, i.e. when ``best_step`` is not ``step``).
             best_step: Their step.
         """
-        if self.keep > 1 and previous not in (None, step) and self.path.is_file():
-            self.path.replace(older(self.path, int(previous)))
+        if self.keep > 1 and self.step not in (None, step) and self.path.is_file():
+            self.path.replace(older(self.path, self.step))
         save(
             self.path,
             self._payload(
@@ -216,6 +222,7 @@ class StepCheckpoints:
                 best_step=best_step,
             ),
         )
+        self.step = step
         prune(self.path, max(self.keep, 1) - 1)
 
     def finish(

@@ -428,7 +428,6 @@ def _train(
     best_state: Optional[Dict[str, Tensor]] = None
     best_step: Optional[int] = None
     step, elapsed = 0, 0.0
-    kept: Dict[str, Optional[int]] = {"step": None}  # the last checkpoint's step
     finished = False  # resumed from the cut-down checkpoint of a finished run
     if files is not None and opts.resume:
         payload = ctx.agree(files.read, (ValueError,))
@@ -452,7 +451,6 @@ def _train(
             best_step = payload.get("best_step")
             if best_state is None and best_step == step:  # the weights themselves
                 best_state = _checkpoints.state_copy(model)
-            kept["step"] = step
             finished = bool(payload.get("finished"))
     if step < total:
         history["world_sizes"] = list(history.get("world_sizes", [])) + [world]
@@ -474,7 +472,6 @@ def _train(
         if files is None or not ctx.is_main:
             return
         files.write(
-            kept["step"],
             step,
             elapsed,
             model,
@@ -484,7 +481,6 @@ def _train(
             best_state,
             best_step,
         )
-        kept["step"] = step
 
     stream = _Stream(n, b, opts.seed)
     plan = _micro_plan(b, ctx.rank, world, opts.micro_batch_size)
@@ -607,9 +603,9 @@ def _train(
                     save()
                     t0 = time.perf_counter()  # seconds: training, not checkpoints
     except KeyboardInterrupt:
-        ckpt = files.path if files is not None else None
+        ckpt, kept = (files.path, files.step) if files is not None else (None, None)
         raise Interrupted(
-            _interrupted_line(run.kind, step, total, ckpt, kept["step"], save_every)
+            _interrupted_line(run.kind, step, total, ckpt, kept, save_every)
         ) from None
     finally:
         bar.close()
