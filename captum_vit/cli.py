@@ -757,7 +757,7 @@ def _dataset(args: argparse.Namespace, loaded: Any, default_n: int):
             args.n or default_n,
             loaded.preprocessing,
             seed=args.seed,
-            default_model=loaded.source == "default" and loaded.input_size == (64, 64),
+            default_model=loaded.takes_scenes,
         )
     data = ImageDataset.from_folder(
         args.data,

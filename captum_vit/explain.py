@@ -301,7 +301,7 @@ def explain_few(
             labels.append(Path(p).name)
         inputs = torch.stack(xs)
     else:
-        default = model.source == "default" and size == (64, 64)
+        default = model.takes_scenes
         scenes = SceneDataset(n or 4, pre, seed=0, default_model=default)
         if not default:
             w, h = size[1], size[0]

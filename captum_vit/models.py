@@ -120,6 +120,12 @@ class LoadedModel:
         return self.preprocessing.input_size
 
     @property
+    def takes_scenes(self) -> bool:
+        """True for the embedded default model at 64 px: the embedded scenes go
+        through ``zoo.preprocess`` unresized (``SceneDataset(default_model=...)``)."""
+        return self.source == "default" and self.input_size == (64, 64)
+
+    @property
     def device(self) -> torch.device:
         """The device of the model's parameters."""
         p = next(self.model.parameters(), None)

@@ -234,7 +234,7 @@ def run_evaluation(
             cfg.n,
             loaded.preprocessing,
             seed=cfg.seed,
-            default_model=loaded.source == "default" and loaded.input_size == (64, 64),
+            default_model=loaded.takes_scenes,
         )
     else:
         cfg.n = len(dataset)
