@@ -424,6 +424,13 @@ def _guarded(method: Method) -> Method:
     return dataclasses.replace(method, build=guarded_build)
 
 
+def _attention_flow(model: nn.Module, options: MethodOptions) -> Explain:
+    from .attr import AttentionFlow
+
+    m = AttentionFlow(model)
+    return lambda x, t, seeds=None: m.attribute(x, target=t)  # target validated only
+
+
 METHODS: Dict[str, Method] = {
     m.name: _guarded(m)
     for m in [
@@ -486,6 +493,12 @@ METHODS: Dict[str, Method] = {
             perturbation=True,
         ),
         Method("random", _random, False, "Random patch scores (baseline)"),
+        Method(
+            "attention-flow",
+            _attention_flow,
+            False,
+            "Attention flow (Abnar & Zuidema 2020)",
+        ),
     ]
 }
 

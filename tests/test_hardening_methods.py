@@ -34,6 +34,7 @@ from captum_vit import (
     ViTCX,
     ViTGradCAM,
     ViTShapley,
+    AttentionFlow,
 )
 from captum_vit.methods import METHODS
 from captum_vit.shapley import ShapleyExplainer
@@ -83,6 +84,7 @@ CLASSES: Dict[str, Tuple[Callable[[torch.nn.Module], Attribution], Dict[str, Any
     "RawAttention": (lambda m: RawAttention(m), {}),
     "RISE": (lambda m: RISE(m, n_masks=8), {"seed": 0}),
     "ViTGradCAM": (lambda m: ViTGradCAM(m), {}),
+    "AttentionFlow": (lambda m: AttentionFlow(m), {}),
 }
 # Public classes that are not attribution methods (no attribute() call).
 NOT_METHODS = {"TokenMask", "ViTAdapter"}
@@ -308,6 +310,7 @@ CONSTRUCT: Dict[str, Callable[..., Any]] = {
     "ViTGradCAM": lambda m, **kw: ViTGradCAM(m, **kw),
     "TokenMask": lambda m, **kw: TokenMask(m, **kw),
     "ViTAdapter": lambda m, **kw: ViTAdapter(m, **kw),
+    "AttentionFlow": lambda m, **kw: AttentionFlow(m, **kw),
 }
 
 
@@ -574,6 +577,7 @@ def test_inference_mode_runs_or_says_autograd_is_needed():
         "ViTShapley": lambda m: ViTShapley(extras["shapley_explainer"]),
         "RawAttention": lambda m: RawAttention(m),
         "RISE": lambda m: RISE(m, n_masks=8),
+        "AttentionFlow": lambda m: AttentionFlow(m),
     }
     for name, make in perturbation.items():
         kw = {"seed": 0} if name in ("ViTCX", "TIS", "RISE") else {}
