@@ -198,6 +198,8 @@ def floor_of(
         one = forwards(model, x, b, b)
         label = f"1 + M fwd at {kept}/{n_patches} (M = {sum(per_image) / b:.0f})"
         return (lambda: (one(), drop())), label
+    if base == "attention-flow":  # plus one max-flow problem per patch, no model
+        return forwards(model, x, b, b), "1 fwd + N max-flows"
     raise KeyError(name)
 
 

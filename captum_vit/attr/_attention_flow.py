@@ -80,8 +80,9 @@ def max_flows(
 
     The graph has one node per token above each block, a super-source and a sink.
     Block 0's inputs are not nodes: they receive no flow, so the flow from input token
-    j is the flow from the super-source whose edges are block 0's column j. The graph
-    is built once; each problem only rewrites the super-source's T capacities. The
+    j is the flow from the super-source whose edges are block 0's column j. Edges into
+    last-layer tokens the head does not read are left out (dead ends). The graph is
+    built once; each problem only rewrites the super-source's T capacities. The
     solver is scipy's C-backed Dinic on integer capacities (see
     :data:`FLOW_SCALE` and :func:`flow_rounding_bound`).
 
@@ -106,9 +107,12 @@ def max_flows(
     counts = [t]
     for layer in range(1, n_layers):
         # token j above block layer-1 -> token i above block layer: capacities[l, i, j]
-        indices.append(np.tile(1 + layer * t + layer_cols, t))
-        data.append(np.ascontiguousarray(scaled[layer].T).reshape(-1))
-        counts.extend([t] * t)
+        # (into the last layer only the tokens the head reads: the others are dead
+        # ends, no flow reaches the sink through them)
+        to = read if layer == n_layers - 1 else layer_cols
+        indices.append(np.tile(1 + layer * t + to, t))
+        data.append(np.ascontiguousarray(scaled[layer][to].T).reshape(-1))
+        counts.extend([len(to)] * t)
     last = np.zeros(t, dtype=np.int64)
     last[read] = 1
     indices.append(np.full(len(read), sink, dtype=np.int32))
