@@ -159,3 +159,23 @@ def test_bad_arguments_and_capability():
     msg = str(err.value)
     assert "AttentionFlow" in msg and "recorded attention" in msg
     assert ViTAdapter(swin).family_name in msg
+
+
+def test_hub_tokens_with_large_out_capacity_equal_networkx():
+    """Every token attends to tokens 3 and 5: their out-capacity sums to ~8 (far
+    above int32 once scaled), the flows still equal networkx's."""
+    t, n_layers = 24, 3
+    rng = np.random.default_rng(1)
+    att = rng.random((n_layers, 1, t, t)) * 1e-3
+    att[..., 3] += 1.0
+    att[..., 5] += 0.5
+    att /= att.sum(-1, keepdims=True)
+    caps = 0.5 * att[:, 0] + 0.5 * np.eye(t)
+    caps /= caps.sum(-1, keepdims=True)
+    assert caps.sum(1).max() * FLOW_SCALE > 2**33
+    for w in (np.full(t, 1.0 / t), np.eye(t)[3]):
+        got = max_flows(caps, w, np.arange(t))
+        ref = nx_flows(list(att), w, "mean", 0)
+        bound = flow_rounding_bound(n_layers, t, int((w > 0).sum()))
+        np.testing.assert_allclose(got, ref, rtol=0, atol=bound)
+        assert ref[3] == pytest.approx(1.0)
