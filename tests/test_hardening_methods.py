@@ -35,6 +35,7 @@ from captum_vit import (
     ViTGradCAM,
     ViTShapley,
 )
+from captum_vit import GradSAM, PartialLRP
 from captum_vit.methods import METHODS
 from captum_vit.shapley import ShapleyExplainer
 
@@ -83,6 +84,8 @@ CLASSES: Dict[str, Tuple[Callable[[torch.nn.Module], Attribution], Dict[str, Any
     "RawAttention": (lambda m: RawAttention(m), {}),
     "RISE": (lambda m: RISE(m, n_masks=8), {"seed": 0}),
     "ViTGradCAM": (lambda m: ViTGradCAM(m), {}),
+    "GradSAM": (lambda m: GradSAM(m), {}),
+    "PartialLRP": (lambda m: PartialLRP(m), {}),
 }
 # Public classes that are not attribution methods (no attribute() call).
 NOT_METHODS = {"TokenMask", "ViTAdapter"}
@@ -308,6 +311,8 @@ CONSTRUCT: Dict[str, Callable[..., Any]] = {
     "ViTGradCAM": lambda m, **kw: ViTGradCAM(m, **kw),
     "TokenMask": lambda m, **kw: TokenMask(m, **kw),
     "ViTAdapter": lambda m, **kw: ViTAdapter(m, **kw),
+    "GradSAM": lambda m, **kw: GradSAM(m, **kw),
+    "PartialLRP": lambda m, **kw: PartialLRP(m, **kw),
 }
 
 
@@ -550,6 +555,8 @@ def test_inference_mode_runs_or_says_autograd_is_needed():
         "ixg",
         "skipplus-ig",
         "skipplus-ixg",
+        "gradsam",
+        "gradcam-attention",
     }
     gradient = {
         "GenAtt": lambda m: GenAtt(m),
@@ -557,6 +564,8 @@ def test_inference_mode_runs_or_says_autograd_is_needed():
         "SkipPLUS(GenAtt)": lambda m: SkipPLUSWrapper(GenAtt(m)),
         "TransformerAttribution": lambda m: TransformerAttribution(m),
         "ViTGradCAM": lambda m: ViTGradCAM(m),
+        "GradSAM": lambda m: GradSAM(m),
+        "ViTGradCAM(attention)": lambda m: ViTGradCAM(m, on="attention"),
     }
     for name, make in gradient.items():
         with torch.inference_mode(), pytest.raises(RuntimeError, match=message):
@@ -574,6 +583,7 @@ def test_inference_mode_runs_or_says_autograd_is_needed():
         "ViTShapley": lambda m: ViTShapley(extras["shapley_explainer"]),
         "RawAttention": lambda m: RawAttention(m),
         "RISE": lambda m: RISE(m, n_masks=8),
+        "PartialLRP": lambda m: PartialLRP(m),
     }
     for name, make in perturbation.items():
         kw = {"seed": 0} if name in ("ViTCX", "TIS", "RISE") else {}
