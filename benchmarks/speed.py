@@ -11,7 +11,8 @@ machine, batch and model:
 
   ==============  ==========================================================
   rollout         1 forward (raw-attention too)
-  genatt, ixg     1 forward + backward (gradcam, transformer-attribution too)
+  genatt, ixg     1 forward + backward (gradcam, transformer-attribution,
+                  gradsam, gradcam-attention, partial-lrp too)
   ig              ``n_steps`` forwards + backwards (Captum batches them by 64)
   skipplus-*      the floor of the wrapped method (the ratio is the wrapper's
                   price over plain IG / IxG)
@@ -173,6 +174,8 @@ def floor_of(
     if base in ("rollout", "raw-attention", "vit-shapley"):
         return forwards(model, x, b, b), "1 fwd"
     if base in ("genatt", "ixg", "gradcam", "transformer-attribution"):
+        return forward_backward(model, x, b, b), "1 fwd+bwd"
+    if base in ("gradsam", "gradcam-attention", "partial-lrp"):
         return forward_backward(model, x, b, b), "1 fwd+bwd"
     if base == "rise":
         masks = opts.rise_masks

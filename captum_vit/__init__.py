@@ -13,6 +13,8 @@ from .attr import (
     ViTGradCAM,
     ViTShapley,
     AttentionFlow,
+    GradSAM,
+    PartialLRP,
 )
 from . import metrics
 from .vit import TokenMask, ViTAdapter, patch_scores
@@ -36,4 +38,6 @@ __all__ = [
     "metrics",
     "patch_scores",
     "AttentionFlow",
+    "GradSAM",
+    "PartialLRP",
 ]

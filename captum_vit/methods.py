@@ -265,6 +265,27 @@ def _gradcam(model: nn.Module, options: MethodOptions) -> Explain:
     return lambda x, t, seeds=None: m.attribute(x, target=t)
 
 
+def _gradsam(model: nn.Module, options: MethodOptions) -> Explain:
+    from .attr import GradSAM
+
+    m = GradSAM(model)
+    return lambda x, t, seeds=None: m.attribute(x, target=t)
+
+
+def _partial_lrp(model: nn.Module, options: MethodOptions) -> Explain:
+    from .attr import PartialLRP
+
+    m = PartialLRP(model)
+    return lambda x, t, seeds=None: m.attribute(x, target=t)
+
+
+def _gradcam_attention(model: nn.Module, options: MethodOptions) -> Explain:
+    from .attr import ViTGradCAM
+
+    m = ViTGradCAM(model, on="attention")
+    return lambda x, t, seeds=None: m.attribute(x, target=t)
+
+
 def _ig(model: nn.Module, options: MethodOptions) -> Explain:
     from captum.attr import IntegratedGradients
 
@@ -498,6 +519,26 @@ METHODS: Dict[str, Method] = {
             _attention_flow,
             False,
             "Attention flow (Abnar & Zuidema 2020)",
+        ),
+        Method(
+            "gradsam",
+            _gradsam,
+            False,
+            "Grad-SAM (Barkan et al. 2021)",
+            needs_grad=True,
+        ),
+        Method(
+            "partial-lrp",
+            _partial_lrp,
+            False,
+            "Partial LRP, last block's attention (Voita et al. 2019)",
+        ),
+        Method(
+            "gradcam-attention",
+            _gradcam_attention,
+            False,
+            "Grad-CAM on the last block's attention (Chefer et al. 2021)",
+            needs_grad=True,
         ),
     ]
 }

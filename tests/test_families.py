@@ -492,6 +492,8 @@ def _run_cell(column: str, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     from captum_vit import ViTShapley
     from captum_vit.shapley import ShapleyExplainer
 
+    from captum_vit import GradSAM, PartialLRP
+
     adapter = ViTAdapter(model)
     n = adapter.num_patches
     keep = torch.arange(n).expand(x.shape[0], n) % 2 == 0
@@ -529,6 +531,12 @@ def _run_cell(column: str, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return AttentionFlow(model).attribute(x)
     if column == "metrics, ROAD":
         return road(model, x, attr, 1, fractions=(0.25, 0.5))
+    if column == "GradSAM":
+        return GradSAM(model).attribute(x, target=1)
+    if column == "PartialLRP":
+        return PartialLRP(model).attribute(x, target=1)
+    if column == "ViTGradCAM(attention)":
+        return ViTGradCAM(model, on="attention").attribute(x, target=1)
     if column == "metrics, randomisation":
         res = model_parameter_randomization(model, ViTGradCAM(model), x, target=1)
         return res.spearman[:, -1]
@@ -552,7 +560,7 @@ def _matrix():
 
 def test_readme_matrix_covers_every_family_and_method():
     columns, cells = _matrix()
-    assert len(columns) == 18
+    assert len(columns) == 21
     assert [r for r, _ in cells] == list(ROWS)
     assert all(len(c) == len(columns) for _, c in cells)
 

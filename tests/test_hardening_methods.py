@@ -36,6 +36,7 @@ from captum_vit import (
     ViTShapley,
     AttentionFlow,
 )
+from captum_vit import GradSAM, PartialLRP
 from captum_vit.methods import METHODS
 from captum_vit.shapley import ShapleyExplainer
 
@@ -85,6 +86,8 @@ CLASSES: Dict[str, Tuple[Callable[[torch.nn.Module], Attribution], Dict[str, Any
     "RISE": (lambda m: RISE(m, n_masks=8), {"seed": 0}),
     "ViTGradCAM": (lambda m: ViTGradCAM(m), {}),
     "AttentionFlow": (lambda m: AttentionFlow(m), {}),
+    "GradSAM": (lambda m: GradSAM(m), {}),
+    "PartialLRP": (lambda m: PartialLRP(m), {}),
 }
 # Public classes that are not attribution methods (no attribute() call).
 NOT_METHODS = {"TokenMask", "ViTAdapter"}
@@ -311,6 +314,8 @@ CONSTRUCT: Dict[str, Callable[..., Any]] = {
     "TokenMask": lambda m, **kw: TokenMask(m, **kw),
     "ViTAdapter": lambda m, **kw: ViTAdapter(m, **kw),
     "AttentionFlow": lambda m, **kw: AttentionFlow(m, **kw),
+    "GradSAM": lambda m, **kw: GradSAM(m, **kw),
+    "PartialLRP": lambda m, **kw: PartialLRP(m, **kw),
 }
 
 
@@ -553,6 +558,8 @@ def test_inference_mode_runs_or_says_autograd_is_needed():
         "ixg",
         "skipplus-ig",
         "skipplus-ixg",
+        "gradsam",
+        "gradcam-attention",
     }
     gradient = {
         "GenAtt": lambda m: GenAtt(m),
@@ -560,6 +567,8 @@ def test_inference_mode_runs_or_says_autograd_is_needed():
         "SkipPLUS(GenAtt)": lambda m: SkipPLUSWrapper(GenAtt(m)),
         "TransformerAttribution": lambda m: TransformerAttribution(m),
         "ViTGradCAM": lambda m: ViTGradCAM(m),
+        "GradSAM": lambda m: GradSAM(m),
+        "ViTGradCAM(attention)": lambda m: ViTGradCAM(m, on="attention"),
     }
     for name, make in gradient.items():
         with torch.inference_mode(), pytest.raises(RuntimeError, match=message):
@@ -578,6 +587,7 @@ def test_inference_mode_runs_or_says_autograd_is_needed():
         "RawAttention": lambda m: RawAttention(m),
         "RISE": lambda m: RISE(m, n_masks=8),
         "AttentionFlow": lambda m: AttentionFlow(m),
+        "PartialLRP": lambda m: PartialLRP(m),
     }
     for name, make in perturbation.items():
         kw = {"seed": 0} if name in ("ViTCX", "TIS", "RISE") else {}

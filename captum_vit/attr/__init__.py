@@ -11,6 +11,8 @@ from ._transformer_attribution import TransformerAttribution
 from ._vit_shapley import ViTShapley
 from ._vitcx import ViTCX
 from ._attention_flow import AttentionFlow
+from ._gradsam import GradSAM
+from ._partial_lrp import PartialLRP
 
 __all__ = [
     "AttentionRollout",
@@ -25,4 +27,6 @@ __all__ = [
     "ViTGradCAM",
     "ViTShapley",
     "AttentionFlow",
+    "GradSAM",
+    "PartialLRP",
 ]

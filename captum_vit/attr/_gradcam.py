@@ -1,5 +1,6 @@
 """Grad-CAM on the patch tokens (or feature map) of a ViT block (Selvaraju et al.,
-ICCV 2017)."""
+ICCV 2017), or on a block's attention map (the "GradCAM" baseline of Chefer, Gur &
+Wolf, CVPR 2021)."""
 
 from __future__ import annotations
 
@@ -11,21 +12,36 @@ from captum.attr import GradientAttribution
 from captum.log import log_usage
 from torch import Tensor
 
-from ..vit import CLASS_HEAD, ViTAdapter, tokens_to_pixels
+from ..vit import (
+    CLASS_HEAD,
+    RECORDED_ATTENTION,
+    ViTAdapter,
+    record_attention,
+    tokens_to_pixels,
+)
+from ..vit.adapter import resolve_layer_indices
+from ._rollout import fused_pool_rows
 from ._utils import (
     TargetType,
     capture_layers,
+    check_choice,
     evaluates_model,
     format_target,
+    head_readout,
     pack_output,
     require_autograd,
     unpack_inputs,
 )
 
+#: What Grad-CAM weights: the patch tokens or the attention map of a block.
+ACTIVATIONS = ["tokens", "attention"]
+
 
 class ViTGradCAM(GradientAttribution):
-    r"""Grad-CAM with the patch tokens of a block as the activation map.
+    r"""Grad-CAM with the patch tokens of a block (or its attention) as the activation
+    map.
 
+    **On tokens** (``on="tokens"``, the default):
     The activations are the output of ``layer``, by default the normalised input of
     block ``block``'s attention (:meth:`~captum_vit.vit.ViTAdapter.attention_input`:
     timm ``norm1``, torchvision ``ln_1``, Hugging Face ``layernorm_before``; the
@@ -47,29 +63,69 @@ class ViTGradCAM(GradientAttribution):
     it cannot run inside ``torch.inference_mode()`` (``torch.no_grad()`` around the
     call is fine).
 
+    **On attention** (``on="attention"``): Chefer et al.'s "GradCAM" baseline
+    (``generate_cam_attn`` in hila-chefer/Transformer-Explainability). The
+    activations are block ``block``'s post-softmax attention probabilities
+    ``A`` (B, heads, T, T), read at the row(s) the head reads: ``a_h = Σ_i w_i
+    A_{h,i,:}`` with the readout weights ``w`` (the CLS row; the mean of the CLS and
+    distillation rows for distilled DeiT; the mean of the pooled rows for
+    average-pooled models; the pool's head-averaged attention for attention-pooled
+    heads), and likewise the gradient ``g_h`` of the target **logit**. Each head is
+    weighted by the mean of its gradient over the patch columns and the heads are
+    averaged:
+
+    ``α_h = mean_j g_hj``,  ``CAM_j = ReLU(mean_h α_h a_hj)``  (j over patches).
+
+    The backward pass stops at that block's attention. Chefer et al. also min-max
+    normalise each map, which does not change rankings or correlations; this map is
+    not normalised. Needs recorded attention (not Swin); ``layer`` does not apply.
+
     Args:
         model: A supported ViT or Swin with a classifier head (see
             :class:`captum_vit.vit.ViTAdapter`).
-        block: Block whose attention input is used (negative counts from the end);
-            default the last block.
+        block: Block whose attention input (``on="tokens"``) or attention map
+            (``on="attention"``) is used (negative counts from the end); default
+            the last block.
         layer: Alternatively, any module of the model that outputs (B, P + N, D)
-            tokens (an NHWC map on Swin) once per forward pass (overrides ``block``).
+            tokens (an NHWC map on Swin) once per forward pass (overrides ``block``;
+            ``on="tokens"`` only).
+        on: ``"tokens"`` (default) or ``"attention"``.
 
     Raises:
-        TypeError: an unsupported model or a model without classifier head.
+        TypeError: an unsupported model or a model without classifier head; with
+            ``on="attention"``, a family without recorded attention (Swin).
+        ValueError: an unknown ``on``, or a ``layer`` given with
+            ``on="attention"``.
 
     Examples::
 
         >>> attr = ViTGradCAM(model).attribute(images, target=labels)
         >>> attr = ViTGradCAM(model, layer=model.blocks[-2]).attribute(images, 3)
+        >>> attr = ViTGradCAM(model, on="attention").attribute(images, target=labels)
     """
 
     def __init__(
-        self, model: nn.Module, block: int = -1, layer: Optional[nn.Module] = None
+        self,
+        model: nn.Module,
+        block: int = -1,
+        layer: Optional[nn.Module] = None,
+        on: str = "tokens",
     ) -> None:
         self.adapter = ViTAdapter(model)
+        self.on = check_choice("on", on, ACTIVATIONS)
+        if self.on == "attention":
+            self.adapter.require(RECORDED_ATTENTION, type(self).__name__)
         self.adapter.require(CLASS_HEAD, type(self).__name__)
         super().__init__(self.adapter.model)
+        if self.on == "attention":
+            if layer is not None:
+                raise ValueError(
+                    'layer: not used with on="attention" (choose the block with '
+                    "block=...)"
+                )
+            self.block = resolve_layer_indices(self.adapter, [block], "block")[0]
+            self.layer = None
+            return
         if layer is None:
             layer = self.adapter.attention_input(block)
         if not isinstance(layer, nn.Module):
@@ -112,11 +168,18 @@ class ViTGradCAM(GradientAttribution):
             >>> attr = ViTGradCAM(model).attribute(images, target=3)
         """
         images, was_tuple = unpack_inputs(inputs)
-        self.adapter.check_images(images)
+        grid = self.adapter.check_images(images)
         require_autograd(type(self).__name__)
         b = images.shape[0]
         if target is not None:
             t = format_target(target, b, self.adapter.num_classes)
+        if self.on == "attention":
+            cam = self._attention_cam(images, t if target is not None else None)
+            if relu:
+                cam = cam.clamp(min=0)
+            return pack_output(
+                tokens_to_pixels(cam, grid, images, interpolate_mode), was_tuple
+            )
         x = images.detach().requires_grad_(True)
         with torch.enable_grad():
             logits, (act,) = capture_layers(
@@ -140,3 +203,25 @@ class ViTGradCAM(GradientAttribution):
             tokens_to_pixels(cam.flatten(1), grid, images, interpolate_mode),
             was_tuple,
         )
+
+    def _attention_cam(self, images: Tensor, t: Optional[Tensor]) -> Tensor:
+        """The signed (B, N) attention Grad-CAM of the patches (before the ReLU)."""
+        blk = self.block
+        x = images.detach().requires_grad_(True)
+        with torch.enable_grad(), record_attention(self.adapter, layers=[blk]) as rec:
+            logits = self.adapter.logits(x)
+            if t is None:
+                t = logits.argmax(dim=1)
+            t = t.to(logits.device)
+            attention = rec.attentions[blk]
+            (grad,) = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), attention)
+        a = attention.detach()
+        w = head_readout(
+            self.adapter, rec, a[:, 0], lambda p: fused_pool_rows(p, "mean")
+        )
+        w = w.to(a)
+        p = self.adapter.num_prefix_tokens
+        rows = torch.einsum("bi,bhij->bhj", w, a)[..., p:]  # (B, heads, N)
+        g = torch.einsum("bi,bhij->bhj", w, grad.to(a.dtype))[..., p:]
+        alpha = g.mean(dim=2, keepdim=True)  # (B, heads, 1)
+        return (rows * alpha).mean(dim=1).detach()
