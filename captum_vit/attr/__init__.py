@@ -10,6 +10,8 @@ from ._tis import TransformerInputSampling
 from ._transformer_attribution import TransformerAttribution
 from ._vit_shapley import ViTShapley
 from ._vitcx import ViTCX
+from ._tam import TransitionAttentionMaps
+from ._beyond_intuition import BeyondIntuition
 
 __all__ = [
     "AttentionRollout",
@@ -23,4 +25,6 @@ __all__ = [
     "ViTCX",
     "ViTGradCAM",
     "ViTShapley",
+    "TransitionAttentionMaps",
+    "BeyondIntuition",
 ]
