@@ -179,15 +179,20 @@ def ours(kind: str, model: nn.Module, start: Optional[int] = None) -> Callable:
     return lambda x, t: patch_scores(m.attribute(x, target=t), model).flatten(1)
 
 
-def theirs(kind: str, refs: Dict[str, Any], model: nn.Module) -> Callable:
-    """The authors' call at their defaults; (B, N) patch maps."""
+def theirs(
+    kind: str, refs: Dict[str, Any], model: nn.Module, start: Optional[int] = None
+) -> Callable:
+    """The authors' call, (B, N) patch maps; ``start`` is our start_layer (their
+    BI code counts blocks from 1), None: their defaults."""
     if kind == "tam":
         interp = refs["tam"].InterpretTransformer(
             reference_model(refs["tam_vit"], model)
         )
-        return lambda x, t: interp.transition_attention_maps(x, index=t.tolist())
+        kw = {} if start is None else {"start_layer": start}
+        return lambda x, t: interp.transition_attention_maps(x, index=t.tolist(), **kw)
     base = refs["bi"].Baselines(reference_model(refs["bi_vit"], model))
-    call = base.generate_ours if kind == "head" else base.generate_ours_c
+    fn = base.generate_ours if kind == "head" else base.generate_ours_c
+    call = fn if start is None else partial(fn, start_layer=start + 1)
 
     def per_image(x, t):  # their BI code serves one image per call
         return torch.cat([call(x[i : i + 1], index=int(t[i])) for i in range(len(x))])
