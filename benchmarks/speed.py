@@ -198,6 +198,9 @@ def floor_of(
         one = forwards(model, x, b, b)
         label = f"1 + M fwd at {kept}/{n_patches} (M = {sum(per_image) / b:.0f})"
         return (lambda: (one(), drop())), label
+    if base in ("tam", "beyond-intuition-head", "beyond-intuition-token"):
+        steps = opts.n_steps  # issue 28: steps x (forward + backward)
+        return forward_backward(model, x, b * steps, b), f"{steps} fwd+bwd"
     raise KeyError(name)
 
 
