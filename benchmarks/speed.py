@@ -203,6 +203,9 @@ def floor_of(
         return (lambda: (one(), drop())), label
     if base == "attention-flow":  # plus one max-flow problem per patch, no model
         return forwards(model, x, b, b), "1 fwd + N max-flows"
+    if base in ("tam", "beyond-intuition-head", "beyond-intuition-token"):
+        steps = opts.n_steps  # issue 28: steps x (forward + backward)
+        return forward_backward(model, x, b * steps, b), f"{steps} fwd+bwd"
     raise KeyError(name)
 
 

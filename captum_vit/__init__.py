@@ -15,6 +15,8 @@ from .attr import (
     AttentionFlow,
     GradSAM,
     PartialLRP,
+    TransitionAttentionMaps,
+    BeyondIntuition,
 )
 from . import metrics
 from .vit import TokenMask, ViTAdapter, patch_scores
@@ -40,4 +42,6 @@ __all__ = [
     "AttentionFlow",
     "GradSAM",
     "PartialLRP",
+    "TransitionAttentionMaps",
+    "BeyondIntuition",
 ]

@@ -209,6 +209,23 @@ def _genatt(model: nn.Module, options: MethodOptions) -> Explain:
     return lambda x, t, seeds=None: m.attribute(x, target=t)
 
 
+def _tam(model: nn.Module, options: MethodOptions) -> Explain:
+    from .attr import TransitionAttentionMaps
+
+    m = TransitionAttentionMaps(model, steps=options.n_steps)
+    return lambda x, t, seeds=None: m.attribute(x, target=t)
+
+
+def _beyond_intuition(mode: str) -> Callable[[nn.Module, MethodOptions], Explain]:
+    def build(model: nn.Module, options: MethodOptions) -> Explain:
+        from .attr import BeyondIntuition
+
+        m = BeyondIntuition(model, mode=mode, steps=options.n_steps)
+        return lambda x, t, seeds=None: m.attribute(x, target=t)
+
+    return build
+
+
 def _normalization(options: MethodOptions) -> Dict[str, Any]:
     """The model's input normalisation from ``options`` (for the "black" fill)."""
     return dict(input_mean=options.input_mean, input_std=options.input_std)
@@ -538,6 +555,26 @@ METHODS: Dict[str, Method] = {
             _gradcam_attention,
             False,
             "Grad-CAM on the last block's attention (Chefer et al. 2021)",
+        ),
+        Method(
+            "tam",
+            _tam,
+            False,
+            "Transition Attention Maps (Yuan et al. 2021), n_steps points",
+            needs_grad=True,
+        ),
+        Method(
+            "beyond-intuition-head",
+            _beyond_intuition("head"),
+            False,
+            "Beyond Intuition, head-wise (Chen et al. 2023), n_steps points",
+            needs_grad=True,
+        ),
+        Method(
+            "beyond-intuition-token",
+            _beyond_intuition("token"),
+            False,
+            "Beyond Intuition, token-wise (Chen et al. 2023), n_steps points",
             needs_grad=True,
         ),
     ]

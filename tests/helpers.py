@@ -408,3 +408,37 @@ def map_pool_by_hand(model: nn.Module, tokens: torch.Tensor):
     y = y + pool.mlp(pool.norm(y))
     y = y[:, 0]
     return model.head(model.head_drop(model.fc_norm(y))), a
+
+
+def timm_vit_by_hand(model: nn.Module, images: torch.Tensor):
+    """A timm ``VisionTransformer`` forward written out from its parameters.
+
+    Returns ``(logits, attentions, block_inputs, projected_values)``: per block the
+    (B, heads, T, T) softmax attention (``retain_grad`` set when it needs grad), the
+    (B, T, D) block input and the (B, T, D) values times the output projection's
+    weight (no bias). The logits are checked against the model's own.
+    """
+    h = timm_tokens(model, images)[0]
+    atts, inputs, projected = [], [], []
+    for blk in model.blocks:
+        inputs.append(h)
+        y = blk.norm1(h)
+        attn = blk.attn
+        b, t, _ = y.shape
+        heads, d = attn.num_heads, attn.head_dim
+        qkv = nn.functional.linear(y, attn.qkv.weight, attn.qkv.bias)
+        q, k, v = qkv.reshape(b, t, 3, heads, d).permute(2, 0, 3, 1, 4)
+        a = (q @ k.transpose(-2, -1) * d**-0.5).softmax(dim=-1)
+        if a.requires_grad:
+            a.retain_grad()
+        atts.append(a)
+        projected.append(
+            v.transpose(1, 2).reshape(b, t, heads * d) @ attn.proj.weight.T
+        )
+        out = attn.proj((a @ v).transpose(1, 2).reshape(b, t, heads * d))
+        h = h + blk.ls1(out)
+        h = h + blk.ls2(blk.mlp(blk.norm2(h)))
+    logits = model.forward_head(model.norm(h))
+    with torch.no_grad():
+        assert torch.allclose(logits, model(images), atol=1e-5)
+    return logits, atts, inputs, projected

@@ -32,6 +32,7 @@ from captum_vit import (
     patch_scores,
     AttentionFlow,
 )
+from captum_vit import BeyondIntuition, TransitionAttentionMaps
 from captum_vit.vit import LRP_RULES, logits_of
 from captum_vit.metrics import (
     deletion,
@@ -529,6 +530,11 @@ def _run_cell(column: str, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return ViTGradCAM(model).attribute(x, target=1)
     if column == "AttentionFlow":
         return AttentionFlow(model).attribute(x)
+    if column == "TransitionAttentionMaps":
+        return TransitionAttentionMaps(model, steps=2).attribute(x, target=1)
+    if column.startswith("BeyondIntuition("):
+        mode = column[len("BeyondIntuition(") : -1]
+        return BeyondIntuition(model, mode=mode, steps=2).attribute(x, target=1)
     if column == "metrics, ROAD":
         return road(model, x, attr, 1, fractions=(0.25, 0.5))
     if column == "GradSAM":
@@ -561,6 +567,7 @@ def _matrix():
 def test_readme_matrix_covers_every_family_and_method():
     columns, cells = _matrix()
     assert len(columns) == 21
+    assert len(columns) == 20
     assert [r for r, _ in cells] == list(ROWS)
     assert all(len(c) == len(columns) for _, c in cells)
 

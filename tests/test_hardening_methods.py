@@ -37,6 +37,7 @@ from captum_vit import (
     AttentionFlow,
 )
 from captum_vit import GradSAM, PartialLRP
+from captum_vit import BeyondIntuition, TransitionAttentionMaps
 from captum_vit.methods import METHODS
 from captum_vit.shapley import ShapleyExplainer
 
@@ -88,6 +89,8 @@ CLASSES: Dict[str, Tuple[Callable[[torch.nn.Module], Attribution], Dict[str, Any
     "AttentionFlow": (lambda m: AttentionFlow(m), {}),
     "GradSAM": (lambda m: GradSAM(m), {}),
     "PartialLRP": (lambda m: PartialLRP(m), {}),
+    "TransitionAttentionMaps": (lambda m: TransitionAttentionMaps(m, steps=3), {}),
+    "BeyondIntuition": (lambda m: BeyondIntuition(m, mode="token", steps=3), {}),
 }
 # Public classes that are not attribution methods (no attribute() call).
 NOT_METHODS = {"TokenMask", "ViTAdapter"}
@@ -316,6 +319,8 @@ CONSTRUCT: Dict[str, Callable[..., Any]] = {
     "AttentionFlow": lambda m, **kw: AttentionFlow(m, **kw),
     "GradSAM": lambda m, **kw: GradSAM(m, **kw),
     "PartialLRP": lambda m, **kw: PartialLRP(m, **kw),
+    "TransitionAttentionMaps": lambda m, **kw: TransitionAttentionMaps(m, **kw),
+    "BeyondIntuition": lambda m, **kw: BeyondIntuition(m, **kw),
 }
 
 
@@ -402,6 +407,11 @@ def test_every_numeric_argument_rejects_nan_inf_and_out_of_range():
         lambda m: RISE(m, grid_size=0),
         lambda m: RISE(m, input_mean=[float("nan")] * 3, input_std=[0.5] * 3),
         lambda m: ViTCX(m, input_mean=[0.5] * 3, input_std=[float("inf")] * 3),
+        lambda m: TransitionAttentionMaps(m, steps=0),
+        lambda m: TransitionAttentionMaps(m, start_layer=2),
+        lambda m: BeyondIntuition(m, steps=np.int64(0)),
+        lambda m: BeyondIntuition(m, mode="token", start_layer=2),
+        lambda m: BeyondIntuition(m, mode="both"),
     ],
 )
 def test_out_of_range_constructor_arguments(make):
@@ -412,7 +422,7 @@ def test_out_of_range_constructor_arguments(make):
         in (
             "discard_ratio start_layer distance_threshold noise_std tokens_ratio "
             "n_masks mlp_ratio num_heads layer block p grid_size input_mean "
-            "input_std"
+            "input_std steps mode"
         ).split()
     )
 
@@ -569,6 +579,8 @@ def test_inference_mode_runs_or_says_autograd_is_needed():
         "ViTGradCAM": lambda m: ViTGradCAM(m),
         "GradSAM": lambda m: GradSAM(m),
         "ViTGradCAM(attention)": lambda m: ViTGradCAM(m, on="attention"),
+        "TAM": lambda m: TransitionAttentionMaps(m, steps=2),
+        "BeyondIntuition": lambda m: BeyondIntuition(m, steps=2),
     }
     for name, make in gradient.items():
         with torch.inference_mode(), pytest.raises(RuntimeError, match=message):

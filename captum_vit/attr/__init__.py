@@ -13,6 +13,8 @@ from ._vitcx import ViTCX
 from ._attention_flow import AttentionFlow
 from ._gradsam import GradSAM
 from ._partial_lrp import PartialLRP
+from ._tam import TransitionAttentionMaps
+from ._beyond_intuition import BeyondIntuition
 
 __all__ = [
     "AttentionRollout",
@@ -29,4 +31,6 @@ __all__ = [
     "AttentionFlow",
     "GradSAM",
     "PartialLRP",
+    "TransitionAttentionMaps",
+    "BeyondIntuition",
 ]

@@ -65,6 +65,9 @@ CLASS_HEAD = "class_head"
 #: Layer-wise relevance propagation rules for every block and the head
 #: (:mod:`captum_vit.vit.lrp`, Transformer Attribution).
 LRP_RULES = "lrp_rules"
+#: Each block's input tokens and its attention values passed through the attention's
+#: output projection (Beyond Intuition's token-wise approximation).
+VALUE_PROJECTION = "value_projection"
 
 #: What each capability is called in error messages.
 CAPABILITIES: Dict[str, str] = {
@@ -75,6 +78,7 @@ CAPABILITIES: Dict[str, str] = {
     PREFIX_TOKENS: "a prefix token (CLS, distillation or register)",
     CLASS_HEAD: "a classifier head",
     LRP_RULES: "LRP rules for its blocks",
+    VALUE_PROJECTION: "projected attention values",
 }
 
 #: Reasons used when a family does not give its own (see ``missing_reasons``).
@@ -82,6 +86,10 @@ _DEFAULT_REASONS: Dict[str, str] = {
     LRP_RULES: (
         "does not have: captum-vit's LRP rules cover timm VisionTransformer blocks "
         "only (linear qkv, LayerNorm, GELU MLP)"
+    ),
+    VALUE_PROJECTION: (
+        "does not offer: captum-vit reads the values of timm Attention modules "
+        "(one linear qkv, a linear proj, no scale norm) only"
     ),
 }
 
@@ -945,6 +953,40 @@ class ViTAdapter:
         layers: List[int],
         on_block: Callable[[int, Tensor], None],
         on_pool: Optional[Callable[[Tensor], None]],
+        out: List[Any],
+    ) -> None:
+        raise NotImplementedError
+
+    @contextmanager
+    def value_probes(
+        self,
+        layers: Sequence[int],
+        on_block: Callable[[int, Tensor, Tensor], None],
+    ) -> Iterator[None]:
+        """Report each chosen block's input and projected attention values.
+
+        ``on_block(layer, inputs, values)`` receives block ``layer``'s (B, T, D)
+        input tokens (the residual stream before the block's first norm) and the
+        (B, T, D) values ``W_O v_j`` of every token j: the per-head value vectors,
+        concatenated over the heads and multiplied by the output projection's
+        weight, without its bias (what the attention would output for token j if
+        it attended only to itself). Needs :data:`VALUE_PROJECTION`.
+
+        Args:
+            layers: Block indices.
+            on_block: Callback, called once per chosen block and forward pass.
+
+        Raises:
+            TypeError: the family does not offer projected values.
+        """
+        self.require(VALUE_PROJECTION, "value_probes")
+        with installed(lambda out: self._value_hooks(list(layers), on_block, out)):
+            yield
+
+    def _value_hooks(
+        self,
+        layers: List[int],
+        on_block: Callable[[int, Tensor, Tensor], None],
         out: List[Any],
     ) -> None:
         raise NotImplementedError

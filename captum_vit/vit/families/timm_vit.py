@@ -16,12 +16,12 @@ projection, MLP), whose probabilities are reported and differentiable.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch.nn as nn
 from torch import Tensor
 
-from ..adapter import LRP_RULES, MaskState, register_family
+from ..adapter import LRP_RULES, VALUE_PROJECTION, MaskState, register_family
 from ._timm import TimmTokenAdapter
 
 _POOLS = ("token", "avg", "max", "avgmax")
@@ -119,6 +119,49 @@ class TimmViTAdapter(TimmTokenAdapter):
             ):
                 return "a linear distillation head"
         return None
+
+    # ------------------------------------------------------ projected values
+    def _family_capabilities(self) -> Sequence[str]:
+        caps = tuple(super()._family_capabilities())
+        return caps + ((VALUE_PROJECTION,) if self._values_readable() else ())
+
+    def _values_readable(self) -> bool:
+        """Whether every block's attention is a timm ``Attention`` whose values can
+        be read from one linear ``qkv`` and projected by a linear ``proj`` with
+        nothing in between (no scale norm, no gate)."""
+        from timm.layers import Attention
+
+        return all(
+            type(blk.attn) is Attention
+            and isinstance(blk.attn.qkv, nn.Linear)
+            and isinstance(blk.attn.proj, nn.Linear)
+            and isinstance(blk.attn.norm, nn.Identity)
+            and getattr(blk.attn, "gate", None) is None
+            for blk in self.model.blocks
+        )
+
+    def _value_hooks(
+        self,
+        layers: List[int],
+        on_block: Callable[[int, Tensor, Tensor], None],
+        out: List[Any],
+    ) -> None:
+        for i in layers:
+            blk = self.model.blocks[i]
+            seen: List[Tensor] = []
+
+            def pre(module, args, seen=seen):
+                seen[:] = [args[0]]
+
+            def qkv(module, args, output, i=i, attn=blk.attn, seen=seen):
+                # timm's qkv output is laid out as (3, heads, head_dim): the values
+                # are its last third, already concatenated over the heads
+                width = attn.num_heads * attn.head_dim
+                values = output[..., 2 * width :] @ attn.proj.weight.t()
+                on_block(i, seen[0], values)
+
+            out.append(blk.register_forward_pre_hook(pre))
+            out.append(blk.attn.qkv.register_forward_hook(qkv))
 
     @property
     def pool_include_prefix(self) -> bool:
