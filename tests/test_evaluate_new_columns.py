@@ -221,12 +221,20 @@ def test_grid_column_is_seeded_per_image_and_resumes(tiny, tmp_path):
         column(whole, "grid_pointing", keys), column(part, "grid_pointing", keys)
     )
     # another grid size is another run
-    with pytest.raises(ValueError, match="grid_pointing: 2 then, 0 now"):
+    with pytest.raises(ValueError, match="grid_pointing: 2 then, null now"):
         other = EvalConfig(**{**QUICK, "grid_pointing": 0}, chunk=2)
         run_evaluation(str(part), ["random"], other, model=tiny, dataset=ds)
 
 
 def test_cost_and_settings():
+    from captum_vit.evaluate._config import stored_settings
+
+    # records of versions before these settings resume with --infidelity off
+    off = stored_settings(EvalConfig(infidelity="off"))
+    assert not {"infidelity", "infidelity_samples", "grid_pointing"} & set(off)
+    assert {"infidelity", "infidelity_samples"} <= set(stored_settings(EvalConfig()))
+    assert "grid_pointing" not in stored_settings(EvalConfig())
+    assert stored_settings(EvalConfig(grid_pointing=3))["grid_pointing"] == 3
     cfg = EvalConfig(**QUICK)
     cost = forward_passes(cfg, CLASSES, distractor=False)
     assert cost["infidelity"] == 4 and cost["explanations"] == 2  # map + grid

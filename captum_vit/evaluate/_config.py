@@ -7,7 +7,7 @@ against a model and its data (:func:`check_protocol`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import torch
@@ -278,11 +278,36 @@ def protocol_settings(
     return out
 
 
+#: Settings added after records were first written, with the value that stands for
+#: their absence: a run with that value stores no such key, so folders of earlier
+#: versions resume (with ``--infidelity off``).
+ADDED_SETTINGS: Dict[str, Any] = {"infidelity": "off", "grid_pointing": 0}
+
+
+def stored_settings(cfg: "EvalConfig") -> Dict[str, Any]:
+    """``cfg`` as the records store it: :data:`ADDED_SETTINGS` left out where they
+    have their absent value (and the infidelity's sample count with it)."""
+    out = asdict(cfg)
+    for key, absent in ADDED_SETTINGS.items():
+        if out[key] == absent:
+            del out[key]
+    if "infidelity" not in out:
+        del out["infidelity_samples"]
+    return out
+
+
 def protocol_of(cfg: "EvalConfig", patches: int) -> Optional[str]:
     """The preset whose values ``cfg`` has (the first, in :data:`PROTOCOLS`
-    order), or None for settings of no preset."""
+    order), or None for settings of no preset. A preset with its infidelity column
+    switched off (``--infidelity off``) still counts as that preset."""
     for name in PROTOCOLS:
         values = protocol_settings(name, patches, cfg.removal, cfg.n)
+        if cfg.infidelity == "off":
+            values = {
+                k: v
+                for k, v in values.items()
+                if k not in ("infidelity", "infidelity_samples")
+            }
         if all(getattr(cfg, k) == v for k, v in values.items()):
             return name
     return None

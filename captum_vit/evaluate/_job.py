@@ -32,6 +32,7 @@ from ..data import GridDataset, ItemDataset, SceneDataset
 from ..distributed import DistContext
 from ..methods import Method, TrainedParts, build_all, resolve_methods
 from ._config import (
+    ADDED_SETTINGS,
     ROAD_FRACTIONS,
     EvalConfig,
     _patches,
@@ -39,6 +40,7 @@ from ._config import (
     cost_line,
     protocol_of,
     randomization_positions,
+    stored_settings,
 )
 from ._report import format_seconds, write_tables
 
@@ -268,7 +270,7 @@ def run_evaluation(
     check_job(dataset, loaded.num_classes, cfg.target, ctx.world_size)
     settings = {
         "command": "evaluate",
-        **asdict(cfg),
+        **stored_settings(cfg),
         "model": loaded.describe(),
         "data": dataset.describe(),
     }
@@ -349,18 +351,22 @@ def _with_protocol_hint(
     when that is another preset (e.g. a folder of the former defaults)."""
     records = store.read() if store.rank == 0 else []
     old = next((r.get("settings") for r in records if r.get("settings")), None)
-    fields = {f for f in asdict(EvalConfig())}
+    fields = set(asdict(EvalConfig())) - set(ADDED_SETTINGS) - {"infidelity_samples"}
     if isinstance(old, dict) and fields <= set(old):
+        values = {k: old[k] for k in fields}
+        values.update({k: old.get(k, v) for k, v in ADDED_SETTINGS.items()})
+        if "infidelity_samples" in old:
+            values["infidelity_samples"] = old["infidelity_samples"]
         try:
-            then = protocol_of(
-                EvalConfig(**{k: old[k] for k in fields}), _patches(loaded)
-            )
+            then = protocol_of(EvalConfig(**values), _patches(loaded))
         except (TypeError, ValueError):
             then = None
         if then is not None and then != protocol:
+            flags = f"--protocol {then}"
+            if values["infidelity"] == "off":
+                flags += " --infidelity off"
             out = SettingsMismatch(
-                f"{exc}; its records follow --protocol {then} (add --protocol {then} "
-                "to resume it)"
+                f"{exc}; its records follow {flags} (add {flags} to resume it)"
             )
             out.all_ranks = getattr(exc, "all_ranks", False)  # type: ignore
             return out

@@ -493,8 +493,11 @@ def _protocol(settings: dict, protocol: Optional[str] = None) -> List[str]:
         ),
         (
             "infidelity",
-            f"{s.get('infidelity', 'off')}, {s.get('infidelity_samples')} "
-            "perturbations",
+            (
+                f"{s.get('infidelity')}, {s.get('infidelity_samples')} perturbations"
+                if s.get("infidelity", "off") != "off"
+                else "off"
+            ),
             "Yeh et al. 2019: square removal and Gaussian noise; Captum's default: "
             "10 perturbations (`--infidelity noise`, `--infidelity-samples N`)",
         ),
