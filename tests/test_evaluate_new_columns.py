@@ -110,6 +110,32 @@ def test_grid_dataset_makes_seeded_grids_of_distinct_classes(tiny):
     )
 
 
+def test_grid_dataset_from_an_image_folder(tiny, tmp_path):
+    from captum_vit.data import ImageDataset
+
+    write_scene_folder(tmp_path / "tree", n=5, classes=("a", "b", "c", "d"))
+    data = ImageDataset.from_folder(tmp_path / "tree", tiny.preprocessing)
+    grids = GridDataset(data, 2, seed=1)
+    for i in range(len(data)):
+        item = grids[i]
+        members = item["members"].tolist()
+        assert item["image"].shape == (3, 32, 32) and members[item["cell"]] == i
+        assert sorted(data.labels()[j] for j in members) == [0, 1, 2, 3]
+    assert "grids" == grids.describe()["source"]
+    # a class whose only image is unreadable: never a partner; its own item fails
+    (tmp_path / "tree" / "e").mkdir()
+    (tmp_path / "tree" / "e" / "broken.png").write_bytes(b"\x89PNG broken")
+    data = ImageDataset.from_folder(tmp_path / "tree", tiny.preprocessing)
+    grids = GridDataset(data, 2, seed=1)
+    broken = data.keys().index("e/broken.png")
+    for i in range(len(data)):
+        item = grids[i]
+        assert item["ok"] == (i != broken)
+        if i != broken:
+            assert broken not in item["members"].tolist()
+    assert not grids[broken]["has_gt"]
+
+
 def test_grid_dataset_refuses_unusable_sources(tiny, tmp_path):
     from captum_vit.data import ImageDataset
 
