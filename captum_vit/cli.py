@@ -486,6 +486,33 @@ def build_parser() -> argparse.ArgumentParser:
         "the model (quick, standard: 0, off; paper presets: 20)",
     )
     pg.add_argument(
+        "--infidelity",
+        choices=["square", "noise", "off"],
+        default=None,
+        help="infidelity column (Yeh et al. 2019, Captum's infidelity): 'square' "
+        "(default: random squares of patches removed), 'noise' (Gaussian noise per "
+        "patch) or 'off'",
+    )
+    pg.add_argument(
+        "--infidelity-samples",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="perturbations per image of the infidelity column (quick 16, standard "
+        "64, paper-cpu 100, paper 1000; Captum's default 10)",
+    )
+    pg.add_argument(
+        "--grid-pointing",
+        type=_int_at_least(2, "a grid side >= 2"),
+        nargs="?",
+        const=2,
+        default=0,
+        metavar="N",
+        help="add the grid pointing column (Böhle et al. 2021): every image is also "
+        "explained in an N x N grid (default 2) of images of distinct classes drawn "
+        "from the data; needs labels and at least N*N classes",
+    )
+    pg.add_argument(
         "--metric-batch",
         type=_positive,
         default=None,
@@ -943,6 +970,9 @@ def cmd_evaluate(args: argparse.Namespace, ctx: Any) -> int:
             road=args.road,
             randomization=args.randomization,
             metric_batch=args.metric_batch,
+            infidelity=args.infidelity,
+            infidelity_samples=args.infidelity_samples,
+            grid_pointing=args.grid_pointing,
         )
         cfg.validate()
         check_protocol(cfg, loaded, data)

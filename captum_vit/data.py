@@ -1041,3 +1041,144 @@ def _digest(text: str) -> str:
     import hashlib
 
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------- grid pointing
+def check_grid_source(dataset: ItemDataset, grid: int) -> None:
+    """Refuse a data source the grid pointing game cannot use: one line naming
+    ``--grid-pointing``.
+
+    Raises:
+        DataError: ``grid`` below 2, a source without labels, or fewer distinct
+            classes than the ``grid * grid`` cells of a grid.
+    """
+    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2:
+        raise DataError(f"--grid-pointing: expected a grid side >= 2, got {grid!r}")
+    if not dataset.has_labels:
+        raise DataError(
+            "--grid-pointing: the data has no labels; grids need images of distinct "
+            "classes (use an ImageFolder tree, --labels, or the embedded scenes)"
+        )
+    classes = {lab for lab in dataset.labels() if lab >= 0}
+    if len(classes) < grid * grid:
+        raise DataError(
+            f"--grid-pointing: a {grid} x {grid} grid needs {grid * grid} distinct "
+            f"classes, the data has {len(classes)}; use a smaller grid or more classes"
+        )
+
+
+class GridDataset(ItemDataset):
+    """n x n grids of images of distinct classes from a labelled data source, at the
+    model's input size: the grid pointing game's data (Böhle et al. 2021; Rao et al.
+    2022).
+
+    Item ``i`` is the grid explained for source image ``i``: that image sits in a
+    cell drawn with a seed made from ``seed`` and the image's key, and the other
+    cells hold images of ``n * n - 1`` other classes, distinct, each class and its
+    image drawn with the same seed (unreadable images are passed over), so the grid
+    of an image is the same in any batch, chunk, process or run. The cells are the
+    source's preprocessed images shrunk by area averaging
+    (:func:`captum_vit.metrics.make_grid`).
+
+    Items are like :class:`ImageDataset`'s: ``image`` (the grid), ``label`` (the
+    explained image's class), ``gt`` (its cell as an (H, W) mask) and ``has_gt``,
+    plus ``cell`` (its row-major index) and ``members`` (the source positions of the
+    cells, row-major).
+
+    Args:
+        source: A labelled :class:`ItemDataset` (the embedded scenes, an ImageFolder
+            tree, a folder with ``--labels``) with at least ``grid * grid`` classes.
+        grid: n, the cells per side (default 2).
+        seed: Seed of the draws.
+
+    Raises:
+        DataError: see :func:`check_grid_source`.
+    """
+
+    has_ground_truth = True
+    has_distractor = False
+    has_labels = True
+
+    def __init__(self, source: ItemDataset, grid: int = 2, seed: int = 1234) -> None:
+        check_grid_source(source, grid)
+        self.source, self.grid, self.seed = source, int(grid), int(seed)
+        self._keys = source.keys()
+        self._labels = source.labels()
+        self.by_class: Dict[int, List[int]] = {}
+        for i, lab in enumerate(self._labels):
+            if lab >= 0:
+                self.by_class.setdefault(int(lab), []).append(i)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def keys(self) -> List[str]:
+        return list(self._keys)
+
+    def labels(self) -> List[int]:
+        return list(self._labels)
+
+    def describe(self) -> Dict[str, Any]:
+        return {
+            "source": "grids",
+            "grid": self.grid,
+            "seed": self.seed,
+            "of": self.source.describe(),
+        }
+
+    def _rng(self, index: int) -> random.Random:
+        digest = _digest(f"{self.seed}:{self._keys[index]}#grid")
+        return random.Random(int(digest, 16))
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        from .metrics import grid_cell_masks, make_grid
+
+        n = self.grid
+        main = self.source[index]
+        label = int(self._labels[index])
+        item: Dict[str, Any] = {
+            "index": index,
+            "key": main["key"],
+            "label": label,
+            "ok": bool(main["ok"]),
+            "error": main.get("error", ""),
+        }
+        c, h, w = main["image"].shape
+        rng = self._rng(index)
+        cell = rng.randrange(n * n)
+        others = sorted(k for k in self.by_class if k != label)
+        rng.shuffle(others)
+        members: List[Any] = []
+        images: List[Tensor] = []
+        if item["ok"]:
+            for cls in others:
+                if len(members) == n * n - 1:
+                    break
+                candidates = list(self.by_class[cls])
+                rng.shuffle(candidates)
+                for j in candidates:
+                    other = self.source[j]
+                    if other["ok"]:
+                        members.append(j)
+                        images.append(other["image"].float())
+                        break
+            if len(members) < n * n - 1:
+                item.update(
+                    ok=False,
+                    error=f"grid: fewer than {n * n - 1} readable images of other "
+                    "classes",
+                )
+        if item["ok"]:
+            members.insert(cell, index)
+            images.insert(cell, main["image"].float())
+            item["image"] = make_grid(torch.stack(images), n, (h, w))[0]
+        else:
+            members = [-1] * (n * n)
+            item["image"] = torch.zeros(c, h, w)
+        item.update(
+            gt=grid_cell_masks(cell, n, (h, w))[0],
+            has_gt=bool(item["ok"]),
+            cell=cell,
+            members=torch.tensor(members),
+        )
+        return item

@@ -287,6 +287,8 @@ FAST_EVALUATE = [
     "--workers",
     "0",
     "--quiet",
+    "--infidelity-samples",
+    "2",
 ]
 
 

@@ -30,9 +30,17 @@ SMALL = [
     "2",
     "--road",
     "off",  # ROAD and the randomisation check: tests/test_evaluate_protocol.py
+    "--infidelity-samples",
+    "2",
 ]
 #: Columns this module's quick runs leave out (opt-in or switched off above).
-OPT_IN = ("road_morf", "road_lerf", "randomization_spearman", "randomization_ssim")
+OPT_IN = (
+    "road_morf",
+    "road_lerf",
+    "randomization_spearman",
+    "randomization_ssim",
+    "grid_pointing",  # tests/test_evaluate_new_columns.py
+)
 
 
 def test_evaluate_n20_every_method_and_metric(tmp_path: Path):
@@ -113,10 +121,13 @@ def test_results_md_defines_every_column_and_the_interval(tmp_path: Path):
     cfg = EvalConfig(n=3, chunk=3, tis_masks=8, curve_steps=2, faith_samples=4)
     cfg.sensitivity_samples, cfg.sensitivity_sizes = 4, 2
     cfg.randomization, cfg.road = 1, "patches"  # every column, the opt-in ones too
+    cfg.infidelity_samples = 2
     run_evaluation(str(tmp_path), ["random"], cfg)
     report = (tmp_path / "results.md").read_text()
     assert "95 % confidence interval" in report and "Student t" in report
-    for _, header, _ in METRICS:
+    for key, header, _ in METRICS:
+        if key == "grid_pointing":  # needs 4 classes: tests/test_evaluate_new_columns
+            continue
         assert f"- **{header}**: " in report
     assert "- **n**: " in report
     assert "-0.000" not in report and "± 0.000 " not in report

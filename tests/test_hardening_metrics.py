@@ -124,6 +124,22 @@ def metric_calls(model: torch.nn.Module, x: torch.Tensor, attr: torch.Tensor):
             dict(fractions=torch.linspace(0, 1, 5), curves=curves),
         ),
         "ssim": (metrics.ssim, dict(x=attr[:, 0], y=attr[:, 1])),
+        "infidelity": (
+            metrics.infidelity,
+            {**common, "target": TARGET, "n_perturb_samples": 2},
+        ),
+        "energy_pointing_game": (
+            metrics.energy_pointing_game,
+            dict(attributions=attr, boxes=BOXES),
+        ),
+        "segmentation_f1": (
+            metrics.segmentation_f1,
+            dict(attributions=attr, masks=_masks()),
+        ),
+        "grid_pointing_game": (
+            metrics.grid_pointing_game,
+            dict(attributions=attr, cells=[0, 3]),
+        ),
     }
 
 
@@ -273,6 +289,12 @@ def test_every_numeric_metric_argument_rejects_nan_inf_and_out_of_range():
         "ssim.data_range",
         "ssim.window",
         "ssim.sigma",
+        "infidelity.n_perturb_samples",
+        "infidelity.square_size",
+        "infidelity.noise_std",
+        "energy_pointing_game.threshold",
+        "segmentation_f1.threshold",
+        "grid_pointing_game.grid",
     } <= checked
 
 

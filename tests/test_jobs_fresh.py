@@ -292,12 +292,14 @@ def test_a_folder_of_the_former_defaults_resumes_with_protocol_standard(
     base = ["evaluate", "--n", "2", "--methods", "random", "--workers", "0", "--quiet"]
     old = ["--curve-steps", "16", "--faith-samples", "64", "--sensitivity-sizes", "9"]
     old += ["--sensitivity-samples", "32", "--road", "patches"]
+    old += ["--infidelity", "off"]  # folders from before the infidelity column
     out = tmp_path / "old"
     assert cli(capsys, *base, *old, "--out", out)[0] == 0
     rc, _, err = cli(capsys, *base, "--out", out)
     assert rc == 2 and err.count("\n") == 1
-    assert "add --protocol standard to resume it" in err
-    rc, stdout, _ = cli(capsys, *base, "--protocol", "standard", "--out", out)
+    assert "add --protocol standard --infidelity off to resume it" in err
+    again = ["--protocol", "standard", "--infidelity", "off"]
+    rc, stdout, _ = cli(capsys, *base, *again, "--out", out)
     assert rc == 0 and "Resumed: 2 of 2" in stdout
     assert "Protocol: the `standard` preset" in stdout
 

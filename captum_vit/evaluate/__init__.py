@@ -16,6 +16,10 @@ class), scores the maps with :mod:`captum_vit.metrics`, and writes
 - ``randomization.npz`` (with ``randomization`` > 0): the randomisation check's
   Spearman and SSIM per randomised parameter group.
 
+With ``grid_pointing`` = n (``--grid-pointing``) every image is also explained in an
+n x n grid of images of distinct classes (:class:`captum_vit.data.GridDataset`)
+for the grid pointing column.
+
 The protocol options of :class:`EvalConfig` (which model scores the perturbed
 images, the pointing rule, the sensitivity-n sweep, the non-target class, ROAD, the
 randomisation subset) reproduce the papers' settings; ``results.md`` lists them
@@ -35,6 +39,7 @@ tables and plots). Every public name is imported from here.
 from ._config import (
     COLUMN_DEFINITIONS,
     EVALUATORS,
+    INFIDELITY,
     METRICS,
     NON_TARGETS,
     POINTING_RULES,
@@ -67,6 +72,7 @@ __all__ = [
     "COLUMN_DEFINITIONS",
     "CURVES",
     "EVALUATORS",
+    "INFIDELITY",
     "METRICS",
     "NON_TARGETS",
     "POINTING_RULES",

@@ -7,7 +7,7 @@ against a model and its data (:func:`check_protocol`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import torch
@@ -36,6 +36,10 @@ METRICS: List[Tuple[str, str, str]] = [
     ("pointing_distractor", "Pointing (distractor)", "higher"),
     ("randomization_spearman", "Randomisation Spearman", "lower"),
     ("randomization_ssim", "Randomisation SSIM", "lower"),
+    ("infidelity", "Infidelity", "lower"),
+    ("energy_pointing", "Energy pointing", "higher"),
+    ("segmentation_f1", "Segmentation F1", "higher"),
+    ("grid_pointing", "Grid pointing", "higher"),
     ("seconds", "s / image", "lower"),
 ]
 
@@ -126,6 +130,34 @@ COLUMN_DEFINITIONS: Dict[str, str] = {
         "the same with the structural similarity (SSIM) of the min-max normalised "
         "maps"
     ),
+    "infidelity": (
+        "infidelity (Yeh et al. 2019), computed by Captum's `infidelity`: the mean "
+        "squared error between the map's prediction of an output change (its sum "
+        "over the perturbed patches times the perturbation) and the change of the "
+        "explained class's probability, over {infidelity_rule}; the map is first "
+        "rescaled by the factor that minimises the error (Captum's normalize), so "
+        "maps on any scale compare (lower is better)"
+    ),
+    "energy_pointing": (
+        "energy-based pointing game (Wang et al. 2020, Score-CAM; used by TAM): the "
+        "share of the map's positive part that lies inside the explained object's "
+        "ground truth (higher is better); images without boxes or masks are left "
+        "out"
+    ),
+    "segmentation_f1": (
+        "F1 of the map as a foreground segmentation, min-max normalised and "
+        "binarised at its mean, against the explained object's ground truth (its "
+        "mean over images is the mF1 of Chen et al. 2023, whose script binarises "
+        "the same way; higher is better); images without boxes or masks are left "
+        "out"
+    ),
+    "grid_pointing": (
+        "grid pointing game (Böhle et al. 2021; Rao et al. 2022): each image is "
+        "put in one cell of {grid_rule}, the grid is explained for the image's "
+        "label, and the column is the fraction of the map's positive part inside "
+        "the image's cell (1: all evidence on the explained image; about {grid_chance} "
+        "for a map that ignores the class)"
+    ),
     "seconds": (
         "wall-clock seconds per image of the explanation alone (not the metrics), "
         "on this run's machine and device; timed per chunk, so its interval is over "
@@ -138,6 +170,8 @@ EVALUATORS = ("classifier", "surrogate")
 POINTING_RULES = ("first", "random", "any")
 NON_TARGETS = ("auto", "distractor", "random", "all", "off")
 ROAD_UNITS = ("patches", "pixels", "off")
+#: Perturbations of the infidelity column (``"off"``: no column).
+INFIDELITY = ("square", "noise", "off")
 #: Removed fractions of ROAD's curves (Rong et al.: 10 %, ..., 90 %).
 ROAD_FRACTIONS = tuple(i / 10 for i in range(1, 10))
 
@@ -157,6 +191,9 @@ ROAD_FRACTIONS = tuple(i / 10 for i in range(1, 10))
 #: - ``paper``: the papers' settings (ViT Shapley App. G and Table 2, Zhang et al.
 #:   2018, Rong et al. 2022 on patches, Adebayo et al. 2018 on 20 images), meant
 #:   for a GPU.
+#:
+#: Every preset has the infidelity column with square removal, 16, 64, 100 and 1000
+#: perturbations per image; the grid pointing game is opt-in (``grid_pointing``).
 PROTOCOLS: Dict[str, Dict[str, Any]] = {
     "quick": dict(
         evaluator="classifier",
@@ -169,6 +206,8 @@ PROTOCOLS: Dict[str, Dict[str, Any]] = {
         road="off",
         randomization=0,
         metric_batch=64,
+        infidelity="square",
+        infidelity_samples=16,
     ),
     "standard": dict(
         evaluator="classifier",
@@ -181,6 +220,8 @@ PROTOCOLS: Dict[str, Dict[str, Any]] = {
         road="patches",
         randomization=0,
         metric_batch=64,
+        infidelity="square",
+        infidelity_samples=64,
     ),
     "paper-cpu": dict(
         evaluator="auto",
@@ -193,6 +234,8 @@ PROTOCOLS: Dict[str, Dict[str, Any]] = {
         road="patches",
         randomization=20,
         metric_batch=64,
+        infidelity="square",
+        infidelity_samples=100,
     ),
     "paper": dict(
         evaluator="auto",
@@ -205,6 +248,8 @@ PROTOCOLS: Dict[str, Dict[str, Any]] = {
         road="patches",
         randomization=20,
         metric_batch=1024,
+        infidelity="square",
+        infidelity_samples=1000,
     ),
 }
 
@@ -233,11 +278,36 @@ def protocol_settings(
     return out
 
 
+#: Settings added after records were first written, with the value that stands for
+#: their absence: a run with that value stores no such key, so folders of earlier
+#: versions resume (with ``--infidelity off``).
+ADDED_SETTINGS: Dict[str, Any] = {"infidelity": "off", "grid_pointing": 0}
+
+
+def stored_settings(cfg: "EvalConfig") -> Dict[str, Any]:
+    """``cfg`` as the records store it: :data:`ADDED_SETTINGS` left out where they
+    have their absent value (and the infidelity's sample count with it)."""
+    out = asdict(cfg)
+    for key, absent in ADDED_SETTINGS.items():
+        if out[key] == absent:
+            del out[key]
+    if "infidelity" not in out:
+        del out["infidelity_samples"]
+    return out
+
+
 def protocol_of(cfg: "EvalConfig", patches: int) -> Optional[str]:
     """The preset whose values ``cfg`` has (the first, in :data:`PROTOCOLS`
-    order), or None for settings of no preset."""
+    order), or None for settings of no preset. A preset with its infidelity column
+    switched off (``--infidelity off``) still counts as that preset."""
     for name in PROTOCOLS:
         values = protocol_settings(name, patches, cfg.removal, cfg.n)
+        if cfg.infidelity == "off":
+            values = {
+                k: v
+                for k, v in values.items()
+                if k not in ("infidelity", "infidelity_samples")
+            }
         if all(getattr(cfg, k) == v for k, v in values.items()):
             return name
     return None
@@ -257,8 +327,8 @@ def forward_passes(
 
     Returns:
         ``{"insertion/deletion", "AOPC", "faithfulness", "sensitivity-n",
-        "non-target", "ROAD", "explanations"}``; ``"ROAD"`` also costs one sparse
-        solve per pass.
+        "non-target", "ROAD", "infidelity", "explanations"}``; ``"ROAD"`` also costs
+        one sparse solve per pass; the grid pointing game costs one explanation.
     """
     s = cfg.curve_steps
     mode = cfg.non_target
@@ -272,7 +342,11 @@ def forward_passes(
         "sensitivity-n": cfg.sensitivity_sizes * cfg.sensitivity_samples,
         "non-target": classes * 2 * (s + 1),
         "ROAD": 0 if cfg.road == "off" else 2 * len(ROAD_FRACTIONS),
-        "explanations": 1 + classes + int(distractor and mode != "distractor"),
+        "infidelity": 0 if cfg.infidelity == "off" else cfg.infidelity_samples,
+        "explanations": 1
+        + classes
+        + int(distractor and mode != "distractor")
+        + int(cfg.grid_pointing > 0),
     }
 
 
@@ -354,6 +428,13 @@ class EvalConfig:
         randomization: Images (spread evenly over the data) that get the
             model-parameter randomisation check; 0 = off.
         metric_batch: Perturbed inputs per forward pass in the metrics.
+        infidelity: The infidelity column's perturbation: ``"square"`` (a random
+            square of patches removed, Yeh et al.'s square removal), ``"noise"``
+            (Gaussian noise per patch) or ``"off"``.
+        infidelity_samples: Perturbations per image of the infidelity column.
+        grid_pointing: 0 (off) or n >= 2: the grid pointing column on n x n grids
+            of images of distinct classes (:class:`captum_vit.data.GridDataset`;
+            needs labels and at least n * n classes).
     """
 
     n: int = 200
@@ -376,6 +457,9 @@ class EvalConfig:
     road: str = "off"
     randomization: int = 0
     metric_batch: int = 64
+    infidelity: str = "square"
+    infidelity_samples: int = 16
+    grid_pointing: int = 0
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting out of range."""
@@ -388,6 +472,7 @@ class EvalConfig:
             "n_steps",
             "sensitivity_sizes",
             "metric_batch",
+            "infidelity_samples",
         )
         for name in positive:
             check_count(name, getattr(self, name))
@@ -404,6 +489,7 @@ class EvalConfig:
             ("pointing", POINTING_RULES),
             ("non_target", NON_TARGETS),
             ("road", ROAD_UNITS),
+            ("infidelity", INFIDELITY),
         ):
             if getattr(self, name) not in choices:
                 raise ValueError(
@@ -418,6 +504,11 @@ class EvalConfig:
         ):
             raise ValueError(
                 f"pointing_tolerance: expected a number of pixels >= 0, got {tol!r}"
+            )
+        g = self.grid_pointing
+        if isinstance(g, bool) or not isinstance(g, int) or g == 1 or g < 0:
+            raise ValueError(
+                f"grid_pointing: expected 0 (off) or a grid side >= 2, got {g!r}"
             )
         r = self.randomization
         if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r <= self.n:
@@ -466,7 +557,8 @@ def check_protocol(cfg: EvalConfig, loaded: Any, dataset: ItemDataset) -> Any:
     Raises:
         ValueError: one line naming the flag: ``--evaluator surrogate`` without a
             surrogate, ``--non-target distractor`` on data without a distractor,
-            non-target columns for a one-class model.
+            non-target columns for a one-class model, ``--grid-pointing`` on data
+            without labels or with fewer classes than a grid's cells.
     """
     if cfg.evaluator == "surrogate":
         surrogate = TrainedParts.from_mapping(loaded.extras).shapley_surrogate
@@ -486,6 +578,10 @@ def check_protocol(cfg: EvalConfig, loaded: Any, dataset: ItemDataset) -> Any:
             "--non-target distractor: the data has no distractor (only the embedded "
             "scenes have one); use random or all"
         )
+    if cfg.grid_pointing:
+        from ..data import check_grid_source
+
+        check_grid_source(dataset, cfg.grid_pointing)
     if cfg.non_target != "off" and loaded.num_classes < 2:
         raise ValueError(
             "--non-target: the model has only one class; use --non-target off"

@@ -28,10 +28,11 @@ from .._jobs import (
     run_chunks,
     timed_explain,
 )
-from ..data import ItemDataset, SceneDataset
+from ..data import GridDataset, ItemDataset, SceneDataset
 from ..distributed import DistContext
 from ..methods import Method, TrainedParts, build_all, resolve_methods
 from ._config import (
+    ADDED_SETTINGS,
     ROAD_FRACTIONS,
     EvalConfig,
     _patches,
@@ -39,6 +40,7 @@ from ._config import (
     cost_line,
     protocol_of,
     randomization_positions,
+    stored_settings,
 )
 from ._report import format_seconds, write_tables
 
@@ -111,6 +113,30 @@ def _pointing(
             a, masks=m, ties=cfg.pointing, tolerance=tol
         ).float()
     return out
+
+
+def _on_ground_truth(fn, attr: Tensor, gt: Tensor, has_gt: Tensor) -> Tensor:
+    """``fn(maps, masks)`` on the images that have ground truth; NaN elsewhere."""
+    out = torch.full((attr.shape[0],), float("nan"))
+    idx = has_gt.nonzero().flatten()
+    if idx.numel():
+        out[idx] = fn(attr[idx].cpu(), gt[idx].cpu()).float()
+    return out
+
+
+def grid_batch(
+    grids: GridDataset, positions: Sequence[int], device: torch.device
+) -> Dict[str, Any]:
+    """The grids of the given dataset positions: ``ok`` (B,) bool, ``image``
+    (B, C, H, W) on ``device``, ``label`` (B,) long on ``device``, ``cell`` (B,)
+    long."""
+    items = [grids[int(p)] for p in positions]
+    return {
+        "ok": torch.tensor([bool(it["ok"]) for it in items], dtype=torch.bool),
+        "image": torch.stack([it["image"] for it in items]).to(device),
+        "label": torch.tensor([it["label"] for it in items], device=device),
+        "cell": torch.tensor([it["cell"] for it in items]),
+    }
 
 
 def non_target_classes(
@@ -244,7 +270,7 @@ def run_evaluation(
     check_job(dataset, loaded.num_classes, cfg.target, ctx.world_size)
     settings = {
         "command": "evaluate",
-        **asdict(cfg),
+        **stored_settings(cfg),
         "model": loaded.describe(),
         "data": dataset.describe(),
     }
@@ -290,6 +316,11 @@ def run_evaluation(
         store,
         dataset,
         set(randomization_positions(len(dataset), cfg.randomization)),
+        (
+            GridDataset(dataset, cfg.grid_pointing, seed=cfg.seed)
+            if cfg.grid_pointing
+            else None
+        ),
     )
     run_chunks(
         ctx,
@@ -320,18 +351,22 @@ def _with_protocol_hint(
     when that is another preset (e.g. a folder of the former defaults)."""
     records = store.read() if store.rank == 0 else []
     old = next((r.get("settings") for r in records if r.get("settings")), None)
-    fields = {f for f in asdict(EvalConfig())}
+    fields = set(asdict(EvalConfig())) - set(ADDED_SETTINGS) - {"infidelity_samples"}
     if isinstance(old, dict) and fields <= set(old):
+        values = {k: old[k] for k in fields}
+        values.update({k: old.get(k, v) for k, v in ADDED_SETTINGS.items()})
+        if "infidelity_samples" in old:
+            values["infidelity_samples"] = old["infidelity_samples"]
         try:
-            then = protocol_of(
-                EvalConfig(**{k: old[k] for k in fields}), _patches(loaded)
-            )
+            then = protocol_of(EvalConfig(**values), _patches(loaded))
         except (TypeError, ValueError):
             then = None
         if then is not None and then != protocol:
+            flags = f"--protocol {then}"
+            if values["infidelity"] == "off":
+                flags += " --infidelity off"
             out = SettingsMismatch(
-                f"{exc}; its records follow --protocol {then} (add --protocol {then} "
-                "to resume it)"
+                f"{exc}; its records follow {flags} (add {flags} to resume it)"
             )
             out.all_ranks = getattr(exc, "all_ranks", False)  # type: ignore
             return out
@@ -353,6 +388,7 @@ class _EvalJob:
     store: RecordStore
     dataset: ItemDataset
     randomized: set
+    grids: Optional[GridDataset] = None
 
     def run(self, batch: Dict[str, Any], start: int, positions, left, log, bar):
         """Score the pending methods ``left`` on one loaded chunk and append one
@@ -388,6 +424,9 @@ class _EvalJob:
         rand_rows = [
             j for j, i in enumerate(idx.tolist()) if positions[i] in self.randomized
         ]
+        grid = None
+        if self.grids is not None and keys:
+            grid = grid_batch(self.grids, [positions[i] for i in idx.tolist()], device)
         for name in left:
             bar.set_postfix_str(name, refresh=False)
             t0 = time.time()
@@ -403,6 +442,7 @@ class _EvalJob:
                     mode,
                     non_target,
                     rand_rows,
+                    grid,
                 )
             rec.update(
                 method=name,
@@ -432,6 +472,7 @@ class _EvalJob:
         non_target_mode: str,
         non_target: Optional[Tensor],
         rand_rows: List[int],
+        grid: Optional[Dict[str, Any]] = None,
     ) -> Dict[str, Any]:
         """Explain one chunk of images with method ``name`` and score it with every
         metric; returns the record's values."""
@@ -482,6 +523,16 @@ class _EvalJob:
                 **common,
             )
             out["sensitivity_n"] = sweep.mean.float()
+            if cfg.infidelity != "off":
+                out["infidelity"] = metrics.infidelity(
+                    ev,
+                    inputs,
+                    attr,
+                    target,
+                    perturbation=cfg.infidelity,
+                    n_perturb_samples=cfg.infidelity_samples,
+                    **common,
+                ).float()
             if cfg.road != "off":
                 road = metrics.road_curves(
                     self.model,
@@ -501,6 +552,16 @@ class _EvalJob:
                 )
         if gt is not None:
             out["pointing"] = _pointing(attr, *gt, cfg, seeds)
+            out["energy_pointing"] = _on_ground_truth(
+                lambda a, m: metrics.energy_pointing_game(a, masks=m), attr, *gt
+            )
+            out["segmentation_f1"] = _on_ground_truth(
+                lambda a, m: metrics.segmentation_f1(a, masks=m), attr, *gt
+            )
+        if grid is not None:
+            out["grid_pointing"] = self._grid_pointing(
+                explain, method_amp, grid, seeds, inputs.shape[-2:]
+            )
         attr_d = None
         if distractor is not None:
             d_target, d_gt, d_has = distractor
@@ -545,6 +606,30 @@ class _EvalJob:
             rec["randomization_layers"] = rand[2]
             rec["randomization_curves"] = rand[3]
         return rec
+
+    def _grid_pointing(
+        self, explain, method_amp, grid: Dict[str, Any], seeds, size
+    ) -> Tensor:
+        """The grid pointing game on the chunk's grids (NaN where an image's grid
+        could not be made); each grid is explained with its image's seed."""
+        out = torch.full((grid["ok"].shape[0],), float("nan"))
+        rows = grid["ok"].nonzero().flatten()
+        if not rows.numel():
+            return out
+        sel = rows.to(grid["image"].device)
+        with method_amp():
+            attr = explain(
+                grid["image"][sel],
+                grid["label"][sel],
+                seeds=[seeds[int(j)] for j in rows],
+            )
+        out[rows] = metrics.grid_pointing_game(
+            attr.detach().float().cpu(),
+            grid["cell"][rows],
+            self.cfg.grid_pointing,
+            image_size=tuple(int(v) for v in size),
+        )
+        return out
 
     def _non_target(
         self,

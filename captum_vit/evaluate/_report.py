@@ -321,7 +321,17 @@ def _report(
     fill = _definition_values(settings, scenes, sizes, layers)
     for key, header, _ in columns:
         text = COLUMN_DEFINITIONS[key].format(**fill)
-        if key in ("pointing", "randomization_spearman") and first is not None:
+        if (
+            key
+            in (
+                "pointing",
+                "randomization_spearman",
+                "energy_pointing",
+                "segmentation_f1",
+                "grid_pointing",
+            )
+            and first is not None
+        ):
             n_have = _count_finite(records, key, first)
             text += f" (here {n_have} of {int(table[first]['n'][0])} images have it)"
         lines.append(f"- **{header}**: {text}.")
@@ -384,7 +394,23 @@ def _definition_values(
     if tol > 0:
         pointing += f", with a tolerance of {tol:g} px around the ground truth"
     k = int(settings.get("randomization") or 0)
+    infid = str(settings.get("infidelity") or "square")
+    samples = settings.get("infidelity_samples")
+    infidelity_rule = {
+        "square": f"{samples} random squares of patches removed per image (Yeh et "
+        "al.'s square removal on the patch grid; side a quarter of the grid's, at "
+        "least one patch; removed as the other removal metrics remove patches)",
+        "noise": f"{samples} Gaussian perturbations per image, every patch shifted "
+        "by its own N(0, 0.1²) amount in the model's input units",
+    }.get(infid, infid)
+    n = int(settings.get("grid_pointing") or 0)
     return {
+        "infidelity_rule": infidelity_rule,
+        "grid_rule": f"a {n} x {n} grid of the data's images of {n * n} distinct "
+        "classes at the model's input size (each image shrunk by "
+        f"{n}; its cell and the other images drawn with a seed made from the "
+        "run's seed and the image's key)",
+        "grid_chance": f"1/{n * n}" if n else "1/n²",
         "acc_fractions": _percent(cfg.accuracy_fractions()),
         "acc_target": (
             "the label"
@@ -464,6 +490,28 @@ def _protocol(settings: dict, protocol: Optional[str] = None) -> List[str]:
             f"{s.get('randomization')} image(s)",
             "Adebayo et al. 2018, ViT-CX App. B: cascading from the top layer "
             "(`--randomization N`)",
+        ),
+        (
+            "infidelity",
+            (
+                f"{s.get('infidelity')}, {s.get('infidelity_samples')} perturbations"
+                if s.get("infidelity", "off") != "off"
+                else "off"
+            ),
+            "Yeh et al. 2019: square removal and Gaussian noise; Captum's default: "
+            "10 perturbations (`--infidelity noise`, `--infidelity-samples N`)",
+        ),
+        (
+            "grid pointing",
+            (
+                f"{s.get('grid_pointing')} x {s.get('grid_pointing')} grids"
+                if s.get("grid_pointing")
+                else "off"
+            ),
+            "Böhle et al. 2021, Rao et al. 2022: grids of images of distinct "
+            "classes that the model classifies confidently; here any labelled "
+            "images, each shrunk to its cell of the model's input "
+            "(`--grid-pointing N`)",
         ),
     ]
     preset = (

@@ -21,11 +21,17 @@ Faithfulness (perturbation):
     :func:`road_curves` (ROAD, with :class:`NoisyLinearImputation`).
 Localisation:
     :func:`pointing_game`, :func:`segmentation_ap`, :func:`mean_iou`,
-    :func:`pixel_accuracy`, :func:`box_iou`.
+    :func:`pixel_accuracy`, :func:`box_iou`, :func:`energy_pointing_game`,
+    :func:`segmentation_f1` (mF1), :func:`grid_pointing_game` (its grids are
+    tiled by the helpers ``make_grid`` and ``grid_cell_masks``, importable from
+    here but not metrics, so not in ``__all__``).
 Complexity:
     :func:`sparseness`, :func:`effective_complexity`.
 Robustness:
     :func:`max_sensitivity` (Captum's ``sensitivity_max`` with the TIS settings).
+Infidelity:
+    :func:`infidelity` (Captum's ``infidelity`` with patch-level square removal or
+    Gaussian noise, Yeh et al. 2019).
 Sanity:
     :func:`model_parameter_randomization` (Adebayo et al. 2018), with :func:`ssim`.
 """
@@ -58,6 +64,9 @@ from ._perturbation import (
 from ._randomization import RandomizationResult, model_parameter_randomization, ssim
 from ._road import RoadCurves, road, road_curves
 from ._robustness import max_sensitivity
+from ._infidelity import infidelity
+from ._grid import grid_cell_masks, grid_pointing_game, make_grid  # noqa: F401
+from ._localisation import energy_pointing_game, segmentation_f1
 
 __all__ = [
     "NoisyLinearImputation",
@@ -87,4 +96,8 @@ __all__ = [
     "sensitivity_n_sweep",
     "sparseness",
     "ssim",
+    "infidelity",
+    "grid_pointing_game",
+    "energy_pointing_game",
+    "segmentation_f1",
 ]
