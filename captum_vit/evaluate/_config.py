@@ -354,6 +354,8 @@ class EvalConfig:
         randomization: Images (spread evenly over the data) that get the
             model-parameter randomisation check; 0 = off.
         metric_batch: Perturbed inputs per forward pass in the metrics.
+        gallery: Images (a sample seeded by ``seed``, :func:`gallery_positions`)
+            whose maps are kept for the gallery of ``report.html``; 0 = none.
     """
 
     n: int = 200
@@ -376,6 +378,7 @@ class EvalConfig:
     road: str = "off"
     randomization: int = 0
     metric_batch: int = 64
+    gallery: int = 8
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting out of range."""
@@ -419,6 +422,9 @@ class EvalConfig:
             raise ValueError(
                 f"pointing_tolerance: expected a number of pixels >= 0, got {tol!r}"
             )
+        g = self.gallery
+        if isinstance(g, bool) or not isinstance(g, int) or g < 0:
+            raise ValueError(f"gallery: expected a number of images >= 0, got {g!r}")
         r = self.randomization
         if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r <= self.n:
             raise ValueError(
@@ -448,6 +454,16 @@ def randomization_positions(n: int, k: int) -> List[int]:
     sorted by class contributes every class), the same for any number of processes.
     """
     return [i * n // k for i in range(k)] if k > 0 else []
+
+
+def gallery_positions(n: int, k: int, seed: int) -> List[int]:
+    """Dataset positions of the ``k`` images (of ``n``) shown in the report's
+    gallery: a sample drawn with ``seed``, in dataset order; the same in any number
+    of processes and on resuming."""
+    if k <= 0:
+        return []
+    g = torch.Generator().manual_seed(int(seed))
+    return sorted(torch.randperm(n, generator=g)[: min(k, n)].tolist())
 
 
 def _patches(loaded: Any) -> int:

@@ -5,16 +5,20 @@ the tables are written by :mod:`._report`.
 
 from __future__ import annotations
 
+import io
+import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .. import metrics
 from .._guard import autocast, check_amp
+from .._html import png_bytes, to_uint8, write_bytes, write_text
 from .._jobs import (
     RecordStore,
     SettingsMismatch,
@@ -31,16 +35,18 @@ from .._jobs import (
 from ..data import ItemDataset, SceneDataset
 from ..distributed import DistContext
 from ..methods import Method, TrainedParts, build_all, resolve_methods
+from ..vit.adapter import logits_of
 from ._config import (
     ROAD_FRACTIONS,
     EvalConfig,
     _patches,
     check_protocol,
     cost_line,
+    gallery_positions,
     protocol_of,
     randomization_positions,
 )
-from ._report import format_seconds, write_tables
+from ._report import RECORD_FORMAT, format_seconds, gallery_dir, write_tables
 
 
 def writable_dir(path: str) -> Path:
@@ -248,6 +254,8 @@ def run_evaluation(
         "model": loaded.describe(),
         "data": dataset.describe(),
     }
+    if cfg.gallery == EvalConfig.gallery:  # the default: older folders resume
+        del settings["gallery"]
     if cfg.evaluator == "surrogate":
         from ..shapley import classifier_digest
 
@@ -290,6 +298,10 @@ def run_evaluation(
         store,
         dataset,
         set(randomization_positions(len(dataset), cfg.randomization)),
+        set(gallery_positions(len(dataset), cfg.gallery, cfg.seed)),
+        loaded.preprocessing,
+        list(loaded.class_names),
+        {"format": RECORD_FORMAT, "protocol": protocol, "methods": list(built)},
     )
     run_chunks(
         ctx,
@@ -320,7 +332,7 @@ def _with_protocol_hint(
     when that is another preset (e.g. a folder of the former defaults)."""
     records = store.read() if store.rank == 0 else []
     old = next((r.get("settings") for r in records if r.get("settings")), None)
-    fields = {f for f in asdict(EvalConfig())}
+    fields = {f for f in asdict(EvalConfig()) if f != "gallery"}
     if isinstance(old, dict) and fields <= set(old):
         try:
             then = protocol_of(
@@ -353,6 +365,11 @@ class _EvalJob:
     store: RecordStore
     dataset: ItemDataset
     randomized: set
+    gallery: set
+    preprocessing: Any
+    class_names: List[str]
+    #: written into every record: the record format, the protocol, the methods
+    stamp: Dict[str, Any]
 
     def run(self, batch: Dict[str, Any], start: int, positions, left, log, bar):
         """Score the pending methods ``left`` on one loaded chunk and append one
@@ -388,6 +405,13 @@ class _EvalJob:
         rand_rows = [
             j for j, i in enumerate(idx.tolist()) if positions[i] in self.randomized
         ]
+        shown = {
+            j: positions[i]
+            for j, i in enumerate(idx.tolist())
+            if positions[i] in self.gallery
+        }
+        if shown:
+            self._gallery_images(batch, idx, keys, inputs, target, shown)
         for name in left:
             bar.set_postfix_str(name, refresh=False)
             t0 = time.time()
@@ -403,6 +427,7 @@ class _EvalJob:
                     mode,
                     non_target,
                     rand_rows,
+                    shown,
                 )
             rec.update(
                 method=name,
@@ -412,6 +437,7 @@ class _EvalJob:
                 skipped=skipped,
                 wall=[t0, time.time()],
                 settings=self.settings,
+                **self.stamp,
             )
             self.store.append(rec)
             if log is not None:
@@ -432,9 +458,11 @@ class _EvalJob:
         non_target_mode: str,
         non_target: Optional[Tensor],
         rand_rows: List[int],
+        shown: Optional[Dict[int, int]] = None,
     ) -> Dict[str, Any]:
         """Explain one chunk of images with method ``name`` and score it with every
-        metric; returns the record's values."""
+        metric; returns the record's values. The maps of the rows in ``shown``
+        (``{row: dataset position}``) are kept for the gallery."""
         cfg, explain, method = self.cfg, self.built[name], self.by_name[name]
         device = inputs.device
         b = inputs.shape[0]
@@ -445,6 +473,13 @@ class _EvalJob:
         attr, seconds = timed_explain(explain, method, inputs, target, seeds, cfg.amp)
         seconds /= b
         attr = attr.detach().float()
+        for row, position in (shown or {}).items():
+            gallery_map = attr[row].sum(0).cpu().numpy().astype(np.float16)
+            buf = io.BytesIO()
+            np.save(buf, gallery_map)
+            write_bytes(
+                gallery_dir(self.store.out, position) / f"{name}.npy", buf.getvalue()
+            )
         ev = self.evaluator
         common = dict(
             removal=self.removal, seed=cfg.seed, max_examples_per_batch=cfg.metric_batch
@@ -545,6 +580,47 @@ class _EvalJob:
             rec["randomization_layers"] = rand[2]
             rec["randomization_curves"] = rand[3]
         return rec
+
+    def _gallery_images(
+        self,
+        batch: Dict[str, Any],
+        idx: Tensor,
+        keys: List[str],
+        inputs: Tensor,
+        target: Tensor,
+        shown: Dict[int, int],
+    ) -> None:
+        """Keep the gallery's images of this chunk (as the model sees them) with
+        their key, label, explained class and prediction, in ``gallery/<position>/``
+        (before any record of the chunk, so a record implies its pictures)."""
+        rows = sorted(shown)
+        sel = torch.tensor(rows, device=inputs.device)
+        with torch.no_grad():
+            probs = logits_of(self.model(inputs[sel])).float().softmax(-1).cpu()
+        images = self.preprocessing.denormalise(inputs[sel].float().cpu())
+        labels = batch["label"][idx].tolist()
+        for r, row in enumerate(rows):
+            folder = gallery_dir(self.store.out, shown[row])
+            pred = int(probs[r].argmax())
+            t = int(target[row])
+            label = int(labels[row])
+            classes = {c for c in (label, t, pred) if c >= 0}
+            meta = {
+                "key": keys[row],
+                "position": shown[row],
+                "label": label,
+                "target": t,
+                "prediction": pred,
+                "target_probability": float(probs[r, t]),
+                "prediction_probability": float(probs[r, pred]),
+                "class_names": {
+                    str(c): self.class_names[c]
+                    for c in sorted(classes)
+                    if c < len(self.class_names)
+                },
+            }
+            write_bytes(folder / "image.png", png_bytes(to_uint8(images[r].numpy())))
+            write_text(folder / "meta.json", json.dumps(meta, indent=1) + "\n")
 
     def _non_target(
         self,
