@@ -46,7 +46,14 @@ from ._config import (
     protocol_of,
     randomization_positions,
 )
-from ._report import RECORD_FORMAT, format_seconds, gallery_dir, write_tables
+from ._page import write_page
+from ._report import (
+    RECORD_FORMAT,
+    aggregate,
+    format_seconds,
+    gallery_dir,
+    write_tables,
+)
 
 
 def writable_dir(path: str) -> Path:
@@ -316,13 +323,15 @@ def run_evaluation(
     )
     if not ctx.is_main:
         return None
-    return write_tables(
+    table = write_tables(
         out,
         list(built),
         settings,
         reused=(reused, total) if reused else None,
         protocol=protocol,
     )
+    write_page(out, aggregate(out, list(built), settings), settings, protocol)
+    return table
 
 
 def _with_protocol_hint(

@@ -258,9 +258,6 @@ def write_tables(
         _plot_curves(out, curves, settings)
     if sens:
         _save_sensitivity(out, sens, sizes, settings)
-    from ._page import write_page
-
-    write_page(out, agg, settings, protocol)
     if rand:
         np.savez(
             out / "randomization.npz",
