@@ -969,6 +969,11 @@ def cmd_evaluate(args: argparse.Namespace, ctx: Any) -> int:
         return loaded, data, cfg
 
     loaded, data, cfg = ctx.agree(setup, (CLIError, ModelError, DataError, ValueError))
+    names = loaded.class_names
+    if args.data is not None and args.labels is None and data.has_labels:
+        from .explain import display_names, folder_class_names  # an ImageFolder tree
+
+        names = display_names(names, folder_class_names(data))
     run_evaluation(
         args.out,
         args.methods,
@@ -978,6 +983,7 @@ def cmd_evaluate(args: argparse.Namespace, ctx: Any) -> int:
         dataset=data,
         ctx=ctx,
         workers=_workers(args, ctx.world_size),
+        class_names=names,
     )
     if ctx.is_main:
         out = Path(args.out)

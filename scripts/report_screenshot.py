@@ -3,9 +3,9 @@ of the page: protocol and table, sorted by a column) and ``docs/report_gallery.p
 (the gallery), taken with the browser code of the tests (``tests/browser.py``,
 headless Chromium, Debian's ``chromium`` package) at a laptop's width.
 
-Usage (from the repository root; a few minutes on a CPU):
+Usage (from the repository root; about a minute on a CPU):
 
-    python scripts/report_screenshot.py [--run DIR] [--n 20] [--methods ...]
+    python scripts/report_screenshot.py [--run DIR] [--n 16] [--methods ...]
 
 It runs ``captum-vit evaluate`` on the embedded scenes into ``--run`` (resuming what
 is there), then opens its ``report.html``.
@@ -22,13 +22,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from browser import Browser  # noqa: E402
 
-METHODS = ["rollout", "genatt", "transformer-attribution", "tis", "ig", "random"]
+METHODS = ["rollout", "genatt", "transformer-attribution", "ixg", "ig", "random"]
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", type=Path, default=Path("out/report_screenshot"))
-    p.add_argument("--n", type=int, default=20)
+    p.add_argument("--n", type=int, default=16)
     p.add_argument("--methods", nargs="+", default=METHODS)
     p.add_argument("--sort", default="ins_minus_del", help="column to sort by")
     p.add_argument("--docs", type=Path, default=ROOT / "docs")

@@ -89,7 +89,9 @@ class Browser:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             preexec_fn=child_fds,
-            pass_fds=(3, 4, to_child_r, from_child_w),  # kept open after the dup
+            # nothing is closed after child_fds: Python's own descriptors are
+            # close-on-exec, and 3 and 4 (made by dup2) are the ones Chromium needs
+            close_fds=False,
         )
         os.close(to_child_r)
         os.close(from_child_w)

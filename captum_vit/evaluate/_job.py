@@ -196,6 +196,7 @@ def run_evaluation(
     dataset: Optional[ItemDataset] = None,
     ctx: Optional[DistContext] = None,
     workers: int = 0,
+    class_names: Optional[Sequence[str]] = None,
 ) -> Optional[Dict[str, Dict[str, Tuple[float, float]]]]:
     """Score methods on a data source's images and write the tables.
 
@@ -216,6 +217,8 @@ def run_evaluation(
         ctx: The process's :class:`captum_vit.distributed.DistContext` (default: one
             process on the CPU).
         workers: DataLoader worker processes.
+        class_names: Names of the model's classes for the report's gallery
+            (default: the model's).
 
     Returns:
         On rank 0 ``{method: {metric: (mean, ci_half_width)}}``; None on other ranks.
@@ -307,7 +310,7 @@ def run_evaluation(
         set(randomization_positions(len(dataset), cfg.randomization)),
         set(gallery_positions(len(dataset), cfg.gallery, cfg.seed)),
         loaded.preprocessing,
-        list(loaded.class_names),
+        list(class_names if class_names is not None else loaded.class_names),
         {"format": RECORD_FORMAT, "protocol": protocol, "methods": list(built)},
     )
     run_chunks(

@@ -133,7 +133,19 @@ def page(out: Path, agg: Aggregate, settings: dict, protocol: Optional[str]) -> 
         plots=_plots(agg, settings),
         gallery=_gallery(out, agg, columns, data),
         skipped=sorted(agg.skipped),
+        settings=_flat(settings),
     )
+
+
+def _flat(settings: dict, prefix: str = "") -> List[Tuple[str, str]]:
+    """Every setting of the run as ``(name, value)``, nested ones as ``a.b``."""
+    out: List[Tuple[str, str]] = []
+    for k, v in settings.items():
+        if isinstance(v, dict):
+            out += _flat(v, f"{prefix}{k}.")
+        else:
+            out.append((f"{prefix}{k}", v if isinstance(v, str) else json.dumps(v)))
+    return out
 
 
 def _cell_text(key: str, mean: float, half: float) -> str:
