@@ -244,6 +244,26 @@ def test_resumed_run_rebuilds_the_same_page(run: Path, tmp_path, capsys):
     assert (out / "report.html").read_bytes() == page
 
 
+def test_only_rank_0_writes_the_page(run: Path, tmp_path):
+    """Two ranks' shares run one after the other (no process group): rank 1 keeps
+    its records and gallery images but writes no page; rank 0 writes the page from
+    both ranks' records, equal to the one-process page but the timings."""
+    from captum_vit.distributed import DistContext
+
+    out = tmp_path / "ranks"
+    got = run_evaluation(str(out), METHODS, _cfg(), ctx=DistContext(1, 2))
+    assert got is None and (out / "records.rank1.jsonl").is_file()
+    assert list(out.glob("gallery/*/image.png"))
+    assert not list(out.glob("report.html*")) and not (out / "results.csv").exists()
+    run_evaluation(str(out), METHODS, _cfg(), ctx=DistContext(0, 2))
+    a, b = _parse(run / "report.html"), _parse(out / "report.html")
+    for method in METHODS:
+        for key, cell in a.cells[method].items():
+            if key != "seconds":
+                assert cell.get("data-mean") == b.cells[method][key].get("data-mean")
+    assert a.images == b.images and b.gallery_rows == 3
+
+
 def test_report_bad_input_one_line(tmp_path, capsys):
     rc, _, err = cli(capsys, "report", tmp_path / "missing")
     assert rc == 2 and err.count("\n") == 1 and "no such folder" in err
