@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import csv
 import math
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
