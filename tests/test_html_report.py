@@ -18,7 +18,8 @@ from typing import Dict, List
 
 import numpy as np
 import pytest
-from browser import PACKAGE, Browser, find_chromium
+import browser
+from browser import PACKAGE, Browser
 from helpers import cli, write_scene_folder
 from PIL import Image
 from scipy import stats
@@ -201,6 +202,21 @@ def test_page_is_self_contained_with_the_gallery(run: Path):
 
     assert re.search(r"explained: (%s) \(p = " % "|".join(CLASS_NAMES), text)
     assert "class 0" not in text and "predicted: " in text
+    # signed maps: diverging colours from blue, 0 in the middle; unsigned: sequential
+    from captum_vit.methods import METHODS as REGISTRY
+
+    bars = re.findall(
+        r'<div class="title">([^<]+)</div>\s*<div class="bar" style="background: '
+        r'linear-gradient\(to right, (#[0-9a-f]{6})[^"]*" title="colour scale: '
+        r'([^"]+)"></div>\s*<div class="ticks">(.*?)</div>',
+        text,
+    )
+    assert len(bars) == 3 * len(METHODS)
+    for name, first, kind, ticks in bars:
+        signed = REGISTRY[name].signed
+        assert first == ("#0000ff" if signed else "#000004"), name  # bwr / inferno
+        assert kind.startswith("signed") == signed
+        assert ("<span>0</span>" in ticks) == signed
     # the gallery is the seeded sample, with this image's own scores
     meta = [json.loads(p.read_text()) for p in sorted(run.glob("gallery/*/meta.json"))]
     from captum_vit.evaluate import gallery_positions
@@ -334,7 +350,7 @@ def test_explain_galleries(tmp_path, capsys):
 
 # ------------------------------------------------------------------ a real browser
 def _browser():
-    if find_chromium() is None:
+    if browser.find_chromium() is None:
         pytest.skip(
             f"no browser: install Debian's {PACKAGE!r} package (apt-get install "
             f"{PACKAGE}) to run the browser tests"
@@ -346,6 +362,12 @@ ORDER = (
     "Array.from(document.querySelectorAll('#results-table tbody tr'))"
     ".map(r => r.dataset.method)"
 )
+
+
+def test_without_a_browser_the_tests_skip_naming_the_package(monkeypatch):
+    monkeypatch.setattr(browser, "find_chromium", lambda: None)
+    with pytest.raises(pytest.skip.Exception, match="'chromium' package"):
+        _browser()
 
 
 def test_browser_shows_the_report_and_sorts(run: Path, tmp_path):
