@@ -26,15 +26,21 @@ Usage: python benchmarks/paper_claims.py RUN_DIR [RUN_DIR ...] [--markdown]
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
-
-import numpy as np
+from typing import List, Optional, Sequence, Tuple
 
 from captum_vit._jobs import RecordStore
-from captum_vit.evaluate import METRICS, _dedupe, mean_ci
+from captum_vit.evaluate import METRICS
+from captum_vit.evaluate._pairs import (  # the one pairing, shared with report.html
+    PerImage,
+    latest_records,
+    paired,
+    verdict,
+)
+from captum_vit.evaluate._pairs import per_image as _per_image
+
+__all__ = ["CLAIMS", "DIRECTION", "check", "paired", "per_image", "verdict"]
 
 #: (paper, winner, loser or "*" for every other method, metrics)
 CLAIMS: List[Tuple[str, str, str, Tuple[str, ...]]] = [
@@ -79,50 +85,11 @@ DIRECTION = {
 }
 
 
-def per_image(run: Path) -> Dict[str, Dict[str, Dict[str, float]]]:
+def per_image(run: Path) -> PerImage:
     """``{method: {metric: {image key: value}}}`` from a run folder's records: those
     of the run's latest settings, the first record of a (method, chunk) pair winning,
     as in the run's own tables."""
-    records = RecordStore(run).read()
-    settings = records[-1].get("settings") if records else None
-    out: Dict[str, Dict[str, Dict[str, float]]] = {}
-    for rec in _dedupe([r for r in records if r.get("settings") == settings]):
-        if not rec.get("keys"):
-            continue
-        by_metric = out.setdefault(rec["method"], {})
-        for metric in DIRECTION:
-            values = rec.get(metric)
-            if values is None or len(values) != len(rec["keys"]):
-                continue
-            by_metric.setdefault(metric, {}).update(zip(rec["keys"], values))
-    return out
-
-
-def paired(
-    a: Dict[str, float], b: Dict[str, float], direction: int
-) -> Optional[Tuple[float, float, float, float, float, int]]:
-    """Mean of a, mean of b, mean of ``direction * (a - b)``, its 95 % half-width and
-    the share of images where a is strictly ahead, over images where both are
-    finite; None when fewer than two images pair up."""
-    keys = [k for k in a if k in b and math.isfinite(a[k]) and math.isfinite(b[k])]
-    if len(keys) < 2:
-        return None
-    x = np.array([a[k] for k in keys], dtype=np.float64)
-    y = np.array([b[k] for k in keys], dtype=np.float64)
-    d = direction * (x - y)
-    diff, half = mean_ci(d)
-    return x.mean(), y.mean(), diff, half, float((d > 0).mean()), d.size
-
-
-def verdict(diff: float, half: float) -> str:
-    """'reproduced' / 'reversed' when the interval excludes zero, else 'level'."""
-    if not math.isfinite(half):
-        return "level"
-    if diff - half > 0:
-        return "reproduced"
-    if diff + half < 0:
-        return "reversed"
-    return "level"
+    return _per_image(latest_records(RecordStore(run).read()), DIRECTION)
 
 
 def check(run: Path) -> List[List[str]]:

@@ -30,7 +30,7 @@ from typing import Any, Callable, List, Optional, Sequence
 
 import torch
 
-COMMANDS = ("explain", "evaluate", "train-shapley")
+COMMANDS = ("explain", "evaluate", "train-shapley", "report")
 
 
 class CLIError(Exception):
@@ -519,9 +519,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="perturbed images per forward pass in the metrics (default 64; paper: "
         "1024, for a GPU)",
     )
+    ev.add_argument(
+        "--gallery",
+        type=_non_negative,
+        default=8,
+        metavar="N",
+        help="images (a seeded sample) whose maps report.html shows (default 8; 0: "
+        "none)",
+    )
     _add_common(ev, "out/evaluate", 10)
     ev.set_defaults(func=cmd_evaluate, parser=ev)
     _add_train_shapley(sub)
+    rp = sub.add_parser(
+        "report",
+        help="rebuild report.html from an evaluate run's records",
+        description="Write RESULTS_DIR/report.html again from the records of a "
+        "finished (or resumed) evaluate run, without recomputing anything.",
+    )
+    rp.add_argument("results_dir", metavar="RESULTS_DIR", help="an evaluate --out")
+    rp.set_defaults(
+        func=cmd_report, parser=rp, check=lambda args, parser: None, device="cpu"
+    )
     return ap
 
 
@@ -892,6 +910,7 @@ def _explain_folder(args: argparse.Namespace, ctx: Any) -> int:
             + (f", {n_skip} (method, image) skipped" if n_skip else "")
         )
         print(f"wrote {Path(args.out) / 'manifest.csv'}")
+        print(f"wrote {Path(args.out) / 'index.html'} (open it in a browser)")
     return 0
 
 
@@ -973,12 +992,18 @@ def cmd_evaluate(args: argparse.Namespace, ctx: Any) -> int:
             infidelity=args.infidelity,
             infidelity_samples=args.infidelity_samples,
             grid_pointing=args.grid_pointing,
+            gallery=args.gallery,
         )
         cfg.validate()
         check_protocol(cfg, loaded, data)
         return loaded, data, cfg
 
     loaded, data, cfg = ctx.agree(setup, (CLIError, ModelError, DataError, ValueError))
+    names = loaded.class_names
+    if args.data is not None and args.labels is None and data.has_labels:
+        from .explain import display_names, folder_class_names  # an ImageFolder tree
+
+        names = display_names(names, folder_class_names(data))
     run_evaluation(
         args.out,
         args.methods,
@@ -988,6 +1013,7 @@ def cmd_evaluate(args: argparse.Namespace, ctx: Any) -> int:
         dataset=data,
         ctx=ctx,
         workers=_workers(args, ctx.world_size),
+        class_names=names,
     )
     if ctx.is_main:
         out = Path(args.out)
@@ -995,6 +1021,17 @@ def cmd_evaluate(args: argparse.Namespace, ctx: Any) -> int:
         print(
             f"wrote {out / 'results.md'}, {out / 'results.csv'}, {out / 'curves.png'}"
         )
+        print(f"wrote {out / 'report.html'} (open it in a browser)")
+    return 0
+
+
+# ---------------------------------------------------------------------------- report
+def cmd_report(args: argparse.Namespace, ctx: Any) -> int:
+    """Rebuild report.html from a run folder's records (rank 0 only)."""
+    from .evaluate import rebuild_report
+
+    if ctx.is_main:
+        print(f"wrote {rebuild_report(args.results_dir)}")
     return 0
 
 

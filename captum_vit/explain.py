@@ -11,7 +11,10 @@ input resolution, after its resize and crop), and writes ``OUT/manifest.csv`` wi
 row per (file, method): ``file, target, method, seconds, status`` (``ok``, or
 ``skipped: <reason>`` for an unreadable image or a method the model cannot serve).
 With ``png=True`` it also draws ``OUT/png/<relative path>.png`` (the image, its true
-class when the data has labels, and every method's map).
+class when the data has labels, and every method's map). ``OUT/index.html`` is the
+gallery of every explained image and method (:func:`write_gallery`; ``index-2.html``,
+... beyond :data:`GALLERY_PAGE` images), its pictures in ``OUT/html/``; the few
+images of :func:`explain_few` get one self-contained ``OUT/index.html``.
 
 Output names keep the whole relative path, extension included (``c0/x.jpg`` ->
 ``maps/c0/x.jpg.npz``, ``png/c0/x.jpg.png``), so every input file has its own outputs
@@ -361,7 +364,209 @@ def explain_few(
     images01 = pre.denormalise(inputs.float().cpu())
     comparison_grid(images01, maps, path=str(path), row_titles=titles, signed=signed)
     print(f"wrote {path}")
+    page = write_few_gallery(
+        out,
+        images01,
+        {name: m.sum(1).numpy() for name, m in maps.items()},
+        signed,
+        [
+            [f"explained: {names[int(t[i])]}"]
+            + (
+                [f"predicted: {names[int(pred[i])]} (p = {float(probs[i].max()):.2f})"]
+                if target != "pred"
+                else [f"p = {float(probs[i].max()):.2f}"]
+            )
+            for i in range(len(labels))
+        ],
+        labels,
+    )
+    print(f"wrote {page} (open it in a browser)")
     return path
+
+
+#: Images per page of the ``explain --data`` gallery (``index.html``,
+#: ``index-2.html``, ...).
+GALLERY_PAGE = 200
+
+
+def gallery_page_name(i: int) -> str:
+    """The file of the gallery's page ``i`` (from 0): ``index.html``, then
+    ``index-2.html``, ..."""
+    return "index.html" if i == 0 else f"index-{i + 1}.html"
+
+
+def write_few_gallery(
+    out: Path,
+    images01: Tensor,
+    maps: Dict[str, np.ndarray],
+    signed: Dict[str, bool],
+    lines: Sequence[Sequence[str]],
+    titles: Sequence[str],
+) -> Path:
+    """``out/index.html``: one self-contained page (pictures embedded) with every
+    image and every method's map over it.
+
+    Args:
+        out: The output folder.
+        images01: (B, 3, H, W) images in [0, 1].
+        maps: ``{method: (B, H, W) maps}``.
+        signed: ``{method: whether its maps are signed}``.
+        lines: Per image, the texts under it (explained class, prediction).
+        titles: Per image, its name.
+    """
+    from ._html import image_card, map_card, render, to_uint8, write_text
+
+    rows = []
+    for i, title in enumerate(titles):
+        image = to_uint8(images01[i].numpy())
+        cards = [image_card(title, image, lines[i])]
+        cards += [
+            map_card(name, image, m[i], signed.get(name, bool((m[i] < 0).any())))
+            for name, m in maps.items()
+        ]
+        rows.append({"key": title, "cards": cards})
+    path = Path(out) / gallery_page_name(0)
+    write_text(
+        path,
+        render(
+            "gallery.html.j2",
+            title="captum-vit explain",
+            intro=f"{len(rows)} image(s), {len(maps)} method(s); the same maps as "
+            "`explain_grid.png`.",
+            notes=[],
+            rows=rows,
+            pages=[path.name],
+            page=1,
+        ),
+    )
+    return path
+
+
+def write_gallery(
+    out: Path,
+    dataset: ItemDataset,
+    method_names: Sequence[str],
+    rows: Sequence[Dict[str, str]],
+    class_names: Sequence[str],
+    per_page: int = GALLERY_PAGE,
+) -> List[Path]:
+    """The gallery of an ``explain --data`` folder: ``out/index.html`` (and
+    ``index-2.html``, ... beyond ``per_page`` images), every explained image with
+    every method's map over it. The pictures are PNG files in ``out/html/`` (drawn
+    again only when their map is newer), so large folders make light pages.
+
+    Args:
+        out: The output folder (its ``maps/`` are read).
+        dataset: The explained data (its images are read again for the pictures).
+        method_names: The methods, in the order of the pictures.
+        rows: The manifest's rows (the explained class of each image).
+        class_names: Names of the model's classes.
+        per_page: Images per page.
+
+    Returns:
+        The pages' paths.
+    """
+    from ._html import (
+        class_label,
+        colour_range,
+        legend,
+        method_signed,
+        overlay_rgb,
+        picture,
+        png_bytes,
+        render,
+        to_uint8,
+        write_bytes,
+        write_text,
+    )
+    from ._html import Card
+
+    target = {r["file"]: r["target"] for r in rows if r["status"] == "ok"}
+    out = Path(out)
+    items = []
+    keys = dataset.keys()
+    labels = dataset.labels()
+    for pos, key in enumerate(keys):
+        if key not in target:
+            continue
+        npz = map_path(out, key)
+        if not npz.is_file():
+            continue
+        items.append((pos, key, npz))
+    pages = [items[i : i + per_page] for i in range(0, len(items), per_page)] or [[]]
+    names = [gallery_page_name(i) for i in range(len(pages))]
+    written = []
+    for p, chunk in enumerate(pages):
+        gallery_rows = []
+        for pos, key, npz in chunk:
+            maps = read_maps(npz)
+            folder = map_path(out, key, "", "html")
+            stamp = npz.stat().st_mtime
+            image = None
+            cards = []
+            img_path = folder / "image.png"
+            order = [m for m in method_names if m in maps]
+            if not img_path.is_file() or img_path.stat().st_mtime < stamp:
+                item = dataset[pos]
+                if not item.get("ok", True):
+                    continue
+                pre = getattr(dataset, "preprocessing", None)
+                x = item["image"][None].float()
+                x01 = pre.denormalise(x)[0] if pre is not None else x[0]
+                image = to_uint8(x01.numpy())
+                write_bytes(img_path, png_bytes(picture(image)))
+            lines = []
+            if labels[pos] >= 0:
+                lines.append(f"true: {class_label(class_names, labels[pos])}")
+            t = target[key]
+            lines.append(
+                "explained: " + class_label(class_names, int(t) if t != "" else None)
+            )
+            rel = img_path.relative_to(out).as_posix()
+            cards.append(Card(title=key, src=rel, legend=None, lines=lines))
+            for m in order:
+                att = np.asarray(maps[m], dtype=np.float32)
+                signed = method_signed(m, [att])
+                png = folder / f"{m}.png"
+                if image is not None or not png.is_file():
+                    if image is None:
+                        from PIL import Image
+
+                        image = np.asarray(Image.open(img_path).convert("RGB"))
+                        if image.shape[:2] != att.shape:
+                            image = np.asarray(
+                                Image.fromarray(image).resize(
+                                    att.shape[::-1], Image.BILINEAR
+                                )
+                            )
+                    write_bytes(png, png_bytes(overlay_rgb(image, att, signed)))
+                lo, hi = colour_range(att, signed)
+                cards.append(
+                    Card(
+                        title=m,
+                        src=png.relative_to(out).as_posix(),
+                        legend=legend(signed, lo, hi),
+                        lines=[],
+                    )
+                )
+            gallery_rows.append({"key": key, "cards": cards})
+        path = out / names[p]
+        write_text(
+            path,
+            render(
+                "gallery.html.j2",
+                title="captum-vit explain",
+                intro=f"{len(items)} image(s) of `{dataset.describe().get('name')}`, "
+                f"{len(method_names)} method(s); maps in `maps/`, pictures in "
+                "`html/`.",
+                notes=[f"{per_page} images per page."] if len(pages) > 1 else [],
+                rows=gallery_rows,
+                pages=names,
+                page=p + 1,
+            ),
+        )
+        written.append(path)
+    return written
 
 
 def run_explain(
@@ -478,9 +683,11 @@ def run_explain(
     )
     if not ctx.is_main:
         return None
-    return write_manifest(
+    rows = write_manifest(
         out, [m.name for m in chosen], settings, unavailable, dataset.keys()
     )
+    write_gallery(out, dataset, [m.name for m in chosen], rows, names)
+    return rows
 
 
 def _other_knobs(options: MethodOptions) -> Dict[str, Any]:

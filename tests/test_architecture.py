@@ -39,6 +39,7 @@ JOBS = (
     "models",
     "train_shapley",
     "viz",
+    "_html",
 )
 
 

@@ -148,6 +148,27 @@ def test_readme_examples_and_torchrun_tables_equal_one_process(one_process):
     report = (d / "eval_dist" / "results.md").read_text()
     assert "on 4 images of `my_images`" in report
     assert "Pointing (distractor)" not in report  # only the embedded scenes have one
+    # report.html: written once, by rank 0, with the gallery images that both ranks
+    # kept, and the one-process run's values
+    assert _page(d / "eval_dist") == _page(d / "eval_single")
+    assert _page(d / "eval_dist")[1] == 4
+    assert not list((d / "eval_dist").glob("report.html.tmp*"))
+
+
+def _page(out: Path):
+    """report.html's table cells (but the timings) and its number of gallery rows."""
+    import re
+
+    text = (out / "report.html").read_text()
+    cells = {
+        (method, col): mean
+        for method, row in re.findall(
+            r'<tr data-method="([^"]+)">(.*?)</tr>', text, re.S
+        )
+        for col, mean in re.findall(r'data-column="([^"]+)" data-mean="([^"]+)"', row)
+        if col != "seconds"
+    }
+    return cells, text.count('class="gallery-row"')
 
 
 def test_explain_folder_under_torchrun_equals_one_process(one_process):

@@ -13,6 +13,10 @@ class), scores the maps with :mod:`captum_vit.metrics`, and writes
 - ``curves.png`` and ``curves.npz``: the average insertion and deletion curves (and
   the non-target and ROAD curves in the ``.npz``);
 - ``sensitivity_n.png`` and ``sensitivity_n.npz``: sensitivity-n over the sweep of n;
+- ``report.html``: all of the above in one self-contained page (sortable table, paired
+  differences, curves, and the gallery of ``gallery/``, the maps of a seeded sample of
+  ``EvalConfig.gallery`` images); :func:`rebuild_report` writes it again from the
+  records;
 - ``randomization.npz`` (with ``randomization`` > 0): the randomisation check's
   Spearman and SSIM per randomised parameter group.
 
@@ -50,11 +54,13 @@ from ._config import (
     check_protocol,
     cost_line,
     forward_passes,
+    gallery_positions,
     protocol_of,
     protocol_settings,
     randomization_positions,
 )
 from ._job import non_target_classes, run_evaluation, writable_dir
+from ._page import PAGE, rebuild as rebuild_report
 from ._report import (
     CURVES,
     format_mean_ci,
@@ -80,16 +86,19 @@ __all__ = [
     "ROAD_FRACTIONS",
     "ROAD_UNITS",
     "EvalConfig",
+    "PAGE",
     "check_protocol",
     "cost_line",
     "format_mean_ci",
     "format_seconds",
     "forward_passes",
+    "gallery_positions",
     "mean_ci",
     "non_target_classes",
     "protocol_of",
     "protocol_settings",
     "randomization_positions",
+    "rebuild_report",
     "run_evaluation",
     "writable_dir",
     "write_tables",

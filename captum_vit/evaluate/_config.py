@@ -280,8 +280,12 @@ def protocol_settings(
 
 #: Settings added after records were first written, with the value that stands for
 #: their absence: a run with that value stores no such key, so folders of earlier
-#: versions resume (with ``--infidelity off``).
-ADDED_SETTINGS: Dict[str, Any] = {"infidelity": "off", "grid_pointing": 0}
+#: versions resume (with ``--infidelity off``; the gallery's size is the default).
+ADDED_SETTINGS: Dict[str, Any] = {
+    "infidelity": "off",
+    "grid_pointing": 0,
+    "gallery": 8,
+}
 
 
 def stored_settings(cfg: "EvalConfig") -> Dict[str, Any]:
@@ -435,6 +439,8 @@ class EvalConfig:
         grid_pointing: 0 (off) or n >= 2: the grid pointing column on n x n grids
             of images of distinct classes (:class:`captum_vit.data.GridDataset`;
             needs labels and at least n * n classes).
+        gallery: Images (a sample seeded by ``seed``, :func:`gallery_positions`)
+            whose maps are kept for the gallery of ``report.html``; 0 = none.
     """
 
     n: int = 200
@@ -460,6 +466,7 @@ class EvalConfig:
     infidelity: str = "square"
     infidelity_samples: int = 16
     grid_pointing: int = 0
+    gallery: int = 8
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting out of range."""
@@ -510,6 +517,9 @@ class EvalConfig:
             raise ValueError(
                 f"grid_pointing: expected 0 (off) or a grid side >= 2, got {g!r}"
             )
+        g = self.gallery
+        if isinstance(g, bool) or not isinstance(g, int) or g < 0:
+            raise ValueError(f"gallery: expected a number of images >= 0, got {g!r}")
         r = self.randomization
         if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r <= self.n:
             raise ValueError(
@@ -539,6 +549,16 @@ def randomization_positions(n: int, k: int) -> List[int]:
     sorted by class contributes every class), the same for any number of processes.
     """
     return [i * n // k for i in range(k)] if k > 0 else []
+
+
+def gallery_positions(n: int, k: int, seed: int) -> List[int]:
+    """Dataset positions of the ``k`` images (of ``n``) shown in the report's
+    gallery: a sample drawn with ``seed``, in dataset order; the same in any number
+    of processes and on resuming."""
+    if k <= 0:
+        return []
+    g = torch.Generator().manual_seed(int(seed))
+    return sorted(torch.randperm(n, generator=g)[: min(k, n)].tolist())
 
 
 def _patches(loaded: Any) -> int:

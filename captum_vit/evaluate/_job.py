@@ -5,16 +5,20 @@ the tables are written by :mod:`._report`.
 
 from __future__ import annotations
 
+import io
+import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .. import metrics
 from .._guard import autocast, check_amp
+from .._html import png_bytes, to_uint8, write_bytes, write_text
 from .._jobs import (
     RecordStore,
     SettingsMismatch,
@@ -31,6 +35,7 @@ from .._jobs import (
 from ..data import GridDataset, ItemDataset, SceneDataset
 from ..distributed import DistContext
 from ..methods import Method, TrainedParts, build_all, resolve_methods
+from ..vit.adapter import logits_of
 from ._config import (
     ADDED_SETTINGS,
     ROAD_FRACTIONS,
@@ -38,11 +43,19 @@ from ._config import (
     _patches,
     check_protocol,
     cost_line,
+    gallery_positions,
     protocol_of,
     randomization_positions,
     stored_settings,
 )
-from ._report import format_seconds, write_tables
+from ._page import write_page
+from ._report import (
+    RECORD_FORMAT,
+    aggregate,
+    format_seconds,
+    gallery_dir,
+    write_tables,
+)
 
 
 def writable_dir(path: str) -> Path:
@@ -209,6 +222,7 @@ def run_evaluation(
     dataset: Optional[ItemDataset] = None,
     ctx: Optional[DistContext] = None,
     workers: int = 0,
+    class_names: Optional[Sequence[str]] = None,
 ) -> Optional[Dict[str, Dict[str, Tuple[float, float]]]]:
     """Score methods on a data source's images and write the tables.
 
@@ -229,6 +243,8 @@ def run_evaluation(
         ctx: The process's :class:`captum_vit.distributed.DistContext` (default: one
             process on the CPU).
         workers: DataLoader worker processes.
+        class_names: Names of the model's classes for the report's gallery
+            (default: the model's).
 
     Returns:
         On rank 0 ``{method: {metric: (mean, ci_half_width)}}``; None on other ranks.
@@ -316,6 +332,10 @@ def run_evaluation(
         store,
         dataset,
         set(randomization_positions(len(dataset), cfg.randomization)),
+        set(gallery_positions(len(dataset), cfg.gallery, cfg.seed)),
+        loaded.preprocessing,
+        list(class_names if class_names is not None else loaded.class_names),
+        {"format": RECORD_FORMAT, "protocol": protocol, "methods": list(built)},
         (
             GridDataset(dataset, cfg.grid_pointing, seed=cfg.seed)
             if cfg.grid_pointing
@@ -335,13 +355,15 @@ def run_evaluation(
     )
     if not ctx.is_main:
         return None
-    return write_tables(
+    table = write_tables(
         out,
         list(built),
         settings,
         reused=(reused, total) if reused else None,
         protocol=protocol,
     )
+    write_page(out, aggregate(out, list(built), settings), settings, protocol)
+    return table
 
 
 def _with_protocol_hint(
@@ -388,6 +410,11 @@ class _EvalJob:
     store: RecordStore
     dataset: ItemDataset
     randomized: set
+    gallery: set
+    preprocessing: Any
+    class_names: List[str]
+    #: written into every record: the record format, the protocol, the methods
+    stamp: Dict[str, Any]
     grids: Optional[GridDataset] = None
 
     def run(self, batch: Dict[str, Any], start: int, positions, left, log, bar):
@@ -427,6 +454,13 @@ class _EvalJob:
         grid = None
         if self.grids is not None and keys:
             grid = grid_batch(self.grids, [positions[i] for i in idx.tolist()], device)
+        shown = {
+            j: positions[i]
+            for j, i in enumerate(idx.tolist())
+            if positions[i] in self.gallery
+        }
+        if shown:
+            self._gallery_images(batch, idx, keys, inputs, target, shown)
         for name in left:
             bar.set_postfix_str(name, refresh=False)
             t0 = time.time()
@@ -443,6 +477,7 @@ class _EvalJob:
                     non_target,
                     rand_rows,
                     grid,
+                    shown,
                 )
             rec.update(
                 method=name,
@@ -452,6 +487,7 @@ class _EvalJob:
                 skipped=skipped,
                 wall=[t0, time.time()],
                 settings=self.settings,
+                **self.stamp,
             )
             self.store.append(rec)
             if log is not None:
@@ -473,9 +509,11 @@ class _EvalJob:
         non_target: Optional[Tensor],
         rand_rows: List[int],
         grid: Optional[Dict[str, Any]] = None,
+        shown: Optional[Dict[int, int]] = None,
     ) -> Dict[str, Any]:
         """Explain one chunk of images with method ``name`` and score it with every
-        metric; returns the record's values."""
+        metric; returns the record's values. The maps of the rows in ``shown``
+        (``{row: dataset position}``) are kept for the gallery."""
         cfg, explain, method = self.cfg, self.built[name], self.by_name[name]
         device = inputs.device
         b = inputs.shape[0]
@@ -486,6 +524,13 @@ class _EvalJob:
         attr, seconds = timed_explain(explain, method, inputs, target, seeds, cfg.amp)
         seconds /= b
         attr = attr.detach().float()
+        for row, position in (shown or {}).items():
+            gallery_map = attr[row].sum(0).cpu().numpy().astype(np.float16)
+            buf = io.BytesIO()
+            np.save(buf, gallery_map)
+            write_bytes(
+                gallery_dir(self.store.out, position) / f"{name}.npy", buf.getvalue()
+            )
         ev = self.evaluator
         common = dict(
             removal=self.removal, seed=cfg.seed, max_examples_per_batch=cfg.metric_batch
@@ -630,6 +675,47 @@ class _EvalJob:
             image_size=tuple(int(v) for v in size),
         )
         return out
+
+    def _gallery_images(
+        self,
+        batch: Dict[str, Any],
+        idx: Tensor,
+        keys: List[str],
+        inputs: Tensor,
+        target: Tensor,
+        shown: Dict[int, int],
+    ) -> None:
+        """Keep the gallery's images of this chunk (as the model sees them) with
+        their key, label, explained class and prediction, in ``gallery/<position>/``
+        (before any record of the chunk, so a record implies its pictures)."""
+        rows = sorted(shown)
+        sel = torch.tensor(rows, device=inputs.device)
+        with torch.no_grad():
+            probs = logits_of(self.model(inputs[sel])).float().softmax(-1).cpu()
+        images = self.preprocessing.denormalise(inputs[sel].float().cpu())
+        labels = batch["label"][idx].tolist()
+        for r, row in enumerate(rows):
+            folder = gallery_dir(self.store.out, shown[row])
+            pred = int(probs[r].argmax())
+            t = int(target[row])
+            label = int(labels[row])
+            classes = {c for c in (label, t, pred) if c >= 0}
+            meta = {
+                "key": keys[row],
+                "position": shown[row],
+                "label": label,
+                "target": t,
+                "prediction": pred,
+                "target_probability": float(probs[r, t]),
+                "prediction_probability": float(probs[r, pred]),
+                "class_names": {
+                    str(c): self.class_names[c]
+                    for c in sorted(classes)
+                    if c < len(self.class_names)
+                },
+            }
+            write_bytes(folder / "image.png", png_bytes(to_uint8(images[r].numpy())))
+            write_text(folder / "meta.json", json.dumps(meta, indent=1) + "\n")
 
     def _non_target(
         self,

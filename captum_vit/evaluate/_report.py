@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -100,6 +101,17 @@ def _dedupe(records: List[dict]) -> List[dict]:
     return out
 
 
+#: The version of the records' fields that this version writes and reads
+#: (``"format"`` of every record; records without it are of an older version).
+RECORD_FORMAT = 1
+
+
+def gallery_dir(out: Path, position: int) -> Path:
+    """The folder of the gallery image at dataset ``position`` of a run in
+    ``out``: its picture, what it shows, and one map per method."""
+    return Path(out) / "gallery" / f"{int(position):06d}"
+
+
 #: Mean curves kept per record (``curve_<name>``), saved in ``curves.npz``.
 CURVES = (
     "insertion",
@@ -111,27 +123,36 @@ CURVES = (
 )
 
 
-def write_tables(
-    out: Path,
-    method_names: List[str],
-    settings: dict,
-    reused: Optional[Tuple[int, int]] = None,
-    protocol: Optional[str] = None,
-) -> Dict[str, Dict[str, Tuple[float, float]]]:
-    """Aggregate the records (all ranks' files) into results.csv/.md,
-    curves.png/.npz, sensitivity_n.png/.npz and (with the randomisation check)
-    randomization.npz.
+@dataclass
+class Aggregate:
+    """What the tables, plots and the HTML page of a run are made of: its records
+    (of its settings, one per (method, chunk)) summed up per method."""
+
+    records: List[dict]
+    #: the catalogue's columns that the records hold: (key, header, better)
+    columns: List[Tuple[str, str, str]]
+    #: ``{method: {column: (mean, ci_half_width)}}`` plus ``"n"``
+    table: Dict[str, Dict[str, Tuple[float, float]]]
+    #: ``{method: {curve: mean curve}}`` (:data:`CURVES`)
+    curves: Dict[str, Dict[str, np.ndarray]]
+    #: ``{method: (images, sizes) sensitivity-n curves}``
+    sens: Dict[str, np.ndarray]
+    sizes: List[int]
+    #: ``{method: {"spearman"|"ssim": (images, steps)}}``
+    rand: Dict[str, Dict[str, np.ndarray]]
+    layers: List[str]
+    #: ``{image key: reason}`` of unreadable images
+    skipped: Dict[str, str]
+
+
+def aggregate(out: Path, method_names: List[str], settings: dict) -> Aggregate:
+    """Sum up the records of ``out`` (all ranks' files) made with ``settings``.
 
     Args:
-        out: The output folder.
-        method_names: Methods, in table order.
+        out: The run folder.
+        method_names: Methods, in table order (methods without records are left
+            out).
         settings: The run's settings (records of other settings are ignored).
-        reused: ``(reused, requested)`` (method, image) results, for the report of a
-            resumed run.
-        protocol: The preset of :data:`PROTOCOLS` the settings follow (None: none).
-
-    Returns:
-        ``{method: {metric: (mean, ci_half_width)}}`` (plus ``"n"``).
     """
     records = _dedupe(
         [r for r in RecordStore(out).read() if r.get("settings") == settings]
@@ -187,6 +208,37 @@ def write_tables(
                 r["randomization_layers"] for r in rows if "randomization_layers" in r
             )
         table[name]["n"] = (float(weights.sum()), float("nan"))
+    return Aggregate(
+        records, columns, table, curves, sens, list(sizes), rand, list(layers), skipped
+    )
+
+
+def write_tables(
+    out: Path,
+    method_names: List[str],
+    settings: dict,
+    reused: Optional[Tuple[int, int]] = None,
+    protocol: Optional[str] = None,
+) -> Dict[str, Dict[str, Tuple[float, float]]]:
+    """Aggregate the records (all ranks' files) into results.csv/.md,
+    curves.png/.npz, sensitivity_n.png/.npz and (with the randomisation check)
+    randomization.npz.
+
+    Args:
+        out: The output folder.
+        method_names: Methods, in table order.
+        settings: The run's settings (records of other settings are ignored).
+        reused: ``(reused, requested)`` (method, image) results, for the report of a
+            resumed run.
+        protocol: The preset of :data:`PROTOCOLS` the settings follow (None: none).
+
+    Returns:
+        ``{method: {metric: (mean, ci_half_width)}}`` (plus ``"n"``).
+    """
+    agg = aggregate(out, method_names, settings)
+    table, columns, records = agg.table, agg.columns, agg.records
+    curves, sens, rand = agg.curves, agg.sens, agg.rand
+    sizes, layers, skipped = agg.sizes, agg.layers, agg.skipped
     with (out / "results.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(
@@ -254,17 +306,9 @@ def _save_sensitivity(
     fig.savefig(out / "sensitivity_n.png", dpi=110)
 
 
-def _report(
-    table: Dict[str, Dict[str, Tuple[float, float]]],
-    columns: List[Tuple[str, str, str]],
-    settings: dict,
-    records: List[dict],
-    reused: Optional[Tuple[int, int]],
-    skipped: Dict[str, str],
-    sizes: Sequence[int] = (),
-    layers: Sequence[str] = (),
-    protocol: Optional[str] = None,
-) -> str:
+def summary(settings: dict) -> str:
+    """The run in one sentence (markdown): model, data, explained class, removal,
+    evaluator and AMP."""
     data, model = settings.get("data", {}), settings.get("model", {})
     scenes = data.get("source") == "embedded scenes"
     if scenes:
@@ -287,14 +331,27 @@ def _report(
     amp = settings.get("amp") or "off"
     from ..models import weights_label  # "random weights (seed 0)", ...
 
-    lines = [
-        "# captum-vit evaluate",
-        "",
+    return (
         f"Model `{model.get('model')}` ({weights_label(model)}) on {what}; "
         f"each image explained for {target}; the removal metrics remove patches by "
-        f"{removal} and read {evaluator}; AMP {amp}.",
-        "",
-    ]
+        f"{removal} and read {evaluator}; AMP {amp}."
+    )
+
+
+def _report(
+    table: Dict[str, Dict[str, Tuple[float, float]]],
+    columns: List[Tuple[str, str, str]],
+    settings: dict,
+    records: List[dict],
+    reused: Optional[Tuple[int, int]],
+    skipped: Dict[str, str],
+    sizes: Sequence[int] = (),
+    layers: Sequence[str] = (),
+    protocol: Optional[str] = None,
+) -> str:
+    data = settings.get("data", {})
+    scenes = data.get("source") == "embedded scenes"
+    lines = ["# captum-vit evaluate", "", summary(settings), ""]
     head = "| method | n | " + " | ".join(
         f"{h} {'↑' if b == 'higher' else '↓'}" for _, h, b in columns
     )
@@ -428,8 +485,8 @@ def _definition_values(
     }
 
 
-def _protocol(settings: dict, protocol: Optional[str] = None) -> List[str]:
-    """The run's protocol (its preset, if any) next to the papers' settings."""
+def protocol_rows(settings: dict) -> List[Tuple[str, str, str]]:
+    """``(setting, this run, the papers')`` rows of the run's protocol (markdown)."""
     s = settings
     scenes = s.get("data", {}).get("source") == "embedded scenes"
     rows = [
@@ -514,21 +571,30 @@ def _protocol(settings: dict, protocol: Optional[str] = None) -> List[str]:
             "(`--grid-pointing N`)",
         ),
     ]
-    preset = (
+    return rows
+
+
+def preset_line(protocol: Optional[str]) -> str:
+    """Which preset the settings follow, in words (markdown)."""
+    return (
         f"the `{protocol}` preset (`--protocol {protocol}`)"
         if protocol
         else "no preset (options that match none of `--protocol "
         + "|".join(PROTOCOLS)
         + "`)"
     )
+
+
+def _protocol(settings: dict, protocol: Optional[str] = None) -> List[str]:
+    """The run's protocol (its preset, if any) next to the papers' settings."""
     out = [
-        f"Protocol: {preset}. This run's settings, and the papers' with the options "
-        "that reproduce them:",
+        f"Protocol: {preset_line(protocol)}. This run's settings, and the papers' "
+        "with the options that reproduce them:",
         "",
         "| setting | this run | papers |",
         "|---|---|---|",
     ]
-    out += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    out += [f"| {a} | {b} | {c} |" for a, b, c in protocol_rows(settings)]
     return out
 
 
