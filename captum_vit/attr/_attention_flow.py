@@ -215,17 +215,18 @@ class AttentionFlow(Attribution):
             format_target(target, images.shape[0], self.adapter.num_classes)
         with torch.no_grad(), record_attention(self.adapter) as rec:
             self.adapter.logits(images)
-        caps = flow_capacities(rec.attentions, self.head_fusion)
-        b, _, t, _ = caps.shape
+        atts = rec.attentions
+        b, t = images.shape[0], atts[0].shape[-1]
         p = self.adapter.num_prefix_tokens
-        w = head_readout(self.adapter, rec, caps[:, -1], self.pool_rows)
-        caps_np = caps.cpu().numpy()
+        w = head_readout(self.adapter, rec, atts[0][:, 0], self.pool_rows)
         w_np = w.detach().double().cpu().numpy()
         sources = np.arange(p, t)
         scores = np.full((b, t - p), np.nan)
-        for i in range(b):
-            if np.isfinite(caps_np[i]).all() and np.isfinite(w_np[i]).all():
-                scores[i] = max_flows(caps_np[i], w_np[i], sources)
+        for i in range(b):  # one graph per sample, float64 capacities per sample only
+            caps = flow_capacities([a[i : i + 1] for a in atts], self.head_fusion)
+            caps_np = caps[0].cpu().numpy()
+            if np.isfinite(caps_np).all() and np.isfinite(w_np[i]).all():
+                scores[i] = max_flows(caps_np, w_np[i], sources)
         dtype = rec.attentions[0].dtype
         out = torch.as_tensor(scores, device=images.device).to(dtype)
         return pack_output(
