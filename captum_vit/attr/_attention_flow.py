@@ -153,8 +153,8 @@ class AttentionFlow(Attribution):
     rows for distilled DeiT; the mean of the patch rows for pooled models; the pool's
     own fused attention for attention-pooled heads): those weights are the capacities
     of the edges into one sink node. The relevance of patch j is the maximum flow from
-    its input node to the sink, a value in [0, 1] up to rounding (the authors further divide each
-    map by its sum over all input tokens, a per-image constant).
+    its input node to the sink, a value in [0, 1] up to rounding (the authors further
+    divide each map by its sum over all input tokens, a per-image constant).
 
     Each sample is one graph, built once; its N patch problems share it and differ only
     in the source's edges. The problems run through
