@@ -498,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=None,
         metavar="N",
-        help="perturbations per image of the infidelity column (quick 16, standard "
+        help="perturbations per image of the infidelity column (quick 8, standard "
         "64, paper-cpu 100, paper 1000; Captum's default 10)",
     )
     pg.add_argument(

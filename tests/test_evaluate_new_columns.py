@@ -183,6 +183,12 @@ def test_new_columns_equal_the_metric_functions(tiny, tmp_path):
     for header in ("Infidelity", "Energy pointing", "Segmentation F1", "Grid pointing"):
         assert f"- **{header}**: " in report and f" {header} " in report
     assert "| grid pointing | 2 x 2 grids |" in report
+    # infidelity (here ~1e-8) is shown with significant digits, not as 0.000000
+    head = next(line for line in report.splitlines() if line.startswith("| method"))
+    row = next(line for line in report.splitlines() if line.startswith("| random"))
+    cell = row.split("|")[head.split("|").index(" Infidelity ↓ ")]
+    mean = float(infid.mean())
+    assert float(cell.split("±")[0]) == pytest.approx(mean, rel=0.01), cell
     with (out / "results.csv").open() as fh:
         row = next(csv.DictReader(fh))
     assert float(row["grid_pointing"]) == pytest.approx(float(want.mean()), rel=1e-5)

@@ -207,7 +207,7 @@ PROTOCOLS: Dict[str, Dict[str, Any]] = {
         randomization=0,
         metric_batch=64,
         infidelity="square",
-        infidelity_samples=16,
+        infidelity_samples=8,
     ),
     "standard": dict(
         evaluator="classifier",
@@ -464,7 +464,7 @@ class EvalConfig:
     randomization: int = 0
     metric_batch: int = 64
     infidelity: str = "square"
-    infidelity_samples: int = 16
+    infidelity_samples: int = 8
     grid_pointing: int = 0
     gallery: int = 8
 

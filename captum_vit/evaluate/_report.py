@@ -362,6 +362,8 @@ def _report(
             m, h = row[key]
             if key == "seconds":
                 cells.append(format_mean_ci(m, h, significant=2))
+            elif key == "infidelity":  # a squared error: any scale, 0 is best
+                cells.append(format_mean_ci(m, h, significant=3, max_decimals=12))
             else:
                 cells.append(format_mean_ci(m, h, decimals=3, max_decimals=6))
         lines.append(f"| {name} | {int(row['n'][0])} | " + " | ".join(cells) + " |")
