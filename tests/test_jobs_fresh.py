@@ -250,10 +250,10 @@ def test_protocol_presets_options_override_and_the_folder_records_it(capsys, tmp
     rc, out, err = cli(capsys, *base, "--out", tmp_path / "q")
     assert rc == 0
     assert err.startswith(
-        "evaluate: protocol quick: about 92 perturbed forward passes per image and "
+        "evaluate: protocol quick: about 100 perturbed forward passes per image and "
         "method"
     )
-    assert "2 (method, image) pair(s) to do: about 184 passes" in err
+    assert "2 (method, image) pair(s) to do: about 200 passes" in err
     assert "Protocol: the `quick` preset (`--protocol quick`)" in out
     settings = json.loads((tmp_path / "q" / "records.jsonl").read_text())["settings"]
     assert settings["curve_steps"] == 8 and settings["road"] == "off"
