@@ -114,7 +114,9 @@ def install_reference(reference: Path, into: Path) -> str:
 
 
 def reference_models(model: nn.Module) -> Dict[str, nn.Module]:
-    """ViT_LRP, ViT_orig_LRP and ViT_new built like ``model``, with its weights."""
+    """ViT_LRP, ViT_orig_LRP and ViT_new built like ``model``, with its weights, and
+    two ViT_LRP hybrids whose ``Add`` or ``Linear`` modules follow ``layers_lrp``
+    (ViT_orig_LRP's rules) instead: which of the two differences moves the map."""
     blk = model.blocks[0]
     cfg = dict(
         img_size=model.patch_embed.img_size[0],
@@ -129,9 +131,17 @@ def reference_models(model: nn.Module) -> Dict[str, nn.Module]:
     eps = blk.norm1.eps
     state = model.state_dict()
     out = {}
-    for name in ("ViT_LRP", "ViT_orig_LRP", "ViT_new"):
-        mod = importlib.import_module(f"baselines.ViT.{name}")
+    ours = importlib.import_module("modules.layers_ours")
+    orig = importlib.import_module("modules.layers_lrp")
+    for name in ("ViT_LRP", "ViT_orig_LRP", "ViT_new", "orig Add", "orig Linear"):
+        file = name if name.startswith("ViT") else "ViT_LRP"
+        mod = importlib.import_module(f"baselines.ViT.{file}")
         ref = mod.VisionTransformer(**cfg)
+        if not name.startswith("ViT"):
+            layer = name.split()[1]
+            for m in ref.modules():
+                if type(m) is getattr(ours, layer):
+                    m.__class__ = getattr(orig, layer)
         missing, unexpected = ref.load_state_dict(state, strict=False)
         if missing or [k for k in unexpected if "norm" in k or "blocks" in k]:
             raise RuntimeError(f"{name}: missing {missing}, unexpected {unexpected}")
@@ -140,21 +150,6 @@ def reference_models(model: nn.Module) -> Dict[str, nn.Module]:
                 m.eps = eps
         out[name] = ref.eval()
     return out
-
-
-def hybrid(lrp_model: nn.Module, layer: str) -> nn.Module:
-    """A copy of the ViT_LRP model whose ``layer`` modules (``"Add"`` or
-    ``"Linear"``) follow ``layers_lrp`` (ViT_orig_LRP's rules) instead: which of the
-    two differences moves the map."""
-    import copy
-
-    ours = importlib.import_module("modules.layers_ours")
-    orig = importlib.import_module("modules.layers_lrp")
-    m = copy.deepcopy(lrp_model)
-    for mod in m.modules():
-        if type(mod) is getattr(ours, layer):
-            mod.__class__ = getattr(orig, layer)
-    return m
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -222,8 +217,8 @@ def compare(
     lrp = LRP(refs["ViT_LRP"])
     orig = LRP(refs["ViT_orig_LRP"])
     base = Baselines(refs["ViT_new"])
-    orig_add = LRP(hybrid(refs["ViT_LRP"], "Add"))
-    orig_linear = LRP(hybrid(refs["ViT_LRP"], "Linear"))
+    orig_add = LRP(refs["orig Add"])
+    orig_linear = LRP(refs["orig Linear"])
     pairs: List[Tuple[str, str, Callable[[torch.Tensor, int], torch.Tensor]]] = [
         (
             "partial-lrp",
