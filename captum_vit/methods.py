@@ -555,6 +555,7 @@ METHODS: Dict[str, Method] = {
             _gradcam_attention,
             False,
             "Grad-CAM on the last block's attention (Chefer et al. 2021)",
+            needs_grad=True,
         ),
         Method(
             "tam",
