@@ -125,7 +125,7 @@ class PartialLRP(Attribution):
         last = self.adapter.num_layers - 1
         with torch.no_grad(), record_attention(
             self.adapter, layers=[last]
-        ) as rec, lrp_trace(self.adapter, type(self).__name__) as trace:
+        ) as rec, lrp_trace(self.adapter, type(self).__name__, [last]) as trace:
             logits = self.adapter.logits(images)
         if target is None:
             t = logits.argmax(dim=1)

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -87,7 +87,9 @@ def _get(module: nn.Module, path: str) -> nn.Module:
 
 @contextmanager
 def lrp_trace(
-    model: Union[nn.Module, ViTAdapter], method: str = "LRP"
+    model: Union[nn.Module, ViTAdapter],
+    method: str = "LRP",
+    layers: Optional[Sequence[int]] = None,
 ) -> Iterator[LRPTrace]:
     """Record what :func:`propagate` needs during the forward passes inside.
 
@@ -97,6 +99,8 @@ def lrp_trace(
     Args:
         model: A supported ViT or its adapter.
         method: Method name for the capability error.
+        layers: Blocks to record (default: all); the others' entries stay empty,
+            so :func:`propagate` can then only stop at or above the lowest one.
 
     Yields:
         An :class:`LRPTrace`, filled by the forward pass.
@@ -132,8 +136,11 @@ def lrp_trace(
 
             return post
 
+    chosen = set(range(adapter.num_layers) if layers is None else layers)
     try:
         for i, blk in enumerate(adapter.blocks):
+            if i not in chosen:
+                continue
             for path, side in _BLOCK_TAPS:
                 key = f"{path}:{side}"
                 mod = _get(blk, path)
