@@ -12,6 +12,7 @@ from .attr import (
     ViTCX,
     ViTGradCAM,
     ViTShapley,
+    AttnLRP,
 )
 from . import metrics
 from .vit import TokenMask, ViTAdapter, patch_scores
@@ -34,4 +35,5 @@ __all__ = [
     "ViTShapley",
     "metrics",
     "patch_scores",
+    "AttnLRP",
 ]

@@ -10,6 +10,7 @@ from ._tis import TransformerInputSampling
 from ._transformer_attribution import TransformerAttribution
 from ._vit_shapley import ViTShapley
 from ._vitcx import ViTCX
+from ._attnlrp import AttnLRP
 
 __all__ = [
     "AttentionRollout",
@@ -23,4 +24,5 @@ __all__ = [
     "ViTCX",
     "ViTGradCAM",
     "ViTShapley",
+    "AttnLRP",
 ]
