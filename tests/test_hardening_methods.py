@@ -23,6 +23,7 @@ import captum_vit
 from captum_vit import (
     RISE,
     AttentionRollout,
+    AttnLRP,
     GenAtt,
     PLUSWrapper,
     RawAttention,
@@ -83,6 +84,7 @@ CLASSES: Dict[str, Tuple[Callable[[torch.nn.Module], Attribution], Dict[str, Any
     "RawAttention": (lambda m: RawAttention(m), {}),
     "RISE": (lambda m: RISE(m, n_masks=8), {"seed": 0}),
     "ViTGradCAM": (lambda m: ViTGradCAM(m), {}),
+    "AttnLRP": (lambda m: AttnLRP(m), {}),
 }
 # Public classes that are not attribution methods (no attribute() call).
 NOT_METHODS = {"TokenMask", "ViTAdapter"}
@@ -308,6 +310,7 @@ CONSTRUCT: Dict[str, Callable[..., Any]] = {
     "ViTGradCAM": lambda m, **kw: ViTGradCAM(m, **kw),
     "TokenMask": lambda m, **kw: TokenMask(m, **kw),
     "ViTAdapter": lambda m, **kw: ViTAdapter(m, **kw),
+    "AttnLRP": lambda m, **kw: AttnLRP(m, **kw),
 }
 
 
@@ -363,6 +366,10 @@ def test_every_numeric_argument_rejects_nan_inf_and_out_of_range():
         "RISE.baselines",
         "ViTGradCAM.block",
         "ViTGradCAM.target",
+        "AttnLRP.epsilon",
+        "AttnLRP.lin_gamma",
+        "AttnLRP.conv_gamma",
+        "AttnLRP.target",
     } <= names
 
 
@@ -550,6 +557,8 @@ def test_inference_mode_runs_or_says_autograd_is_needed():
         "ixg",
         "skipplus-ig",
         "skipplus-ixg",
+        "attnlrp",
+        "cp-lrp",
     }
     gradient = {
         "GenAtt": lambda m: GenAtt(m),
@@ -557,6 +566,8 @@ def test_inference_mode_runs_or_says_autograd_is_needed():
         "SkipPLUS(GenAtt)": lambda m: SkipPLUSWrapper(GenAtt(m)),
         "TransformerAttribution": lambda m: TransformerAttribution(m),
         "ViTGradCAM": lambda m: ViTGradCAM(m),
+        "AttnLRP": lambda m: AttnLRP(m),
+        "AttnLRP(cp-lrp)": lambda m: AttnLRP(m, variant="cp-lrp"),
     }
     for name, make in gradient.items():
         with torch.inference_mode(), pytest.raises(RuntimeError, match=message):
