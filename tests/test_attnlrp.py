@@ -359,3 +359,22 @@ def test_side_by_side_with_lxt(family, kind, variant, gammas):
     assert min(pix) >= 0.99 and min(patch) >= 0.99, (pix, patch)
     assert nn.GELU.forward is gelu and nn.LayerNorm.forward is ln  # LXT undone
     assert not hasattr(nn.GELU, "original_forward")
+
+
+def test_registry_entries_read_the_gamma_knobs():
+    from captum_vit.explain import _other_knobs
+    from captum_vit.methods import METHODS, MethodOptions
+
+    model = make_model("cls")
+    x, t = images("cls"), torch.tensor([1, 2])
+    opts = MethodOptions(attnlrp_lin_gamma=0.05, attnlrp_conv_gamma=0.25)
+    for name, variant in (("attnlrp", "attnlrp"), ("cp-lrp", "cp-lrp")):
+        method = METHODS[name]
+        assert method.signed and method.needs_grad
+        ref = AttnLRP(model, variant=variant, lin_gamma=0.05, conv_gamma=0.25)
+        assert torch.equal(method.explainer(model, opts)(x, t), ref.attribute(x, t))
+        plain = AttnLRP(model, variant=variant).attribute(x, t)
+        assert torch.equal(method.build(model)(x, t), plain)
+    assert _other_knobs(opts) == {"attnlrp_lin_gamma": 0.05, "attnlrp_conv_gamma": 0.25}
+    with pytest.raises(ValueError, match="^attnlrp_lin_gamma:"):
+        MethodOptions(attnlrp_lin_gamma=-1.0)
