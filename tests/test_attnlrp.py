@@ -53,7 +53,19 @@ def logits_of(model, x):
 
 
 # ------------------------------------------------------------------ conservation
-@pytest.mark.parametrize("family", ["cls", "distilled", "torchvision", "hf_vit"])
+@pytest.mark.parametrize(
+    "family",
+    [
+        "cls",
+        "distilled",
+        "reg_gap",
+        "eva",
+        "beit",
+        "torchvision",
+        "hf_vit",
+        "hf_dinov2",
+    ],
+)
 def test_cp_lrp_conserves_the_logit_without_biases(family):
     # CP-LRP with LRP-0 is a linear decomposition once the attention, the norms'
     # 1/std and the activations' f(x)/x are constants: without additive constants
