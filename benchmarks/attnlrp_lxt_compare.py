@@ -331,7 +331,10 @@ def main() -> None:
     for name, kind, model, size in models(args.quick):
         for param in model.parameters():
             param.requires_grad_(False)
-        settings: List[Tuple[str, Optional[Tuple[float, float]]]] = [("attnlrp", None)]
+        settings: List[Tuple[str, Optional[Tuple[float, float]]]] = [
+            ("attnlrp", None),
+            ("attnlrp", (0.05, 0.25)),
+        ]
         if kind == "torchvision":
             settings = [("cp-lrp", None), ("cp-lrp", (0.05, 0.25)), ("attnlrp", None)]
         for variant, gammas in settings:

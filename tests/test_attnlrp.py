@@ -359,6 +359,7 @@ def _lxt_compare():
         ("torchvision", "torchvision", "cp-lrp", (0.05, 0.25)),  # + zennit gamma
         ("torchvision", "torchvision", "attnlrp", None),  # LXT's rules, full map
         ("cls", "timm", "attnlrp", None),
+        ("cls", "timm", "attnlrp", (0.05, 0.25)),  # zennit gamma on timm's linears
     ],
 )
 def test_side_by_side_with_lxt(family, kind, variant, gammas):
