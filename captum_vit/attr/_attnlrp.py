@@ -248,8 +248,9 @@ class AttnLRP(GradientAttribution):
     ViTs to denoise their heatmaps and tunes γ per model; the LXT library's ViT
     example sweeps ``conv_gamma`` ∈ {0.1, 0.25, 100} and ``lin_gamma`` ∈ {0, 0.01,
     0.05, 0.1, 1} by eye. Pass the values you choose (e.g.
-    ``AttnLRP(model, lin_gamma=0.05, conv_gamma=0.25)``). The gamma rule costs four
-    extra matrix products per layer in the backward pass. It reaches linear layers
+    ``AttnLRP(model, lin_gamma=0.05, conv_gamma=0.25)``). The gamma rule recomputes
+    each layer on the positive and negative parts (four products and their
+    gradients) in the backward pass. It reaches linear layers
     called as modules only: projections called functionally inside an attention
     module (torchvision's ``nn.MultiheadAttention``, BEiT's and Eva's ``qkv`` with
     separate biases) keep the plain gradient, as in LXT.
