@@ -17,6 +17,7 @@ from .attr import (
     PartialLRP,
     TransitionAttentionMaps,
     BeyondIntuition,
+    AttnLRP,
 )
 from . import metrics
 from .vit import TokenMask, ViTAdapter, patch_scores
@@ -44,4 +45,5 @@ __all__ = [
     "PartialLRP",
     "TransitionAttentionMaps",
     "BeyondIntuition",
+    "AttnLRP",
 ]

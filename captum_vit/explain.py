@@ -695,9 +695,13 @@ def _other_knobs(options: MethodOptions) -> Dict[str, Any]:
     recorded: only those off their defaults, so the settings of a default run are
     those of earlier versions (and their folders resume)."""
     out: Dict[str, Any] = {}
-    for name in ("vitcx_fill", "rise_fill", "input_mean", "input_std"):
+    names = ("vitcx_fill", "rise_fill", "input_mean", "input_std")
+    for name in names + ("attnlrp_lin_gamma", "attnlrp_conv_gamma"):
         value = getattr(options, name)
         if value != getattr(DEFAULT_OPTIONS, name):
+            if isinstance(value, (int, float)):
+                out[name] = float(value)
+                continue
             out[name] = value if isinstance(value, str) else [float(v) for v in value]
     return out
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ._utils import check_count
+from ._utils import check_count, check_number
 
 #: ``explain(inputs, target, seeds=None) -> attributions``.
 Explain = Callable[..., Tensor]
@@ -61,6 +61,9 @@ class MethodOptions:
             per-image seeds.
         show_progress: tqdm bars inside the methods that have them (False unless
             the caller asks, as in Captum).
+        attnlrp_lin_gamma: AttnLRP / CP-LRP ``lin_gamma`` (0: the epsilon rule; the
+            paper tunes γ per ViT, see :class:`captum_vit.attr.AttnLRP`).
+        attnlrp_conv_gamma: AttnLRP / CP-LRP ``conv_gamma`` (0: epsilon rule).
 
     Raises:
         ValueError: a count below 1 (naming the option).
@@ -75,10 +78,14 @@ class MethodOptions:
     input_std: Optional[Sequence[float]] = None
     seed: int = 0
     show_progress: bool = False
+    attnlrp_lin_gamma: float = 0.0
+    attnlrp_conv_gamma: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("tis_masks", "rise_masks", "n_steps"):
             check_count(name, getattr(self, name))
+        for name in ("attnlrp_lin_gamma", "attnlrp_conv_gamma"):
+            check_number(name, getattr(self, name), 0.0)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "MethodOptions":
@@ -425,6 +432,21 @@ def _random(model: nn.Module, options: MethodOptions) -> Explain:
     return explain
 
 
+def _attnlrp(variant: str) -> Callable[[nn.Module, MethodOptions], Explain]:
+    def build(model: nn.Module, options: MethodOptions) -> Explain:
+        from .attr import AttnLRP
+
+        m = AttnLRP(
+            model,
+            variant=variant,
+            lin_gamma=options.attnlrp_lin_gamma,
+            conv_gamma=options.attnlrp_conv_gamma,
+        )
+        return lambda x, t, seeds=None: m.attribute(x, target=t)
+
+    return build
+
+
 def _guarded(method: Method) -> Method:
     """``method`` whose built functions validate their arguments and run the model in
     eval mode and eagerly for the call (see the module docstring)."""
@@ -576,6 +598,20 @@ METHODS: Dict[str, Method] = {
             _beyond_intuition("token"),
             False,
             "Beyond Intuition, token-wise (Chen et al. 2023), n_steps points",
+            needs_grad=True,
+        ),
+        Method(
+            "attnlrp",
+            _attnlrp("attnlrp"),
+            True,
+            "AttnLRP (Achtibat et al. 2024)",
+            needs_grad=True,
+        ),
+        Method(
+            "cp-lrp",
+            _attnlrp("cp-lrp"),
+            True,
+            "CP-LRP (Ali et al. 2022)",
             needs_grad=True,
         ),
     ]

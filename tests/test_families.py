@@ -20,6 +20,7 @@ from helpers import OTHER_FAMILIES, make_model, model_state, reduced_forward
 from captum_vit import (
     RISE,
     AttentionRollout,
+    AttnLRP,
     GenAtt,
     RawAttention,
     SkipPLUSWrapper,
@@ -458,6 +459,7 @@ def test_headless_models_are_refused_by_class_methods(family):
         ]
     if family == "cls":  # the one family here with LRP rules
         calls.append(lambda: TransformerAttribution(model))
+    calls.append(lambda: AttnLRP(model))
     for call in calls:
         with pytest.raises(TypeError, match="the model has no classifier head"):
             call()
@@ -535,6 +537,8 @@ def _run_cell(column: str, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if column.startswith("BeyondIntuition("):
         mode = column[len("BeyondIntuition(") : -1]
         return BeyondIntuition(model, mode=mode, steps=2).attribute(x, target=1)
+    if column == "AttnLRP":
+        return AttnLRP(model).attribute(x, target=1)
     if column == "metrics, ROAD":
         return road(model, x, attr, 1, fractions=(0.25, 0.5))
     if column == "GradSAM":
@@ -566,7 +570,7 @@ def _matrix():
 
 def test_readme_matrix_covers_every_family_and_method():
     columns, cells = _matrix()
-    assert len(columns) == 24
+    assert len(columns) == 25
     assert [r for r, _ in cells] == list(ROWS)
     assert all(len(c) == len(columns) for _, c in cells)
 

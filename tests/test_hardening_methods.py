@@ -23,6 +23,7 @@ import captum_vit
 from captum_vit import (
     RISE,
     AttentionRollout,
+    AttnLRP,
     GenAtt,
     PLUSWrapper,
     RawAttention,
@@ -91,6 +92,7 @@ CLASSES: Dict[str, Tuple[Callable[[torch.nn.Module], Attribution], Dict[str, Any
     "PartialLRP": (lambda m: PartialLRP(m), {}),
     "TransitionAttentionMaps": (lambda m: TransitionAttentionMaps(m, steps=3), {}),
     "BeyondIntuition": (lambda m: BeyondIntuition(m, mode="token", steps=3), {}),
+    "AttnLRP": (lambda m: AttnLRP(m), {}),
 }
 # Public classes that are not attribution methods (no attribute() call).
 NOT_METHODS = {"TokenMask", "ViTAdapter"}
@@ -321,6 +323,7 @@ CONSTRUCT: Dict[str, Callable[..., Any]] = {
     "PartialLRP": lambda m, **kw: PartialLRP(m, **kw),
     "TransitionAttentionMaps": lambda m, **kw: TransitionAttentionMaps(m, **kw),
     "BeyondIntuition": lambda m, **kw: BeyondIntuition(m, **kw),
+    "AttnLRP": lambda m, **kw: AttnLRP(m, **kw),
 }
 
 
@@ -376,6 +379,10 @@ def test_every_numeric_argument_rejects_nan_inf_and_out_of_range():
         "RISE.baselines",
         "ViTGradCAM.block",
         "ViTGradCAM.target",
+        "AttnLRP.epsilon",
+        "AttnLRP.lin_gamma",
+        "AttnLRP.conv_gamma",
+        "AttnLRP.target",
     } <= names
 
 
@@ -570,6 +577,8 @@ def test_inference_mode_runs_or_says_autograd_is_needed():
         "skipplus-ixg",
         "gradsam",
         "gradcam-attention",
+        "attnlrp",
+        "cp-lrp",
     }
     gradient = {
         "GenAtt": lambda m: GenAtt(m),
@@ -581,6 +590,8 @@ def test_inference_mode_runs_or_says_autograd_is_needed():
         "ViTGradCAM(attention)": lambda m: ViTGradCAM(m, on="attention"),
         "TAM": lambda m: TransitionAttentionMaps(m, steps=2),
         "BeyondIntuition": lambda m: BeyondIntuition(m, steps=2),
+        "AttnLRP": lambda m: AttnLRP(m),
+        "AttnLRP(cp-lrp)": lambda m: AttnLRP(m, variant="cp-lrp"),
     }
     for name, make in gradient.items():
         with torch.inference_mode(), pytest.raises(RuntimeError, match=message):

@@ -15,6 +15,7 @@ from ._gradsam import GradSAM
 from ._partial_lrp import PartialLRP
 from ._tam import TransitionAttentionMaps
 from ._beyond_intuition import BeyondIntuition
+from ._attnlrp import AttnLRP
 
 __all__ = [
     "AttentionRollout",
@@ -33,4 +34,5 @@ __all__ = [
     "PartialLRP",
     "TransitionAttentionMaps",
     "BeyondIntuition",
+    "AttnLRP",
 ]

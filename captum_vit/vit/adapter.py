@@ -48,6 +48,7 @@ from torch import Tensor
 
 from .._guard import check_dtype, check_layout, unwrap_compiled
 from .._utils import check_int
+from .lrp_sites import LRPSites
 
 # ----------------------------------------------------------------- capabilities
 #: A flat (B, P + N, D) token sequence with ``embed`` / ``run_blocks`` / ``head``.
@@ -68,6 +69,9 @@ LRP_RULES = "lrp_rules"
 #: Each block's input tokens and its attention values passed through the attention's
 #: output projection (Beyond Intuition's token-wise approximation).
 VALUE_PROJECTION = "value_projection"
+#: AttnLRP's rules for every module of the model (:mod:`captum_vit.vit.lrp_sites`):
+#: normalisations, activations, linear layers, gated products and attention.
+ATTNLRP_RULES = "attnlrp_rules"
 
 #: What each capability is called in error messages.
 CAPABILITIES: Dict[str, str] = {
@@ -79,6 +83,7 @@ CAPABILITIES: Dict[str, str] = {
     CLASS_HEAD: "a classifier head",
     LRP_RULES: "LRP rules for its blocks",
     VALUE_PROJECTION: "projected attention values",
+    ATTNLRP_RULES: "AttnLRP rules for every module",
 }
 
 #: Reasons used when a family does not give its own (see ``missing_reasons``).
@@ -283,6 +288,8 @@ class ViTAdapter:
         caps = self._basic_capabilities()
         if self._has_lrp_rules():
             caps.add(LRP_RULES)
+        if self._lrp_sites()[1] is None:
+            caps.add(ATTNLRP_RULES)
         return frozenset(caps)
 
     def _basic_capabilities(self) -> Set[str]:
@@ -302,10 +309,35 @@ class ViTAdapter:
         of the forward paths stay cheap."""
         return False
 
+    def lrp_sites(self, method: str = "AttnLRP") -> LRPSites:
+        """Where AttnLRP's rules act in this model (:class:`LRPSites`): its norms,
+        activations, linear layers, gated products and the attention hooks.
+
+        Args:
+            method: The method named in the error.
+
+        Raises:
+            TypeError: the capability error when a module has no rule.
+        """
+        self.require(ATTNLRP_RULES, method)
+        sites, _ = self._lrp_sites()
+        assert sites is not None
+        return sites
+
+    def _lrp_sites(self) -> Tuple[Optional[LRPSites], Optional[str]]:
+        """``(sites, None)``, or ``(None, what is missing)``; see
+        :meth:`lrp_sites`. Walks the model: called only when asked."""
+        return None, (
+            "AttnLRP rules for its blocks (captum-vit has them for timm ViT, Eva "
+            "and BEiT, torchvision ViT and Hugging Face ViT/DeiT/DINOv2)"
+        )
+
     def has(self, capability: str) -> bool:
         """Whether the model has ``capability``."""
         if capability == LRP_RULES:
             return self._has_lrp_rules()
+        if capability == ATTNLRP_RULES:
+            return self._lrp_sites()[1] is None
         return capability in self._basic_capabilities()
 
     @property
@@ -344,6 +376,10 @@ class ViTAdapter:
     def missing_reason(self, capability: str) -> str:
         """Why this model lacks ``capability``: completes "<method> needs <what>,
         which <family> ..." (the family's ``missing_reasons``, else a default)."""
+        if capability == ATTNLRP_RULES and capability not in self.missing_reasons:
+            problem = self._lrp_sites()[1]
+            if problem is not None:
+                return f"does not have for this model: it needs {problem}"
         return self.missing_reasons.get(
             capability, _DEFAULT_REASONS.get(capability, "does not offer")
         )

@@ -11,12 +11,13 @@ sets each module's ``fused_attn`` to False for the call and restores it.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, FrozenSet, List, Optional, Tuple
 
 import torch.nn as nn
 from torch import Tensor
 
 from ..adapter import Normalization, ViTAdapter, set_attribute
+from ..lrp_sites import LRPSites, qkv_factors, scale_gradient, walk_sites
 
 
 def pretrained_cfg_normalization(model: Any) -> Optional[Normalization]:
@@ -117,6 +118,22 @@ class TimmTokenAdapter(TimmAdapter):
             m for n in names if isinstance(m := getattr(self.model, n, None), nn.Module)
         ]
 
+    # ------------------------------------------------------------ AttnLRP
+    #: Model, block and attention class names of the family (AttnLRP sites).
+    lrp_containers: FrozenSet[str] = frozenset()
+
+    def _lrp_sites(self) -> Tuple[Optional[LRPSites], Optional[str]]:
+        problem = None
+        if self.pool not in ("token", "avg"):
+            problem = f"token or average pooling, not {self.pool!r}"
+        return timm_lrp_sites(
+            self.model,
+            self.blocks,
+            self.attention_modules(),
+            self.lrp_containers,
+            problem,
+        )
+
     # ------------------------------------------------------------ attention
     def _attention_hooks(
         self,
@@ -135,3 +152,102 @@ class TimmTokenAdapter(TimmAdapter):
                     lambda m, a, out, i=i: on_block(i, out)
                 )
             )
+
+
+# ------------------------------------------------------------------ AttnLRP sites
+#: timm modules whose own forward only adds, averages, reshapes or concatenates what
+#: their children compute (or whose attention the hooks below handle).
+_LRP_CONTAINERS = frozenset(
+    {
+        "Sequential",
+        "ModuleList",
+        "PatchEmbed",
+        "Mlp",
+        "SwiGLU",
+        "GluMlp",
+        "SwiGLUPacked",
+        # position terms: constants of the input
+        "RotaryEmbeddingCat",
+        "RelativePositionBias",
+    }
+)
+#: Gated MLPs: their ``drop1`` receives the product ``act(gate) * x``.
+_GATED_MLPS = ("SwiGLU", "GluMlp", "SwiGLUPacked")
+
+
+def timm_lrp_sites(
+    model: nn.Module,
+    blocks: List[nn.Module],
+    attentions: List[nn.Module],
+    containers: FrozenSet[str],
+    pool_problem: Optional[str],
+) -> Tuple[Optional[LRPSites], Optional[str]]:
+    """AttnLRP sites of a timm token model (ViT, Eva, BEiT).
+
+    Args:
+        model: The model.
+        blocks: Its blocks.
+        attentions: The attention module of every block.
+        containers: The family's model, block and attention class names.
+        pool_problem: Why the head's pooling has no rule (None when it has one).
+    """
+    if pool_problem is not None:
+        return None, pool_problem
+    for i, attn in enumerate(attentions):
+        if getattr(attn, "gate", None) is not None:
+            return None, (
+                f"attention without an output gate; block {i}'s "
+                f"{type(attn).__name__} is gated"
+            )
+    allowed = _LRP_CONTAINERS | containers
+    sites, problem = walk_sites(model, lambda m: type(m).__name__ in allowed)
+    if problem is not None:
+        return None, problem
+    for blk in blocks:
+        mlp = getattr(blk, "mlp", None)
+        if type(mlp).__name__ in _GATED_MLPS:
+            sites.products.append(mlp.drop1)
+
+    def attention(qk: float, v: float, handles: List[Any]) -> None:
+        for attn in attentions:
+            _timm_attention_hooks(attn, qk, v, handles)
+
+    sites.attention = attention
+    return sites, None
+
+
+def _scale_output(factor: Any) -> Callable[..., Tensor]:
+    return lambda module, args, out: scale_gradient(out, factor)
+
+
+def _timm_attention_hooks(attn: nn.Module, qk: float, v: float, handles: List[Any]):
+    """Gradient factors ``qk`` on the query and key, ``v`` on the value of one timm
+    attention module.
+
+    A fused ``qkv`` linear called as a module gets per-channel factors on its output
+    (the fused kernel stays on); separate ``q_proj``/``k_proj``/``v_proj`` get one
+    factor each. When the projection is called functionally (BEiT and Eva with
+    ``q_bias``), the attention runs on its explicit path for the call: the attended
+    output (the input of ``proj``) gets ``v`` and the probabilities ``qk / v``, so the
+    query and key receive ``qk`` in all.
+    """
+    qkv = getattr(attn, "qkv", None)
+    if isinstance(qkv, nn.Linear) and getattr(attn, "q_bias", None) is None:
+        factors = qkv_factors(qkv.out_features, qk, v)
+        handles.append(qkv.register_forward_hook(_scale_output(factors)))
+        return
+    names = ("q_proj", "k_proj", "v_proj")
+    if qkv is None and all(
+        isinstance(getattr(attn, n, None), nn.Linear) for n in names
+    ):
+        for n, f in zip(names, (qk, qk, v)):
+            handles.append(getattr(attn, n).register_forward_hook(_scale_output(f)))
+        return
+    if hasattr(attn, "fused_attn"):
+        handles.append(set_attribute(attn, "fused_attn", False))
+    handles.append(attn.attn_drop.register_forward_hook(_scale_output(qk / v)))
+
+    def pre(module, args):
+        return (scale_gradient(args[0], v),) + tuple(args[1:])
+
+    handles.append(attn.proj.register_forward_pre_hook(pre))

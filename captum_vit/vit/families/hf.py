@@ -34,6 +34,52 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..adapter import MaskState, ViTAdapter, register_family, set_attribute
+from ..lrp_sites import LRPSites, scale_gradient, walk_sites
+
+#: Class-name endings (after ``ViT``/``DeiT``/``Dinov2``/``Dinov2WithRegisters``) of
+#: modules whose forward only adds, averages, reshapes or concatenates, or whose
+#: attention the AttnLRP hooks handle (:meth:`HFViTAdapter._lrp_sites`).
+_LRP_CONTAINERS = (
+    "ForImageClassification",
+    "ForImageClassificationWithTeacher",
+    "Model",
+    "Embeddings",
+    "PatchEmbeddings",
+    "Encoder",
+    "Layer",
+    "Attention",
+    "SelfAttention",
+    "SelfOutput",
+    "Intermediate",
+    "Output",
+    "MLP",
+    "Pooler",
+)
+_LRP_PREFIXES = ("Dinov2WithRegisters", "Dinov2", "DeiT", "ViT")
+#: Query, key and value projections of an attention module (transformers 5 names
+#: first, the nested ``attention.query`` layout of earlier releases second).
+_QKV_NAMES = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"))
+
+
+def _hf_container(module: nn.Module) -> bool:
+    name = type(module).__name__
+    if name in ("Sequential", "ModuleList"):
+        return True
+    for prefix in _LRP_PREFIXES:
+        if name.startswith(prefix):
+            return name[len(prefix) :] in _LRP_CONTAINERS
+    return False
+
+
+def _qkv_projections(attn: nn.Module) -> Optional[List[nn.Module]]:
+    """The query, key and value ``nn.Linear`` of a layer's attention, or None."""
+    for owner in (attn, getattr(attn, "attention", None)):
+        for names in _QKV_NAMES:
+            mods = [getattr(owner, n, None) for n in names]
+            if owner is not None and all(isinstance(m, nn.Linear) for m in mods):
+                return mods
+    return None
+
 
 #: Served class names -> head kind.
 _CLASSES: Dict[str, str] = {
@@ -233,6 +279,42 @@ class HFViTAdapter(ViTAdapter):
 
         for layer in self.blocks:
             out.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
+
+    # ------------------------------------------------------------ AttnLRP
+    def _lrp_sites(self) -> Tuple[Optional[LRPSites], Optional[str]]:
+        projections = []
+        for i, layer in enumerate(self.blocks):
+            qkv = _qkv_projections(layer.attention)
+            if qkv is None:
+                return None, (
+                    f"query, key and value projections; layer {i}'s "
+                    f"{type(layer.attention).__name__} has none this adapter knows"
+                )
+            projections.append(qkv)
+            mlp = getattr(layer, "mlp", None) or getattr(layer, "intermediate", None)
+            act = getattr(mlp, "activation_fn", None) or getattr(
+                mlp, "intermediate_act_fn", None
+            )
+            if mlp is not None and act is not None and not isinstance(act, nn.Module):
+                return None, (
+                    f"an activation module; layer {i}'s MLP calls a function "
+                    f"({act!r})"
+                )
+        sites, problem = walk_sites(self.model, _hf_container)
+        if problem is not None:
+            return None, problem
+
+        def attention(qk: float, v: float, handles: List[Any]) -> None:
+            for q, k, val in projections:
+                for mod, f in ((q, qk), (k, qk), (val, v)):
+                    handles.append(
+                        mod.register_forward_hook(
+                            lambda m, a, out, f=f: scale_gradient(out, f)
+                        )
+                    )
+
+        sites.attention = attention
+        return sites, None
 
     # ------------------------------------------------------------ attention
     def _attention_hooks(

@@ -44,6 +44,7 @@ class BeitAdapter(TimmTokenAdapter):
 
     family = "timm_beit"
     family_name = "timm Beit"
+    lrp_containers = frozenset({"Beit", "Block", "Attention"})
 
     @classmethod
     def matches(cls, model: Any) -> bool:

@@ -26,6 +26,7 @@ class EvaAdapter(TimmTokenAdapter):
 
     family = "timm_eva"
     family_name = "timm Eva"
+    lrp_containers = frozenset({"Eva", "EvaBlock", "EvaBlockPostNorm", "EvaAttention"})
 
     @classmethod
     def matches(cls, model: Any) -> bool:

@@ -39,6 +39,15 @@ class TimmViTAdapter(TimmTokenAdapter):
 
     family = "timm_vit"
     family_name = "timm VisionTransformer"
+    lrp_containers = frozenset(
+        {
+            "VisionTransformer",
+            "VisionTransformerDistilled",
+            "Block",
+            "ResPostBlock",
+            "Attention",
+        }
+    )
 
     @classmethod
     def matches(cls, model: Any) -> bool:

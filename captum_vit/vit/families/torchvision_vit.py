@@ -26,6 +26,12 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..adapter import MaskState, ViTAdapter, register_family
+from ..lrp_sites import LRPSites, scale_gradient, walk_sites
+
+#: torchvision modules whose forward only adds, reshapes or concatenates.
+_LRP_CONTAINERS = frozenset(
+    {"VisionTransformer", "Encoder", "EncoderBlock", "MLPBlock", "Sequential"}
+)
 
 
 @register_family(priority=50)
@@ -134,6 +140,37 @@ class TorchvisionViTAdapter(ViTAdapter):
 
         for mha in self.attention_modules():
             out.append(mha.register_forward_pre_hook(pre, with_kwargs=True))
+
+    # ------------------------------------------------------------ AttnLRP
+    def _lrp_sites(self) -> Tuple[Optional[LRPSites], Optional[str]]:
+        """``nn.MultiheadAttention`` projects inside one functional call, so its
+        projections keep the plain gradient (no epsilon or gamma) and the attention
+        rules go on its query, key and value arguments (the projections are
+        linear, so a gradient factor before them equals one after them)."""
+        mhas = tuple(self.attention_modules())
+        sites, problem = walk_sites(
+            self.model, lambda m: type(m).__name__ in _LRP_CONTAINERS, skip=mhas
+        )
+        if problem is not None:
+            return None, problem
+
+        def attention(qk: float, v: float, handles: List[Any]) -> None:
+            def pre(module, args, kwargs):
+                names = ("query", "key", "value")
+                values = list(args) + [kwargs.pop(n) for n in names[len(args) :]]
+                q, k, val = values[:3]
+                scaled = (
+                    scale_gradient(q, qk),
+                    scale_gradient(k, qk),
+                    scale_gradient(val, v),
+                )
+                return scaled + tuple(values[3:]), kwargs
+
+            for mha in mhas:
+                handles.append(mha.register_forward_pre_hook(pre, with_kwargs=True))
+
+        sites.attention = attention
+        return sites, None
 
     # ------------------------------------------------------------ attention
     def _attention_hooks(
