@@ -12,6 +12,8 @@ from .attr import (
     ViTCX,
     ViTGradCAM,
     ViTShapley,
+    ViTReciproCAM,
+    LeGrad,
 )
 from . import metrics
 from .vit import TokenMask, ViTAdapter, patch_scores
@@ -34,4 +36,6 @@ __all__ = [
     "ViTShapley",
     "metrics",
     "patch_scores",
+    "ViTReciproCAM",
+    "LeGrad",
 ]

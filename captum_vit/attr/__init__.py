@@ -10,6 +10,8 @@ from ._tis import TransformerInputSampling
 from ._transformer_attribution import TransformerAttribution
 from ._vit_shapley import ViTShapley
 from ._vitcx import ViTCX
+from ._reciprocam import ViTReciproCAM
+from ._legrad import LeGrad
 
 __all__ = [
     "AttentionRollout",
@@ -23,4 +25,6 @@ __all__ = [
     "ViTCX",
     "ViTGradCAM",
     "ViTShapley",
+    "ViTReciproCAM",
+    "LeGrad",
 ]
