@@ -30,6 +30,8 @@ from captum_vit import (
     ViTCX,
     ViTGradCAM,
     patch_scores,
+    ViTReciproCAM,
+    LeGrad,
 )
 from captum_vit.vit import LRP_RULES, logits_of
 from captum_vit.metrics import (
@@ -524,6 +526,10 @@ def _run_cell(column: str, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return rise.attribute(x, target=1, seed=0, perturbations_per_eval=8)
     if column == "ViTGradCAM":
         return ViTGradCAM(model).attribute(x, target=1)
+    if column == "ViTReciproCAM":
+        return ViTReciproCAM(model).attribute(x, target=1)
+    if column == "LeGrad":
+        return LeGrad(model).attribute(x, target=1)
     if column == "metrics, ROAD":
         return road(model, x, attr, 1, fractions=(0.25, 0.5))
     if column == "metrics, randomisation":
@@ -549,7 +555,7 @@ def _matrix():
 
 def test_readme_matrix_covers_every_family_and_method():
     columns, cells = _matrix()
-    assert len(columns) == 17
+    assert len(columns) == 19
     assert [r for r, _ in cells] == list(ROWS)
     assert all(len(c) == len(columns) for _, c in cells)
 

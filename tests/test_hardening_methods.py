@@ -34,6 +34,8 @@ from captum_vit import (
     ViTCX,
     ViTGradCAM,
     ViTShapley,
+    ViTReciproCAM,
+    LeGrad,
 )
 from captum_vit.methods import METHODS
 from captum_vit.shapley import ShapleyExplainer
@@ -83,6 +85,8 @@ CLASSES: Dict[str, Tuple[Callable[[torch.nn.Module], Attribution], Dict[str, Any
     "RawAttention": (lambda m: RawAttention(m), {}),
     "RISE": (lambda m: RISE(m, n_masks=8), {"seed": 0}),
     "ViTGradCAM": (lambda m: ViTGradCAM(m), {}),
+    "ViTReciproCAM": (lambda m: ViTReciproCAM(m), {}),
+    "LeGrad": (lambda m: LeGrad(m), {}),
 }
 # Public classes that are not attribution methods (no attribute() call).
 NOT_METHODS = {"TokenMask", "ViTAdapter"}
@@ -291,6 +295,7 @@ def _bad_values(integer: bool, negative: Any = -1) -> List[Any]:
 # block indices where negative values count from the end (Python indexing): the
 # out-of-range negative value used instead of -1 (the tiny model has 2 blocks)
 NEGATIVE_INDEX = {("RawAttention", "layer"): -3, ("ViTGradCAM", "block"): -3}
+NEGATIVE_INDEX.update({("ViTReciproCAM", "layer"): -3, ("LeGrad", "layer_index"): -3})
 
 
 # the smallest valid construction of every public class, for the constructor check
@@ -308,6 +313,8 @@ CONSTRUCT: Dict[str, Callable[..., Any]] = {
     "ViTGradCAM": lambda m, **kw: ViTGradCAM(m, **kw),
     "TokenMask": lambda m, **kw: TokenMask(m, **kw),
     "ViTAdapter": lambda m, **kw: ViTAdapter(m, **kw),
+    "ViTReciproCAM": lambda m, **kw: ViTReciproCAM(m, **kw),
+    "LeGrad": lambda m, **kw: LeGrad(m, **kw),
 }
 
 
@@ -363,6 +370,11 @@ def test_every_numeric_argument_rejects_nan_inf_and_out_of_range():
         "RISE.baselines",
         "ViTGradCAM.block",
         "ViTGradCAM.target",
+        "ViTReciproCAM.layer",
+        "ViTReciproCAM.perturbations_per_eval",
+        "ViTReciproCAM.target",
+        "LeGrad.layer_index",
+        "LeGrad.target",
     } <= names
 
 
@@ -557,6 +569,7 @@ def test_inference_mode_runs_or_says_autograd_is_needed():
         "SkipPLUS(GenAtt)": lambda m: SkipPLUSWrapper(GenAtt(m)),
         "TransformerAttribution": lambda m: TransformerAttribution(m),
         "ViTGradCAM": lambda m: ViTGradCAM(m),
+        "LeGrad": lambda m: LeGrad(m),
     }
     for name, make in gradient.items():
         with torch.inference_mode(), pytest.raises(RuntimeError, match=message):
@@ -574,6 +587,7 @@ def test_inference_mode_runs_or_says_autograd_is_needed():
         "ViTShapley": lambda m: ViTShapley(extras["shapley_explainer"]),
         "RawAttention": lambda m: RawAttention(m),
         "RISE": lambda m: RISE(m, n_masks=8),
+        "ViTReciproCAM": lambda m: ViTReciproCAM(m),
     }
     for name, make in perturbation.items():
         kw = {"seed": 0} if name in ("ViTCX", "TIS", "RISE") else {}
