@@ -504,7 +504,7 @@ METHODS: Dict[str, Method] = {
         Method(
             "vit-reciprocam",
             _reciprocam,
-            True,
+            False,  # a logit level per patch (no zero point), shown min-max
             "ViT-ReciproCAM (Byun & Lee 2023)",
             perturbation=True,
         ),
