@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import image_size, make_model, model_state
 
+import captum_vit
 from captum_vit import LeGrad, patch_scores
 
 
@@ -118,3 +120,54 @@ def test_refusals_name_the_argument_or_capability():
             LeGrad(model, layer_index=bad)
     with pytest.raises(ValueError, match="^intermediate_pool:"):
         LeGrad(model, intermediate_pool="cls")
+
+
+ZeroShotClassifier = getattr(captum_vit, "ZeroShotClassifier", None)
+
+
+@pytest.mark.skipif(
+    ZeroShotClassifier is None, reason="ZeroShotClassifier (issue 30) is not here"
+)
+def test_zero_shot_open_clip_equals_direct_autograd():
+    """LeGrad through ZeroShotClassifier (target = prompt index) equals the
+    per-layer gradients of open_clip's image-text score, with open_clip's blocks
+    written out (explicit softmax attention) in one ordinary forward."""
+    open_clip = pytest.importorskip("open_clip")
+    torch.manual_seed(0)
+    vcfg = dict(image_size=32, patch_size=8, width=32, layers=3, head_width=16)
+    tcfg = dict(context_length=8, vocab_size=50, width=32, heads=2, layers=1)
+    model = open_clip.CLIP(embed_dim=16, vision_cfg=vcfg, text_cfg=tcfg).eval()
+    gen = torch.Generator().manual_seed(5)
+    text = F.normalize(torch.randn(4, 16, generator=gen), dim=-1)
+    zs = ZeroShotClassifier(model, text_embeddings=text)
+    x, target = _x(), [1, 3]
+    before = model_state(model)
+    got = patch_scores(LeGrad(zs).attribute(x, target=target), zs).reshape(2, -1)
+    assert model_state(model) == before
+
+    v = model.visual
+    z = v.conv1(x.clone().requires_grad_(True)).flatten(2).transpose(1, 2)
+    cls = v.class_embedding.expand(2, 1, -1)
+    z = v.ln_pre(torch.cat([cls, z], dim=1) + v.positional_embedding)
+    probs, scores = [], []
+    for r in v.transformer.resblocks:
+        attn = r.attn
+        q, k, val = F.linear(r.ln_1(z), attn.in_proj_weight, attn.in_proj_bias).chunk(
+            3, dim=-1
+        )
+        heads = attn.num_heads
+        q, k, val = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (q, k, val))
+        a = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1)
+        out = attn.out_proj((a @ val).transpose(1, 2).flatten(2))
+        z = z + r.ls_1(out)
+        z = z + r.ls_2(r.mlp(r.ln_2(z)))
+        image = F.normalize(v.ln_post(z)[:, 0] @ v.proj, dim=-1)
+        probs.append(a)
+        scores.append(model.logit_scale.exp() * image @ text.T)
+    ref = 0
+    for layer in (1, 2):  # layer_index=-2 of 3 blocks
+        s = scores[layer]
+        objective = s[0, target[0]] + s[1, target[1]]
+        (g,) = torch.autograd.grad(objective, probs[layer], retain_graph=True)
+        ref = ref + g.clamp(min=0).mean(1).mean(1)[:, 1:]
+    torch.testing.assert_close(got, ref, atol=1e-7, rtol=1e-4)
