@@ -128,25 +128,36 @@ class ViTReciproCAM(Attribution):
         return self.adapter.attention_input(self.layer)
 
     def variations(
-        self, tokens: Tensor, normed: Tensor, weights: Tensor
+        self, tokens: Tensor, normed: Tensor, weights: Tensor, lo: int, hi: int
     ) -> Tuple[Tensor, Tensor]:
-        """The masked residual input and norm output of the chosen variations.
+        """The masked residual inputs and norm outputs of variations ``lo..hi-1``.
+
+        Variation ``v`` is patch ``v % N`` of image ``v // N``.
 
         Args:
-            tokens: (V, P + N, D) token maps entering block ``layer`` (one per
-                variation, repeated from its image).
-            normed: (V, P + N, D) their pre-attention norm's output.
-            weights: (V, N) patch weights of the variations (rows of
-                :func:`mosaic_weights`).
+            tokens: (B, P + N, D) token maps entering block ``layer``.
+            normed: (B, P + N, D) their pre-attention norm's output.
+            weights: (N, P + N) token weights of the N variations of an image (1 on
+                the prefix tokens, the rows of :func:`mosaic_weights` on the
+                patches).
+            lo: First variation.
+            hi: One past the last variation.
 
         Returns:
-            ``(tokens, normed)`` with the patch rows multiplied by the weights and
-            the prefix rows unchanged.
+            ``(tokens, normed)`` of the variations, (hi - lo, P + N, D) each.
         """
-        p = self.adapter.num_prefix_tokens
-        w = torch.cat([weights.new_ones(weights.shape[0], p), weights], dim=1)
-        w = w.to(tokens.dtype).unsqueeze(-1)
-        return tokens * w, normed * w
+        n = weights.shape[0]
+        shape = (hi - lo,) + tuple(tokens.shape[1:])
+        x, nx = tokens.new_empty(shape), normed.new_empty(shape)
+        w = weights.to(tokens.dtype).unsqueeze(-1)
+        v = lo
+        while v < hi:  # one image at a time: a broadcast product, written once
+            i, k = divmod(v, n)
+            m = min(hi - v, n - k)
+            torch.mul(tokens[i], w[k : k + m], out=x[v - lo : v - lo + m])
+            torch.mul(normed[i], w[k : k + m], out=nx[v - lo : v - lo + m])
+            v += m
+        return x, nx
 
     @log_usage()
     @evaluates_model
@@ -193,7 +204,8 @@ class ViTReciproCAM(Attribution):
                 t = adapter.head(adapter.run_blocks(z, layer, grid=grid)).argmax(1)
             normed = norm(z)
             weights = mosaic_weights(grid, self.gaussian).to(z.device)
-            n = weights.shape[0]
+            n, p = weights.shape[0], adapter.num_prefix_tokens
+            weights = torch.cat([weights.new_ones(n, p), weights], dim=1)
             t = t.to(z.device)
             scores = z.new_empty(b * n)
             current: List[Optional[Tensor]] = [None]
@@ -218,11 +230,8 @@ class ViTReciproCAM(Attribution):
             try:
                 with hook:
                     for lo, hi in chunks(b * n, ppe):
-                        idx = torch.arange(lo, hi, device=z.device)
-                        img, pos = idx // n, idx % n
-                        x, current[0] = self.variations(
-                            z[img], normed[img], weights[pos]
-                        )
+                        img = torch.arange(lo, hi, device=z.device) // n
+                        x, current[0] = self.variations(z, normed, weights, lo, hi)
                         x = adapter.run_blocks(x, layer, layer + 1, grid=grid)
                         if current[0] is not None:
                             raise RuntimeError(
