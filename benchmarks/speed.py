@@ -23,6 +23,8 @@ machine, batch and model:
   leave-one-out   ``N + 1`` forwards (N patches)
   rise            ``n_masks`` forwards of masked images (64 per pass)
   random          none
+  legrad          1 forward + backward
+  vit-reciprocam  1 forward + N forwards of the last 2 blocks (64 per pass)
   ==============  ==========================================================
 
 Models: ``vit_base_patch16_224`` with random weights (ViT Shapley with an untrained
@@ -158,6 +160,26 @@ def kept_token_forwards(
     return run
 
 
+def block_forwards(
+    model: nn.Module, like: Tensor, n: int, start: int, chunk: int
+) -> Callable[[], None]:
+    """One forward of the batch to block ``start``, then ``n`` forwards of blocks
+    ``start..L`` and the head on token maps, ``chunk`` at a time (ViT-ReciproCAM's
+    floor)."""
+    adapter = ViTAdapter(model)
+    with torch.no_grad():
+        z = adapter.run_blocks(adapter.embed(like), 0, start)
+    maps = z[:1].expand(chunk, -1, -1).clone()
+
+    def run() -> None:
+        with torch.no_grad():
+            adapter.run_blocks(adapter.embed(like), 0, start)
+            for m in _chunks(n, chunk):
+                adapter.head(adapter.run_blocks(maps[:m], start))
+
+    return run
+
+
 def floor_of(
     name: str,
     model: nn.Module,
@@ -173,7 +195,7 @@ def floor_of(
         return None, "-"
     if base in ("rollout", "raw-attention", "vit-shapley"):
         return forwards(model, x, b, b), "1 fwd"
-    if base in ("genatt", "ixg", "gradcam", "transformer-attribution"):
+    if base in ("genatt", "ixg", "gradcam", "transformer-attribution", "legrad"):
         return forward_backward(model, x, b, b), "1 fwd+bwd"
     if base in ("gradsam", "gradcam-attention", "partial-lrp"):
         return forward_backward(model, x, b, b), "1 fwd+bwd"
@@ -206,6 +228,11 @@ def floor_of(
     if base in ("tam", "beyond-intuition-head", "beyond-intuition-token"):
         steps = opts.n_steps  # issue 28: steps x (forward + backward)
         return forward_backward(model, x, b * steps, b), f"{steps} fwd+bwd"
+    if base == "vit-reciprocam":  # its default layer=-2: the last two blocks
+        start = adapter.num_layers - 2
+        return block_forwards(model, x, b * n_patches, start, 64), (
+            f"1 + {n_patches} fwd of the last 2 blocks"
+        )
     raise KeyError(name)
 
 

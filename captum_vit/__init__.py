@@ -18,6 +18,8 @@ from .attr import (
     TransitionAttentionMaps,
     BeyondIntuition,
     AttnLRP,
+    ViTReciproCAM,
+    LeGrad,
 )
 from . import metrics
 from .vit import TokenMask, ViTAdapter, patch_scores
@@ -46,4 +48,6 @@ __all__ = [
     "TransitionAttentionMaps",
     "BeyondIntuition",
     "AttnLRP",
+    "ViTReciproCAM",
+    "LeGrad",
 ]

@@ -395,6 +395,21 @@ def _vit_shapley(
     return lambda x, t, seeds=None: m.attribute(x, target=t)
 
 
+def _reciprocam(model: nn.Module, options: MethodOptions) -> Explain:
+    from .attr import ViTReciproCAM
+
+    m = ViTReciproCAM(model)
+    sp = options.show_progress
+    return lambda x, t, seeds=None: m.attribute(x, target=t, show_progress=sp)
+
+
+def _legrad(model: nn.Module, options: MethodOptions) -> Explain:
+    from .attr import LeGrad
+
+    m = LeGrad(model)
+    return lambda x, t, seeds=None: m.attribute(x, target=t)
+
+
 def _random(model: nn.Module, options: MethodOptions) -> Explain:
     """Random patch scores: the floor any method should beat.
 
@@ -613,6 +628,16 @@ METHODS: Dict[str, Method] = {
             True,
             "CP-LRP (Ali et al. 2022)",
             needs_grad=True,
+        ),
+        Method(
+            "vit-reciprocam",
+            _reciprocam,
+            False,  # a logit level per patch (no zero point), shown min-max
+            "ViT-ReciproCAM (Byun & Lee 2023)",
+            perturbation=True,
+        ),
+        Method(
+            "legrad", _legrad, False, "LeGrad (Bousselham et al. 2025)", needs_grad=True
         ),
     ]
 }

@@ -32,6 +32,8 @@ from captum_vit import (
     ViTGradCAM,
     patch_scores,
     AttentionFlow,
+    ViTReciproCAM,
+    LeGrad,
 )
 from captum_vit import BeyondIntuition, TransitionAttentionMaps
 from captum_vit.vit import LRP_RULES, logits_of
@@ -539,6 +541,10 @@ def _run_cell(column: str, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return BeyondIntuition(model, mode=mode, steps=2).attribute(x, target=1)
     if column == "AttnLRP":
         return AttnLRP(model).attribute(x, target=1)
+    if column == "ViTReciproCAM":
+        return ViTReciproCAM(model).attribute(x, target=1)
+    if column == "LeGrad":
+        return LeGrad(model).attribute(x, target=1)
     if column == "metrics, ROAD":
         return road(model, x, attr, 1, fractions=(0.25, 0.5))
     if column == "GradSAM":
@@ -570,7 +576,7 @@ def _matrix():
 
 def test_readme_matrix_covers_every_family_and_method():
     columns, cells = _matrix()
-    assert len(columns) == 25
+    assert len(columns) == 27
     assert [r for r, _ in cells] == list(ROWS)
     assert all(len(c) == len(columns) for _, c in cells)
 

@@ -36,6 +36,8 @@ from captum_vit import (
     ViTGradCAM,
     ViTShapley,
     AttentionFlow,
+    ViTReciproCAM,
+    LeGrad,
 )
 from captum_vit import GradSAM, PartialLRP
 from captum_vit import BeyondIntuition, TransitionAttentionMaps
@@ -93,6 +95,8 @@ CLASSES: Dict[str, Tuple[Callable[[torch.nn.Module], Attribution], Dict[str, Any
     "TransitionAttentionMaps": (lambda m: TransitionAttentionMaps(m, steps=3), {}),
     "BeyondIntuition": (lambda m: BeyondIntuition(m, mode="token", steps=3), {}),
     "AttnLRP": (lambda m: AttnLRP(m), {}),
+    "ViTReciproCAM": (lambda m: ViTReciproCAM(m), {}),
+    "LeGrad": (lambda m: LeGrad(m), {}),
 }
 # Public classes that are not attribution methods (no attribute() call).
 NOT_METHODS = {"TokenMask", "ViTAdapter"}
@@ -301,6 +305,7 @@ def _bad_values(integer: bool, negative: Any = -1) -> List[Any]:
 # block indices where negative values count from the end (Python indexing): the
 # out-of-range negative value used instead of -1 (the tiny model has 2 blocks)
 NEGATIVE_INDEX = {("RawAttention", "layer"): -3, ("ViTGradCAM", "block"): -3}
+NEGATIVE_INDEX.update({("ViTReciproCAM", "layer"): -3, ("LeGrad", "layer_index"): -3})
 
 
 # the smallest valid construction of every public class, for the constructor check
@@ -324,6 +329,8 @@ CONSTRUCT: Dict[str, Callable[..., Any]] = {
     "TransitionAttentionMaps": lambda m, **kw: TransitionAttentionMaps(m, **kw),
     "BeyondIntuition": lambda m, **kw: BeyondIntuition(m, **kw),
     "AttnLRP": lambda m, **kw: AttnLRP(m, **kw),
+    "ViTReciproCAM": lambda m, **kw: ViTReciproCAM(m, **kw),
+    "LeGrad": lambda m, **kw: LeGrad(m, **kw),
 }
 
 
@@ -383,6 +390,11 @@ def test_every_numeric_argument_rejects_nan_inf_and_out_of_range():
         "AttnLRP.lin_gamma",
         "AttnLRP.conv_gamma",
         "AttnLRP.target",
+        "ViTReciproCAM.layer",
+        "ViTReciproCAM.perturbations_per_eval",
+        "ViTReciproCAM.target",
+        "LeGrad.layer_index",
+        "LeGrad.target",
     } <= names
 
 
@@ -592,6 +604,7 @@ def test_inference_mode_runs_or_says_autograd_is_needed():
         "BeyondIntuition": lambda m: BeyondIntuition(m, steps=2),
         "AttnLRP": lambda m: AttnLRP(m),
         "AttnLRP(cp-lrp)": lambda m: AttnLRP(m, variant="cp-lrp"),
+        "LeGrad": lambda m: LeGrad(m),
     }
     for name, make in gradient.items():
         with torch.inference_mode(), pytest.raises(RuntimeError, match=message):
@@ -611,6 +624,7 @@ def test_inference_mode_runs_or_says_autograd_is_needed():
         "RISE": lambda m: RISE(m, n_masks=8),
         "AttentionFlow": lambda m: AttentionFlow(m),
         "PartialLRP": lambda m: PartialLRP(m),
+        "ViTReciproCAM": lambda m: ViTReciproCAM(m),
     }
     for name, make in perturbation.items():
         kw = {"seed": 0} if name in ("ViTCX", "TIS", "RISE") else {}

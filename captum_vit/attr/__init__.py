@@ -16,6 +16,8 @@ from ._partial_lrp import PartialLRP
 from ._tam import TransitionAttentionMaps
 from ._beyond_intuition import BeyondIntuition
 from ._attnlrp import AttnLRP
+from ._reciprocam import ViTReciproCAM
+from ._legrad import LeGrad
 
 __all__ = [
     "AttentionRollout",
@@ -35,4 +37,6 @@ __all__ = [
     "TransitionAttentionMaps",
     "BeyondIntuition",
     "AttnLRP",
+    "ViTReciproCAM",
+    "LeGrad",
 ]
