@@ -253,5 +253,6 @@ def test_the_families_register_in_matching_order():
         "SwinAdapter",
         "TorchvisionViTAdapter",
         "HFViTAdapter",
+        "OpenCLIPVisionAdapter",
     ]
     assert registered_families() == FAMILIES
