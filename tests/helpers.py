@@ -408,3 +408,54 @@ def map_pool_by_hand(model: nn.Module, tokens: torch.Tensor):
     y = y + pool.mlp(pool.norm(y))
     y = y[:, 0]
     return model.head(model.head_drop(model.fc_norm(y))), a
+
+
+# ------------------------------------------------------- image-text models (issue 30)
+#: Tiny vision / text configs shared by the Hugging Face CLIP and SigLIP models.
+HF_VISION = dict(
+    image_size=32,
+    patch_size=8,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+)
+HF_TEXT = dict(
+    vocab_size=99,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    max_position_embeddings=16,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+
+
+def hf_image_text(kind: str = "clip", seed: int = 0, depth: int = 2) -> nn.Module:
+    """A tiny random-weight Hugging Face ``CLIPModel`` (``kind="clip"``) or
+    ``SiglipModel`` (``"siglip"``) in eval mode: 32 px, patch 8, width 32."""
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    vision = dict(HF_VISION, num_hidden_layers=depth)
+    if kind == "clip":
+        cfg = tf.CLIPConfig(
+            vision_config=vision, text_config=HF_TEXT, projection_dim=16
+        )
+        return tf.CLIPModel(cfg).eval()
+    cfg = tf.SiglipConfig(vision_config=vision, text_config=HF_TEXT)
+    return tf.SiglipModel(cfg).eval()
+
+
+def open_clip_model(seed: int = 0, depth: int = 2, **vision) -> nn.Module:
+    """A tiny random-weight ``open_clip.CLIP`` in eval mode: 32 px, patch 8, width 32,
+    embeddings of width 16, a one-layer text tower over 8 tokens."""
+    import open_clip
+
+    torch.manual_seed(seed)
+    vcfg = dict(image_size=32, patch_size=8, width=32, layers=depth, head_width=16)
+    vcfg.update(vision)
+    tcfg = dict(context_length=8, vocab_size=50, width=32, heads=2, layers=1)
+    return open_clip.CLIP(embed_dim=16, vision_cfg=vcfg, text_cfg=tcfg).eval()

@@ -253,6 +253,7 @@ def test_the_families_register_in_matching_order():
         "SwinAdapter",
         "TorchvisionViTAdapter",
         "HFViTAdapter",
+        "HFCLIPVisionAdapter",
         "OpenCLIPVisionAdapter",
     ]
     assert registered_families() == FAMILIES

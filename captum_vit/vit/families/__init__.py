@@ -17,6 +17,7 @@ from ..adapter import SUPPORTED_FAMILIES, ViTAdapter, family_of, registered_fami
 
 # Importing the family modules registers them (the names stay importable from here).
 from .hf import HFViTAdapter  # noqa: F401
+from .hf_clip import HFCLIPVisionAdapter  # noqa: F401
 from .open_clip import OpenCLIPVisionAdapter  # noqa: F401
 from .timm_beit import BeitAdapter  # noqa: F401
 from .timm_eva import EvaAdapter  # noqa: F401
