@@ -15,6 +15,7 @@ from .attr import (
 )
 from . import metrics
 from .vit import TokenMask, ViTAdapter, patch_scores
+from .vit import ZeroShotClassifier
 
 __version__ = "0.1.0"
 
@@ -34,4 +35,5 @@ __all__ = [
     "ViTShapley",
     "metrics",
     "patch_scores",
+    "ZeroShotClassifier",
 ]

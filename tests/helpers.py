@@ -52,8 +52,10 @@ OTHER_FAMILIES = (
     "hf_dinov2_reg",
     "swin",
 )
+#: Image-text models as ``ZeroShotClassifier`` s over 5 prompts (issue 30).
+IMAGE_TEXT_FAMILIES = ("zs_hf_clip", "zs_hf_siglip", "zs_open_clip", "zs_timm")
 #: Every family of the supported-models matrix.
-ALL_FAMILIES = tuple(FAMILIES) + OTHER_FAMILIES
+ALL_FAMILIES = tuple(FAMILIES) + OTHER_FAMILIES + IMAGE_TEXT_FAMILIES
 
 
 def _hf_model(kind: str, depth: int, num_classes: int) -> nn.Module:
@@ -117,6 +119,8 @@ def make_model(family: str, seed: int = 0, **overrides) -> nn.Module:
     ``num_classes`` (0 = headless: ``nn.Identity`` heads for torchvision).
     """
     torch.manual_seed(seed)
+    if family in IMAGE_TEXT_FAMILIES:
+        return zero_shot_model(family, seed=seed, **overrides)
     if family in OTHER_FAMILIES:
         num_classes = overrides.pop("num_classes", 5)
         model = _other_model(family, overrides.pop("depth", 2), num_classes)
@@ -459,3 +463,34 @@ def open_clip_model(seed: int = 0, depth: int = 2, **vision) -> nn.Module:
     vcfg.update(vision)
     tcfg = dict(context_length=8, vocab_size=50, width=32, heads=2, layers=1)
     return open_clip.CLIP(embed_dim=16, vision_cfg=vcfg, text_cfg=tcfg).eval()
+
+
+def zero_shot_model(
+    family: str, seed: int = 0, depth: int = 2, num_classes: int = 5
+) -> nn.Module:
+    """A ``ZeroShotClassifier`` over ``num_classes`` prompts (given as token ids) of a
+    tiny image-text model: ``zs_hf_clip``, ``zs_hf_siglip``, ``zs_open_clip``, or
+    ``zs_timm`` (a headless timm ViT with given text embeddings); ``num_classes=0``:
+    its text side removed (headless)."""
+    from captum_vit import ZeroShotClassifier
+
+    k = max(num_classes, 1)
+    gen = torch.Generator().manual_seed(seed + 1)
+    if family == "zs_timm":
+        torch.manual_seed(seed)
+        kw = dict(_TINY, num_classes=0, img_size=32, patch_size=8, depth=depth)
+        tower = timm.create_model("vit_tiny_patch16_224", **kw).eval()
+        emb = torch.randn(k, 32, generator=gen)
+        zs = ZeroShotClassifier(tower, text_embeddings=emb, logit_scale=10.0)
+    elif family == "zs_open_clip":
+        model = open_clip_model(seed, depth=depth)
+        ids = torch.randint(3, 50, (k, 8), generator=gen)
+        zs = ZeroShotClassifier(model, token_ids=ids)
+    else:
+        model = hf_image_text(family[len("zs_hf_") :], seed, depth=depth)
+        ids = torch.randint(3, 90, (k, 6), generator=gen)
+        ids[:, -1] = 2  # the end-of-text token
+        zs = ZeroShotClassifier(model, token_ids=ids)
+    if num_classes == 0:
+        zs.text_embeddings = zs.text_embeddings[:0]
+    return zs.eval()

@@ -255,5 +255,6 @@ def test_the_families_register_in_matching_order():
         "HFViTAdapter",
         "HFCLIPVisionAdapter",
         "OpenCLIPVisionAdapter",
+        "ZeroShotAdapter",
     ]
     assert registered_families() == FAMILIES

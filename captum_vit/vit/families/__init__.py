@@ -24,6 +24,7 @@ from .timm_eva import EvaAdapter  # noqa: F401
 from .timm_swin import SwinAdapter  # noqa: F401
 from .timm_vit import TimmViTAdapter  # noqa: F401
 from .torchvision_vit import TorchvisionViTAdapter  # noqa: F401
+from .zero_shot import ZeroShotAdapter  # noqa: F401
 
 #: Family adapters, in matching order.
 FAMILIES: List[Type[ViTAdapter]] = registered_families()
