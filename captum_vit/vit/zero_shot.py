@@ -83,7 +83,9 @@ def _kind_of(model: Any) -> str:
     )
 
 
-def _check_names(prompts: Any, template: Optional[str]) -> List[str]:
+def check_prompts(prompts: Any, template: Optional[str] = None) -> List[str]:
+    """Validate class names (with a ``template``) or prompts: a non-empty list of
+    distinct non-empty strings; returns it as a list. Errors name ``prompts``."""
     what = "class names" if template is not None else "prompts"
     if isinstance(prompts, str) or not isinstance(prompts, Sequence):
         raise TypeError(
@@ -198,7 +200,7 @@ class ZeroShotClassifier(nn.Module):
             raise ValueError(
                 "text_embeddings: pass either text_embeddings or token_ids, not both"
             )
-        names = None if prompts is None else _check_names(prompts, template)
+        names = None if prompts is None else check_prompts(prompts, template)
         self.kind = kind
         tower, projection, scale, bias = _image_side(model, kind)
         self.tower = tower
@@ -411,4 +413,4 @@ def _encode_ids(
         return logits_of(model.encode_text(ids)).float()
 
 
-__all__ = ["ZeroShotClassifier", "check_template"]
+__all__ = ["ZeroShotClassifier", "check_prompts", "check_template"]
