@@ -7,6 +7,7 @@ from .attr import (
     RISE,
     RawAttention,
     SkipPLUSWrapper,
+    TextRelevance,
     TransformerAttribution,
     TransformerInputSampling,
     ViTCX,
@@ -36,4 +37,5 @@ __all__ = [
     "metrics",
     "patch_scores",
     "ZeroShotClassifier",
+    "TextRelevance",
 ]

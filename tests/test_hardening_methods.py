@@ -85,7 +85,7 @@ CLASSES: Dict[str, Tuple[Callable[[torch.nn.Module], Attribution], Dict[str, Any
     "ViTGradCAM": (lambda m: ViTGradCAM(m), {}),
 }
 # Public classes that are not attribution methods (no attribute() call).
-NOT_METHODS = {"TokenMask", "ViTAdapter", "ZeroShotClassifier"}
+NOT_METHODS = {"TokenMask", "ViTAdapter", "ZeroShotClassifier", "TextRelevance"}
 
 
 def public_attribution_classes() -> List[str]:
