@@ -986,7 +986,8 @@ def load_model(
         "openclip": _load_openclip,
     }
     if source == "default" and prompts is not None:
-        source, loaders["default"] = "default-image-text", _load_default_image_text
+        source = "default-image-text"
+        loaders[source] = _load_default_image_text
     with _quiet_loading(quiet, transformers=source == "hf"):
         model, names, pre, weights = loaders[source](
             name, checkpoint, random_weights, use_ema, quiet
@@ -1011,9 +1012,9 @@ def load_model(
         checkpoint_digest=file_digest(checkpoint) if checkpoint is not None else None,
     )
     if source == "default-image-text":
-        from . import zoo
+        from .zoo.image_text import DEFAULT_IMAGE_TEXT_WEIGHTS
 
-        loaded.checkpoint_digest = file_digest(zoo.DEFAULT_IMAGE_TEXT_WEIGHTS)
+        loaded.checkpoint_digest = file_digest(DEFAULT_IMAGE_TEXT_WEIGHTS)
     if source == "default" and checkpoint is None:
         from . import zoo
 
@@ -1202,7 +1203,7 @@ def _load_hf_image_text(ref, config, local, checkpoint, random_weights, use_ema)
 
 
 def _load_default_image_text(name, checkpoint, random_weights, use_ema, quiet=False):
-    from . import zoo
+    from .zoo.image_text import load_default_image_text
 
     if checkpoint is not None or random_weights:
         raise ModelError(
@@ -1210,7 +1211,7 @@ def _load_default_image_text(name, checkpoint, random_weights, use_ema, quiet=Fa
             "shipped weights (no --checkpoint or --random-weights)"
         )
     try:
-        model = zoo.load_default_image_text()
+        model = load_default_image_text()
     except FileNotFoundError as exc:
         raise ModelError(
             f"--model default: the embedded image-text model is not installed ({exc})"
