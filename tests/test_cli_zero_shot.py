@@ -254,3 +254,28 @@ def test_prompts_need_an_image_text_model_and_vice_versa(capsys, tmp_path, hf_cl
         tmp_path / "b",
     )
     assert rc != 0 and "needs the classes to score" in err
+
+
+def test_openclip_checkpoint_loads_its_weights(tmp_path, tiny_open_clip):
+    torch.manual_seed(5)
+    model = open_clip.create_model(tiny_open_clip).eval()
+    path = tmp_path / "w.pt"
+    torch.save(
+        {"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path
+    )
+    loaded = load_model(
+        f"openclip:{tiny_open_clip}", path, prompts=PromptSpec(["a", "b"], "a {}")
+    )
+    assert loaded.weights == "checkpoint" and loaded.source == "openclip"
+    x = torch.randn(2, 3, 32, 32)
+    ids = open_clip.tokenize(["a a", "a b"], context_length=8)
+    with torch.no_grad():
+        i = torch.nn.functional.normalize(model.encode_image(x), dim=-1)
+        t = torch.nn.functional.normalize(model.encode_text(ids), dim=-1)
+        assert torch.allclose(
+            loaded.model(x), model.logit_scale.exp() * i @ t.t(), atol=1e-4
+        )
+    from captum_vit.models import ModelError
+
+    with pytest.raises(ModelError, match="--random-weights"):
+        load_model(f"openclip:{tiny_open_clip}", prompts=PromptSpec(["a"]))

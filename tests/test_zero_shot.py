@@ -265,6 +265,20 @@ def test_bad_input_is_one_line_naming_the_argument():
             "^model: expected an image-text",
         ),
     ]
+    import transformers as tf
+
+    torch.manual_seed(0)
+    v2 = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1)
+    v2.update(num_attention_heads=2, patch_size=8, num_patches=16)
+    t2 = dict(vocab_size=99, hidden_size=32, intermediate_size=64)
+    t2.update(num_hidden_layers=1, num_attention_heads=2)
+    siglip2 = tf.Siglip2Model(tf.Siglip2Config(vision_config=v2, text_config=t2))
+    cases.append(
+        (
+            lambda: ZeroShotClassifier(siglip2, text_embeddings=torch.randn(2, 32)),
+            "^model: the NaFlex Siglip2Model",
+        )
+    )
     for call, match in cases:
         with pytest.raises((TypeError, ValueError), match=match) as err:
             call()
