@@ -279,3 +279,28 @@ def test_openclip_checkpoint_loads_its_weights(tmp_path, tiny_open_clip):
 
     with pytest.raises(ModelError, match="--random-weights"):
         load_model(f"openclip:{tiny_open_clip}", prompts=PromptSpec(["a"]))
+
+
+def test_hf_siglip_folder_uses_max_length_padding_and_its_bias(tmp_path, hf_clip_dir):
+    """A SigLIP folder (here with the CLIP folder's character tokenizer, padded to
+    its 16 tokens as SigLIP's processor pads): the logits are SigLIP's own."""
+    torch.manual_seed(0)
+    vision = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64)
+    vision.update(num_hidden_layers=1, num_attention_heads=2)
+    text = dict(vocab_size=64, hidden_size=32, intermediate_size=64)
+    text.update(num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16)
+    model = tf.SiglipModel(tf.SiglipConfig(vision_config=vision, text_config=text))
+    out = tmp_path / "siglip"
+    model.save_pretrained(out)
+    tok = tf.AutoTokenizer.from_pretrained(hf_clip_dir)
+    tok.model_max_length = 16
+    tok.save_pretrained(out)
+    with pytest.warns(UserWarning, match="SiglipImageProcessor's defaults"):
+        loaded = load_model(f"hf:{out}", prompts=PromptSpec(["shirt", "bag"], "a {}"))
+    assert loaded.source == "hf-image-text" and loaded.input_size == (32, 32)
+    enc = tok(text=["a shirt", "a bag"], padding="max_length", return_tensors="pt")
+    assert enc["input_ids"].shape == (2, 16)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model.eval()(input_ids=enc["input_ids"], pixel_values=x).logits_per_image
+        assert torch.allclose(loaded.model(x), ref, atol=1e-5)
