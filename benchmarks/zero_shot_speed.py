@@ -63,7 +63,7 @@ def main() -> None:
     oc = open_clip.create_model("ViT-B-32").eval()
     emb = torch.randn(1000, 512, generator=gen)
     zs = ZeroShotClassifier(
-        oc, text_embeddings=emb, logit_scale=float(oc.logit_scale.exp())
+        oc, text_embeddings=emb, logit_scale=oc.logit_scale.exp().item()
     ).eval()
     x = torch.randn(args.batch, 3, 224, 224, generator=gen)
     rows.append(
