@@ -7,6 +7,7 @@ from .attr import (
     RISE,
     RawAttention,
     SkipPLUSWrapper,
+    TextRelevance,
     TransformerAttribution,
     TransformerInputSampling,
     ViTCX,
@@ -23,6 +24,7 @@ from .attr import (
 )
 from . import metrics
 from .vit import TokenMask, ViTAdapter, patch_scores
+from .vit import ZeroShotClassifier
 
 __version__ = "0.1.0"
 
@@ -50,4 +52,6 @@ __all__ = [
     "AttnLRP",
     "ViTReciproCAM",
     "LeGrad",
+    "ZeroShotClassifier",
+    "TextRelevance",
 ]

@@ -26,7 +26,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -232,6 +232,26 @@ def _add_common(
         default=None,
         metavar="RUN",
         help="vit-shapley with the surrogate and explainer of a train-shapley run",
+    )
+    g = p.add_argument_group("image-text models (zero-shot)")
+    g.add_argument(
+        "--classes",
+        default=None,
+        metavar="NAMES",
+        help="comma-separated class names, e.g. 'cat,dog' (with --template)",
+    )
+    g.add_argument(
+        "--prompts",
+        nargs="+",
+        default=None,
+        metavar="PROMPT",
+        help="whole prompts, or one file with a prompt per line",
+    )
+    g.add_argument(
+        "--template",
+        default=None,
+        help="template of class names with one {} (default for --classes and "
+        "folder names: 'a photo of a {}.')",
     )
     g = p.add_argument_group("data")
     g.add_argument(
@@ -760,12 +780,69 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
             )
     if args.labels and args.class_map:
         parser.error("--class-map: applies to ImageFolder trees, not to --labels")
+    _check_prompts(args, parser)
     if args.command == "explain" and args.images:
         if args.data is not None:
             parser.error("--data: give image files or --data, not both")
         if args.n is not None:
             parser.error("--n: applies to the embedded scenes or --data, not to files")
     _check_run(args, parser)
+
+
+def _check_prompts(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    """--classes / --prompts / --template of image-text models, into
+    ``args.prompt_spec`` (a :class:`~captum_vit.models.PromptSpec` or None)."""
+    from .models import DEFAULT_TEMPLATE, PromptSpec
+    from .vit.zero_shot import check_prompts, check_template
+
+    args.prompt_spec = None
+    classes, prompts = getattr(args, "classes", None), getattr(args, "prompts", None)
+    template = getattr(args, "template", None)
+    if classes is None and prompts is None and template is None:
+        return
+    if template is not None:
+        try:
+            check_template(template)
+        except (TypeError, ValueError) as exc:
+            parser.error(f"--{exc}")
+    if classes is not None and prompts is not None:
+        parser.error("--prompts: give --classes or --prompts, not both")
+    if classes is not None:
+        names = [c.strip() for c in classes.split(",")]
+        if not any(names):
+            parser.error("--classes: expected comma-separated class names, got none")
+        args.prompt_spec = PromptSpec(names, template or DEFAULT_TEMPLATE)
+    elif prompts is not None:
+        if len(prompts) == 1 and Path(prompts[0]).is_file():
+            lines = Path(prompts[0]).read_text(encoding="utf-8").splitlines()
+            prompts = [ln.strip() for ln in lines if ln.strip()]
+            if not prompts:
+                parser.error(f"--prompts {args.prompts[0]!r}: the file has no prompt")
+        args.prompt_spec = PromptSpec(list(prompts), template)
+    elif args.data is None or args.labels is not None:
+        parser.error(
+            "--template: applies to --classes, or to the folder names of an "
+            "ImageFolder --data"
+        )
+    if args.prompt_spec is not None:
+        flag = "--classes" if classes is not None else "--prompts"
+        spec = args.prompt_spec
+        try:
+            check_prompts(spec.names, spec.template)
+        except (TypeError, ValueError) as exc:
+            parser.error(flag + str(exc)[len("prompts") :])
+
+
+def _folder_classes(args: argparse.Namespace) -> Optional[List[str]]:
+    """The class names of an ImageFolder --data (for an image-text model)."""
+    if args.data is None or args.labels is not None:
+        return None
+    from .data import DataError, image_folder_classes
+
+    try:
+        return image_folder_classes(args.data, args.class_map)
+    except DataError:
+        return None  # a flat folder of images: the dataset says what is wrong
 
 
 # ------------------------------------------------------------------ shared setup
@@ -781,6 +858,7 @@ def _load(args: argparse.Namespace, device: torch.device):
         use_ema=args.use_ema,
         device=device,
         quiet=getattr(args, "quiet", False),
+        **_prompt_kwargs(args),
     )
     try:
         ViTAdapter(loaded.model)
@@ -791,6 +869,21 @@ def _load(args: argparse.Namespace, device: torch.device):
 
         attach_shapley(loaded, args.shapley, device)
     return loaded
+
+
+def _prompt_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
+    """load_model's image-text arguments: the prompts given, else an ImageFolder's
+    folder names (templated by --template when given)."""
+    if not hasattr(args, "prompt_spec"):
+        return {}
+    if args.prompt_spec is not None:
+        return {"prompts": args.prompt_spec}
+    folder = _folder_classes(args)
+    if folder and getattr(args, "template", None):
+        from .models import PromptSpec
+
+        return {"prompts": PromptSpec(folder, args.template)}
+    return {"folder_classes": folder}
 
 
 def _dataset(args: argparse.Namespace, loaded: Any, default_n: int):

@@ -540,6 +540,31 @@ def read_class_map(path: PathLike) -> Dict[str, int]:
     return {str(k): int(v) for k, v in data.items()}
 
 
+def image_folder_classes(
+    root: PathLike, class_map: Optional[PathLike] = None
+) -> List[str]:
+    """Class names of an ImageFolder tree, by class index: its folder names (in the
+    ``--class-map`` order when given), ``_`` read as a space, e.g. the classes of a
+    zero-shot model on the tree.
+
+    Raises:
+        DataError: as :func:`image_folder_entries`; a class index of the map that no
+            folder of the tree has.
+    """
+    cmap = read_class_map(class_map) if class_map is not None else None
+    entries = image_folder_entries(root, cmap)
+    names: Dict[int, str] = {}
+    for e in entries:
+        names.setdefault(e.label, Path(e.key).parts[0])
+    missing = [i for i in range(max(names) + 1) if i not in names]
+    if missing:
+        raise DataError(
+            f"--class-map: class index {missing[0]} has no folder in --data, so it "
+            "has no name to make a prompt of"
+        )
+    return [names[i].replace("_", " ") for i in range(len(names))]
+
+
 def image_folder_entries(
     root: PathLike, class_map: Optional[Dict[str, int]] = None
 ) -> List[ImageEntry]:

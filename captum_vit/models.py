@@ -14,6 +14,14 @@ mode on its device, class names, the model's :class:`~captum_vit.data.Preprocess
 - ``torchvision:NAME``: ``torchvision.models.get_model``, preprocessing from the
   weights' transforms (ImageNet defaults otherwise).
 
+Image–text models (issue 30) load as a :class:`~captum_vit.ZeroShotClassifier` over
+class names or prompts (:class:`PromptSpec`: ``--classes``, ``--prompts``,
+``--template``, or an ImageFolder's folder names): ``openclip:ARCH`` (an OpenCLIP
+architecture, with ``--checkpoint`` or ``--random-weights``; its BPE or Hugging Face
+tokenizer from ``open_clip.get_tokenizer``), ``hf:ID_OR_DIR`` of a ``CLIPModel`` or
+``SiglipModel`` (its tokenizer from the same folder), and ``default`` with prompts (the
+embedded image–text model).
+
 Weights come from ``--checkpoint PATH`` (:func:`read_checkpoint`: a plain
 ``state_dict``, timm training checkpoints with ``state_dict`` / ``state_dict_ema`` /
 ``model`` keys, ``module.`` prefixes, ``.safetensors``; always ``weights_only=True``),
@@ -82,7 +90,9 @@ class LoadedModel:
     Attributes:
         model: The ``nn.Module`` in eval mode on its device.
         name: The ``--model`` string it was loaded from.
-        source: ``"default"``, ``"timm"``, ``"hf"`` or ``"torchvision"``.
+        source: ``"default"``, ``"timm"``, ``"hf"`` or ``"torchvision"``; for
+            image-text models (a ``ZeroShotClassifier``): ``"openclip"``,
+            ``"hf-image-text"`` or ``"default-image-text"``.
         class_names: Name of every output class.
         preprocessing: The model's input pipeline.
         checkpoint: The checkpoint file, if any.
@@ -123,7 +133,8 @@ class LoadedModel:
     def takes_scenes(self) -> bool:
         """True for the embedded default model at 64 px: the embedded scenes go
         through ``zoo.preprocess`` unresized (``SceneDataset(default_model=...)``)."""
-        return self.source == "default" and self.input_size == (64, 64)
+        default = self.source in ("default", "default-image-text")
+        return default and self.input_size == (64, 64)
 
     @property
     def device(self) -> torch.device:
@@ -145,6 +156,9 @@ class LoadedModel:
         }
         if self.shapley is not None:  # only then: older records stay resumable
             out["shapley"] = self.shapley
+        prompts = getattr(self.model, "prompts", None)
+        if self.source in IMAGE_TEXT_SOURCES and isinstance(prompts, list):
+            out["prompts"] = list(prompts)  # zero-shot: the classes are the prompts
         return out
 
 
@@ -781,6 +795,10 @@ def _load_hf(ref, checkpoint, random_weights, use_ema, quiet=False):
             ) from exc
     else:
         config = _cached_then_online(spec, "huggingface.co", get_config, "config")
+    if getattr(config, "model_type", None) in HF_IMAGE_TEXT_TYPES:
+        return _load_hf_image_text(
+            ref, config, local, checkpoint, random_weights, use_ema
+        )
     weights = "random"
     if checkpoint is not None:
         state, _ = read_checkpoint(checkpoint, use_ema)
@@ -895,15 +913,15 @@ def _load_torchvision(name, checkpoint, random_weights, use_ema, quiet=False):
 
 
 def parse_model_spec(spec: str) -> Tuple[str, str]:
-    """Split ``--model`` into ``(source, name)``: ``default``, ``timm``, ``hf`` or
-    ``torchvision``.
+    """Split ``--model`` into ``(source, name)``: ``default``, ``timm``, ``hf``,
+    ``torchvision`` or ``openclip``.
 
     Raises:
         ModelError: an empty name after a prefix.
     """
     if spec == "default":
         return "default", "default"
-    for prefix in ("hf", "torchvision", "timm"):
+    for prefix in ("hf", "torchvision", "timm", "openclip"):
         if spec.startswith(prefix + ":"):
             name = spec[len(prefix) + 1 :]
             if not name:
@@ -920,6 +938,8 @@ def load_model(
     use_ema: bool = False,
     device: Union[str, torch.device] = "cpu",
     quiet: bool = False,
+    prompts: Optional["PromptSpec"] = None,
+    folder_classes: Optional[List[str]] = None,
 ) -> LoadedModel:
     """Load a model by name with its weights and preprocessing.
 
@@ -935,6 +955,12 @@ def load_model(
         quiet: No progress bars while loading (transformers' "Loading weights",
             huggingface_hub's and torchvision's downloads); the libraries' global
             progress-bar switches are restored afterwards.
+        prompts: Class names or prompts of an image–text model (``--classes``,
+            ``--prompts``, ``--template``); it then loads as a
+            :class:`~captum_vit.ZeroShotClassifier` (with ``"default"``: the
+            embedded image–text model). A classifier refuses them.
+        folder_classes: An ImageFolder's class names, the classes of an image–text
+            model given no ``prompts`` (templated with ``"a photo of a {}."``).
 
     Returns:
         A :class:`LoadedModel` in eval mode on ``device``.
@@ -957,10 +983,22 @@ def load_model(
         "timm": _load_timm,
         "hf": _load_hf,
         "torchvision": _load_torchvision,
+        "openclip": _load_openclip,
     }
+    if source == "default" and prompts is not None:
+        source = "default-image-text"
+        loaders[source] = _load_default_image_text
     with _quiet_loading(quiet, transformers=source == "hf"):
         model, names, pre, weights = loaders[source](
             name, checkpoint, random_weights, use_ema, quiet
+        )
+    if isinstance(model, ImageText):
+        source = model.source
+        model, names = _zero_shot(spec, model, prompts, folder_classes)
+    elif prompts is not None:
+        raise ModelError(
+            f"--prompts/--classes: --model {spec} is a classifier; prompts apply to "
+            "image-text models (openclip:ARCH, hf: CLIP or SigLIP, default)"
         )
     model = model.to(device).eval()
     loaded = LoadedModel(
@@ -973,6 +1011,10 @@ def load_model(
         weights=weights,
         checkpoint_digest=file_digest(checkpoint) if checkpoint is not None else None,
     )
+    if source == "default-image-text":
+        from .zoo.image_text import DEFAULT_IMAGE_TEXT_WEIGHTS
+
+        loaded.checkpoint_digest = file_digest(DEFAULT_IMAGE_TEXT_WEIGHTS)
     if source == "default" and checkpoint is None:
         from . import zoo
 
@@ -991,3 +1033,188 @@ def load_model(
                     for p in (zoo.DEFAULT_SURROGATE, zoo.DEFAULT_EXPLAINER)
                 )
     return loaded
+
+
+# ------------------------------------------------------------ image-text models
+#: ``--model`` sources whose models are :class:`~captum_vit.ZeroShotClassifier` s.
+IMAGE_TEXT_SOURCES = ("openclip", "hf-image-text", "default-image-text")
+#: Hugging Face ``model_type`` s loaded as image-text models.
+HF_IMAGE_TEXT_TYPES = ("clip", "siglip")
+#: The template of class names that come without one (folder names, --classes).
+DEFAULT_TEMPLATE = "a photo of a {}."
+
+
+@dataclass
+class PromptSpec:
+    """What an image-text model classifies: class names with a template, or whole
+    prompts (``template=None``).
+
+    Attributes:
+        names: Class names or prompts, one per class.
+        template: A string with one ``{}`` for the class name, or None.
+    """
+
+    names: List[str]
+    template: Optional[str] = None
+
+
+@dataclass
+class ImageText:
+    """An image-text model as a loader returns it, before its prompts are known."""
+
+    model: nn.Module
+    tokenizer: Any
+    source: str
+
+
+def _zero_shot(
+    spec: str,
+    loaded: ImageText,
+    prompts: Optional[PromptSpec],
+    folder_classes: Optional[List[str]],
+) -> Tuple[nn.Module, List[str]]:
+    from .vit import ZeroShotClassifier
+
+    if prompts is None and folder_classes:
+        prompts = PromptSpec(list(folder_classes), DEFAULT_TEMPLATE)
+    if prompts is None:
+        raise ModelError(
+            f"--model {spec}: an image-text model needs the classes to score: give "
+            "--classes, --prompts, or an ImageFolder --data (its folder names)"
+        )
+    try:
+        zs = ZeroShotClassifier(
+            loaded.model,
+            prompts.names,
+            template=prompts.template,
+            tokenizer=loaded.tokenizer,
+        )
+    except (TypeError, ValueError) as exc:
+        msg = _first_line(exc)
+        for arg in ("prompts", "template"):
+            if msg.startswith(arg + ":"):
+                msg = f"--{arg}{msg[len(arg):]}"
+        raise ModelError(msg) from exc
+    return zs, list(zs.class_names)
+
+
+def _openclip_preprocessing(model: nn.Module) -> Preprocessing:
+    import open_clip
+
+    cfg = open_clip.get_model_preprocess_cfg(model)
+    size = cfg.get("size", 224)
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    mean, std = cfg.get("mean"), cfg.get("std")
+    interp = str(cfg.get("interpolation", "bicubic"))
+    resize: Union[int, Tuple[int, int]] = size
+    if cfg.get("resize_mode", "shortest") == "shortest" and size[0] == size[1]:
+        resize = size[0]
+    return Preprocessing.resize_crop(resize, size, mean, std, interp)
+
+
+def _load_openclip(name, checkpoint, random_weights, use_ema, quiet=False):
+    try:
+        import open_clip
+    except ImportError:
+        raise ModelError(
+            "--model openclip:...: open_clip is not installed (pip install "
+            "'captum-vit[clip]')"
+        ) from None
+    if name not in open_clip.list_models():
+        raise ModelError(
+            f"unknown model 'openclip:{name}': see open_clip.list_models()"
+        )
+    if checkpoint is None and not random_weights:
+        raise ModelError(
+            f"--model openclip:{name}: pass --checkpoint PATH with its weights (an "
+            "open_clip checkpoint or state_dict), or --random-weights"
+        )
+    with _seeded(RANDOM_WEIGHTS_SEED):
+        model = open_clip.create_model(name, pretrained=None)
+    weights = "random"
+    if checkpoint is not None:
+        state, _ = read_checkpoint(checkpoint, use_ema)
+        load_weights(model, state, f"--checkpoint {checkpoint!r}")
+        weights = "checkpoint"
+    try:
+        with _hub_offline():
+            tokenizer = open_clip.get_tokenizer(name)
+    except Exception as exc:
+        raise ModelError(
+            f"--model openclip:{name}: its tokenizer is not available offline "
+            f"({_first_line(exc)})"
+        ) from exc
+    pre = _openclip_preprocessing(model)
+    return ImageText(model, tokenizer, "openclip"), [], pre, weights
+
+
+class _VisionConfig:
+    """The vision side of an image-text config, for :func:`_hf_preprocessing`."""
+
+    def __init__(self, config: Any) -> None:
+        self.model_type = config.model_type
+        self.image_size = getattr(config.vision_config, "image_size", 224)
+
+
+def _load_hf_image_text(ref, config, local, checkpoint, random_weights, use_ema):
+    from transformers import AutoModel, AutoTokenizer
+
+    spec = f"hf:{ref}"
+    weights = "random"
+    if checkpoint is not None or random_weights:
+        with _seeded(RANDOM_WEIGHTS_SEED):
+            model = AutoModel.from_config(config)
+        if checkpoint is not None:
+            state, _ = read_checkpoint(checkpoint, use_ema)
+            load_weights(model, state, f"--checkpoint {checkpoint!r}")
+            weights = "checkpoint"
+    else:
+
+        def build(offline: bool) -> nn.Module:
+            return AutoModel.from_pretrained(ref, local_files_only=offline or local)
+
+        if local:
+            try:
+                model = build(True)
+            except Exception as exc:
+                raise ModelError(
+                    f"--model {spec}: cannot load its weights ({_first_line(exc)}); "
+                    "pass --checkpoint PATH or --random-weights"
+                ) from exc
+        else:
+            model = _cached_then_online(spec, "huggingface.co", build)
+        weights = "pretrained"
+
+    def get_tokenizer(offline: bool) -> Any:
+        return AutoTokenizer.from_pretrained(ref, local_files_only=offline or local)
+
+    try:
+        if local:
+            tokenizer = get_tokenizer(True)
+        else:
+            tokenizer = _cached_then_online(spec, "huggingface.co", get_tokenizer)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelError(
+            f"--model {spec}: no tokenizer found with the model ({_first_line(exc)}); "
+            "save its tokenizer or processor there with save_pretrained()"
+        ) from exc
+    pre = _hf_preprocessing(ref, _VisionConfig(config), local)
+    return ImageText(model, tokenizer, "hf-image-text"), [], pre, weights
+
+
+def _load_default_image_text(name, checkpoint, random_weights, use_ema, quiet=False):
+    from .zoo.image_text import load_default_image_text
+
+    if checkpoint is not None or random_weights:
+        raise ModelError(
+            "--model default with --prompts: the embedded image-text model uses its "
+            "shipped weights (no --checkpoint or --random-weights)"
+        )
+    try:
+        model = load_default_image_text()
+    except FileNotFoundError as exc:
+        raise ModelError(
+            f"--model default: the embedded image-text model is not installed ({exc})"
+        ) from exc
+    pre = Preprocessing.for_default((64, 64))
+    return ImageText(model, model.tokenizer, "default-image-text"), [], pre, "shipped"

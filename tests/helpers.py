@@ -52,8 +52,10 @@ OTHER_FAMILIES = (
     "hf_dinov2_reg",
     "swin",
 )
+#: Image-text models as ``ZeroShotClassifier`` s over 5 prompts (issue 30).
+IMAGE_TEXT_FAMILIES = ("zs_hf_clip", "zs_hf_siglip", "zs_open_clip", "zs_timm")
 #: Every family of the supported-models matrix.
-ALL_FAMILIES = tuple(FAMILIES) + OTHER_FAMILIES
+ALL_FAMILIES = tuple(FAMILIES) + OTHER_FAMILIES + IMAGE_TEXT_FAMILIES
 
 
 def _hf_model(kind: str, depth: int, num_classes: int) -> nn.Module:
@@ -117,6 +119,8 @@ def make_model(family: str, seed: int = 0, **overrides) -> nn.Module:
     ``num_classes`` (0 = headless: ``nn.Identity`` heads for torchvision).
     """
     torch.manual_seed(seed)
+    if family in IMAGE_TEXT_FAMILIES:
+        return zero_shot_model(family, seed=seed, **overrides)
     if family in OTHER_FAMILIES:
         num_classes = overrides.pop("num_classes", 5)
         model = _other_model(family, overrides.pop("depth", 2), num_classes)
@@ -444,3 +448,85 @@ def timm_vit_by_hand(model: nn.Module, images: torch.Tensor):
     with torch.no_grad():
         assert torch.allclose(logits, model(images), atol=1e-5)
     return logits, atts, inputs, projected
+
+
+# ------------------------------------------------------- image-text models (issue 30)
+#: Tiny vision / text configs shared by the Hugging Face CLIP and SigLIP models.
+HF_VISION = dict(
+    image_size=32,
+    patch_size=8,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+)
+HF_TEXT = dict(
+    vocab_size=99,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    max_position_embeddings=16,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+
+
+def hf_image_text(kind: str = "clip", seed: int = 0, depth: int = 2) -> nn.Module:
+    """A tiny random-weight Hugging Face ``CLIPModel`` (``kind="clip"``) or
+    ``SiglipModel`` (``"siglip"``) in eval mode: 32 px, patch 8, width 32."""
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    vision = dict(HF_VISION, num_hidden_layers=depth)
+    if kind == "clip":
+        cfg = tf.CLIPConfig(
+            vision_config=vision, text_config=HF_TEXT, projection_dim=16
+        )
+        return tf.CLIPModel(cfg).eval()
+    cfg = tf.SiglipConfig(vision_config=vision, text_config=HF_TEXT)
+    return tf.SiglipModel(cfg).eval()
+
+
+def open_clip_model(seed: int = 0, depth: int = 2, **vision) -> nn.Module:
+    """A tiny random-weight ``open_clip.CLIP`` in eval mode: 32 px, patch 8, width 32,
+    embeddings of width 16, a one-layer text tower over 8 tokens."""
+    import open_clip
+
+    torch.manual_seed(seed)
+    vcfg = dict(image_size=32, patch_size=8, width=32, layers=depth, head_width=16)
+    vcfg.update(vision)
+    tcfg = dict(context_length=8, vocab_size=50, width=32, heads=2, layers=1)
+    return open_clip.CLIP(embed_dim=16, vision_cfg=vcfg, text_cfg=tcfg).eval()
+
+
+def zero_shot_model(
+    family: str, seed: int = 0, depth: int = 2, num_classes: int = 5
+) -> nn.Module:
+    """A ``ZeroShotClassifier`` over ``num_classes`` prompts (given as token ids) of a
+    tiny image-text model: ``zs_hf_clip``, ``zs_hf_siglip``, ``zs_open_clip``, or
+    ``zs_timm`` (a headless timm ViT with given text embeddings); ``num_classes=0``:
+    its text side removed (headless)."""
+    from captum_vit import ZeroShotClassifier
+
+    k = max(num_classes, 1)
+    gen = torch.Generator().manual_seed(seed + 1)
+    if family == "zs_timm":
+        torch.manual_seed(seed)
+        kw = dict(_TINY, num_classes=0, img_size=32, patch_size=8, depth=depth)
+        tower = timm.create_model("vit_tiny_patch16_224", **kw).eval()
+        emb = torch.randn(k, 32, generator=gen)
+        zs = ZeroShotClassifier(tower, text_embeddings=emb, logit_scale=10.0)
+    elif family == "zs_open_clip":
+        model = open_clip_model(seed, depth=depth)
+        ids = torch.randint(3, 50, (k, 8), generator=gen)
+        zs = ZeroShotClassifier(model, token_ids=ids)
+    else:
+        model = hf_image_text(family[len("zs_hf_") :], seed, depth=depth)
+        ids = torch.randint(3, 90, (k, 6), generator=gen)
+        ids[:, -1] = 2  # the end-of-text token
+        zs = ZeroShotClassifier(model, token_ids=ids)
+    if num_classes == 0:
+        zs.text_embeddings = zs.text_embeddings[:0]
+    return zs.eval()

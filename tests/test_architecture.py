@@ -254,6 +254,8 @@ def test_the_families_register_in_matching_order():
         "SwinAdapter",
         "TorchvisionViTAdapter",
         "HFViTAdapter",
+        "HFCLIPVisionAdapter",
         "OpenCLIPVisionAdapter",
+        "ZeroShotAdapter",
     ]
     assert registered_families() == FAMILIES

@@ -490,6 +490,10 @@ ROWS = {
     "HF DINOv2": "hf_dinov2",
     "HF DINOv2 with registers": "hf_dinov2_reg",
     "timm Swin": "swin",
+    "HF CLIP, zero-shot": "zs_hf_clip",
+    "HF SigLIP, zero-shot": "zs_hf_siglip",
+    "OpenCLIP, zero-shot": "zs_open_clip",
+    "timm ViT tower + text embeddings, zero-shot": "zs_timm",
 }
 
 

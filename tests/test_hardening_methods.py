@@ -99,7 +99,7 @@ CLASSES: Dict[str, Tuple[Callable[[torch.nn.Module], Attribution], Dict[str, Any
     "LeGrad": (lambda m: LeGrad(m), {}),
 }
 # Public classes that are not attribution methods (no attribute() call).
-NOT_METHODS = {"TokenMask", "ViTAdapter"}
+NOT_METHODS = {"TokenMask", "ViTAdapter", "ZeroShotClassifier", "TextRelevance"}
 
 
 def public_attribution_classes() -> List[str]:

@@ -50,7 +50,7 @@ def _load_build() -> ModuleType:
 
 
 def test_notebooks_exist():
-    assert len(NOTEBOOKS) == 5, [p.name for p in NOTEBOOKS]
+    assert len(NOTEBOOKS) == 6, [p.name for p in NOTEBOOKS]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)

@@ -6,6 +6,7 @@ from ._plus import PLUSWrapper, SkipPLUSWrapper
 from ._raw_attention import RawAttention
 from ._rise import RISE
 from ._rollout import AttentionRollout
+from ._text_relevance import TextRelevance, TextRelevanceOutput
 from ._tis import TransformerInputSampling
 from ._transformer_attribution import TransformerAttribution
 from ._vit_shapley import ViTShapley
@@ -39,4 +40,6 @@ __all__ = [
     "AttnLRP",
     "ViTReciproCAM",
     "LeGrad",
+    "TextRelevance",
+    "TextRelevanceOutput",
 ]

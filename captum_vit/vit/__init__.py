@@ -25,6 +25,7 @@ from .attention import AttentionRecorder, record_attention
 from .families import FAMILIES, SUPPORTED_FAMILIES  # registers the family adapters
 from .masking import TokenMask
 from .patches import patch_scores, tokens_to_pixels
+from .zero_shot import ZeroShotClassifier
 
 __all__ = [
     "ATTENTION_MASK",
@@ -46,4 +47,5 @@ __all__ = [
     "patch_scores",
     "record_attention",
     "tokens_to_pixels",
+    "ZeroShotClassifier",
 ]

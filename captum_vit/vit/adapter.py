@@ -111,12 +111,17 @@ _KEY_MASK_NEG = float("-inf")
 
 def logits_of(output: Any) -> Tensor:
     """The logits tensor of a model output (a tensor, or an object with ``.logits``
-    such as Hugging Face's ``ImageClassifierOutput``)."""
+    such as Hugging Face's ``ImageClassifierOutput``; the ``image_embeds`` or
+    ``pooler_output`` of a headless Hugging Face image tower)."""
     if isinstance(output, Tensor):
         return output
     logits = getattr(output, "logits", None)
     if isinstance(logits, Tensor):
         return logits
+    for name in ("image_embeds", "pooler_output"):  # headless HF image towers
+        pooled = getattr(output, name, None)
+        if isinstance(pooled, Tensor):
+            return pooled
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
         return output[0]
     raise TypeError(
@@ -1164,6 +1169,9 @@ SUPPORTED_FAMILIES = (
     "...); Hugging Face ViTForImageClassification, DeiTForImageClassification"
     "(WithTeacher), Dinov2ForImageClassification and "
     "Dinov2WithRegistersForImageClassification"
+    "; the image towers of image-text models: Hugging Face CLIPVisionModel"
+    "(WithProjection), SiglipVisionModel and SiglipForImageClassification, OpenCLIP "
+    "VisionTransformer, and captum_vit.ZeroShotClassifier around them"
 )
 
 _A = TypeVar("_A", bound=ViTAdapter)

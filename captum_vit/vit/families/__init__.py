@@ -17,12 +17,14 @@ from ..adapter import SUPPORTED_FAMILIES, ViTAdapter, family_of, registered_fami
 
 # Importing the family modules registers them (the names stay importable from here).
 from .hf import HFViTAdapter  # noqa: F401
+from .hf_clip import HFCLIPVisionAdapter  # noqa: F401
 from .open_clip import OpenCLIPVisionAdapter  # noqa: F401
 from .timm_beit import BeitAdapter  # noqa: F401
 from .timm_eva import EvaAdapter  # noqa: F401
 from .timm_swin import SwinAdapter  # noqa: F401
 from .timm_vit import TimmViTAdapter  # noqa: F401
 from .torchvision_vit import TorchvisionViTAdapter  # noqa: F401
+from .zero_shot import ZeroShotAdapter  # noqa: F401
 
 #: Family adapters, in matching order.
 FAMILIES: List[Type[ViTAdapter]] = registered_families()
