@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import Attribution, FeatureAblation, IntegratedGradients, Saliency
-from helpers import make_model, model_state
+from helpers import make_model, model_state, open_clip_model
 
 import captum_vit
 from captum_vit import (
@@ -41,6 +41,7 @@ from captum_vit import (
 )
 from captum_vit import GradSAM, PartialLRP
 from captum_vit import BeyondIntuition, TransitionAttentionMaps
+from captum_vit import TextRelevance, ZeroShotClassifier
 from captum_vit.methods import METHODS
 from captum_vit.shapley import ShapleyExplainer
 
@@ -306,6 +307,7 @@ def _bad_values(integer: bool, negative: Any = -1) -> List[Any]:
 # out-of-range negative value used instead of -1 (the tiny model has 2 blocks)
 NEGATIVE_INDEX = {("RawAttention", "layer"): -3, ("ViTGradCAM", "block"): -3}
 NEGATIVE_INDEX.update({("ViTReciproCAM", "layer"): -3, ("LeGrad", "layer_index"): -3})
+NEGATIVE_INDEX[("TextRelevance", "start_layer")] = -2  # its text tower has 1 block
 
 
 # the smallest valid construction of every public class, for the constructor check
@@ -331,6 +333,11 @@ CONSTRUCT: Dict[str, Callable[..., Any]] = {
     "AttnLRP": lambda m, **kw: AttnLRP(m, **kw),
     "ViTReciproCAM": lambda m, **kw: ViTReciproCAM(m, **kw),
     "LeGrad": lambda m, **kw: LeGrad(m, **kw),
+    # the image-text wrappers take an image-text model, not the classifier
+    "ZeroShotClassifier": lambda m, **kw: ZeroShotClassifier(
+        open_clip_model(), token_ids=torch.randint(3, 50, (3, 8)), **kw
+    ),
+    "TextRelevance": lambda m, **kw: TextRelevance(open_clip_model(), **kw),
 }
 
 
