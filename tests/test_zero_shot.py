@@ -21,6 +21,7 @@ from captum_vit import GenAtt, TokenMask, ViTAdapter, ZeroShotClassifier
 from captum_vit.methods import METHODS
 from captum_vit.shapley import ShapleyExplainer
 from captum_vit.vit import CLASS_HEAD, LRP_RULES
+from captum_vit.vit.adapter import ATTNLRP_RULES
 
 open_clip = pytest.importorskip("open_clip")
 
@@ -159,7 +160,9 @@ def test_the_adapter_sees_through_to_the_tower(family):
     zs = make_model(family)
     a, tower = ViTAdapter(zs), ViTAdapter(zs.tower)
     assert a.family_name == f"ZeroShotClassifier({tower.family_name})"
-    assert a.capabilities == (tower.capabilities - {LRP_RULES}) | {CLASS_HEAD}
+    # no LRP rules of either kind: the head is a cosine score, not a linear layer
+    lrp = {LRP_RULES, ATTNLRP_RULES}
+    assert a.capabilities == (tower.capabilities - lrp) | {CLASS_HEAD}
     assert a.num_classes == 5 and a.num_prefix_tokens == tower.num_prefix_tokens
     x = _x(4)
     keep = torch.rand(4, 16, generator=torch.Generator().manual_seed(0)) < 0.5
@@ -196,10 +199,19 @@ def test_every_method_runs_batch_equals_per_sample_and_leaves_the_model(family):
         extras.update(shapley_explainer=_explainer(zs), shapley_surrogate=zs)
     x, target = _x(2), torch.tensor([1, 4])
     before, text = model_state(zs), zs.text_embeddings.clone()
+    # the capability errors of the README matrix's zero-shot rows
+    refused = {
+        "transformer-attribution": "needs LRP rules",
+        "partial-lrp": "needs LRP rules",
+        "attnlrp": "needs AttnLRP rules",
+        "cp-lrp": "needs AttnLRP rules",
+    }
+    if family != "zs_timm":  # projected values: timm blocks only
+        refused["beyond-intuition-token"] = "needs projected attention values"
     for name, method in METHODS.items():
-        if name == "transformer-attribution":
-            with pytest.raises(TypeError, match="LRP rules"):
-                method.build(zs, extras)
+        if name in refused:
+            with pytest.raises(TypeError, match=refused[name]):
+                method.build(zs, extras)(x, target, [0, 1])
             continue
         if name == "vit-shapley" and "shapley_explainer" not in extras:
             continue

@@ -18,6 +18,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..adapter import (
+    ATTNLRP_RULES,
     LRP_RULES,
     MaskState,
     Normalization,
@@ -66,7 +67,7 @@ class ZeroShotAdapter(ViTAdapter):
         return False
 
     def missing_reason(self, capability: str) -> str:
-        if capability == LRP_RULES:
+        if capability in (LRP_RULES, ATTNLRP_RULES):
             return (
                 "does not have: its head is an image-text cosine score, not a linear "
                 "classifier"
