@@ -46,6 +46,22 @@ from torch import Tensor
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
+def _walk(modules: Tuple[nn.Module, ...]) -> List[nn.Module]:
+    """Every module under ``modules``, each once: ``nn.Module.modules()`` without
+    building the dotted names (a guard walks the model several times per call)."""
+    out: List[nn.Module] = []
+    seen = set()
+    todo = list(reversed(modules))
+    while todo:
+        m = todo.pop()
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        out.append(m)
+        todo.extend(c for c in reversed(m._modules.values()) if c is not None)
+    return out
+
+
 @contextmanager
 def eval_mode(*modules: nn.Module) -> Iterator[None]:
     """Put modules (and all their submodules) in eval mode; restore every flag after.
@@ -54,9 +70,7 @@ def eval_mode(*modules: nn.Module) -> Iterator[None]:
     back exactly as they were, also when the body raises. Models already in eval mode
     are not touched at all (no overhead on the inference path).
     """
-    saved: List[Tuple[nn.Module, bool]] = [
-        (m, m.training) for module in modules for m in module.modules()
-    ]
+    saved: List[Tuple[nn.Module, bool]] = [(m, m.training) for m in _walk(modules)]
     if not any(flag for _, flag in saved):
         yield
         return
