@@ -34,6 +34,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ._utils import check_count, check_number
+from .vit.adapter import MissingCapability
 
 #: ``explain(inputs, target, seeds=None) -> attributions``.
 Explain = Callable[..., Tensor]
@@ -190,14 +191,15 @@ def build_all(
 
     Returns:
         ``(built, unavailable)``: ``{name: explain}``, and ``{name: reason}`` (one
-        line) of the methods the model cannot serve (:class:`MethodUnavailable`).
+        line) of the methods the model cannot serve (:class:`MethodUnavailable`,
+        or a capability it lacks: ``MissingCapability``).
     """
     built: Dict[str, Explain] = {}
     unavailable: Dict[str, str] = {}
     for method in methods:
         try:
             built[method.name] = method.explainer(model, options, trained)
-        except MethodUnavailable as exc:
+        except (MethodUnavailable, MissingCapability) as exc:
             unavailable[method.name] = " ".join(str(exc).split())
     return built, unavailable
 

@@ -304,3 +304,46 @@ def test_hf_siglip_folder_uses_max_length_padding_and_its_bias(tmp_path, hf_clip
     with torch.no_grad():
         ref = model.eval()(input_ids=enc["input_ids"], pixel_values=x).logits_per_image
         assert torch.allclose(loaded.model(x), ref, atol=1e-5)
+
+
+def test_explain_preview_skips_methods_the_zero_shot_model_cannot_serve(
+    capsys, tmp_path
+):
+    """Every method runs or is skipped with its capability error on one line (the
+    LRP methods need a linear head; a zero-shot head is a cosine): no traceback."""
+    rc, out, err = cli(
+        capsys,
+        "explain",
+        "--prompts",
+        "a dress",
+        "a sandal",
+        "a bag",
+        "a sneaker",
+        "--out",
+        tmp_path / "zs",
+    )
+    assert rc == 0, err
+    for name, rule in (
+        ("transformer-attribution", "LRP rules"),
+        ("partial-lrp", "LRP rules"),
+        ("attnlrp", "AttnLRP rules"),
+        ("cp-lrp", "AttnLRP rules"),
+    ):
+        line = next(ln for ln in out.splitlines() if ln.startswith(f"{name}: "))
+        assert line.startswith(f"{name}: skipped (") and f"needs {rule}" in line
+    assert "legrad: " in out and (tmp_path / "zs" / "index.html").is_file()
+
+
+def test_build_all_reports_a_missing_capability_as_unavailable():
+    from helpers import make_model
+
+    from captum_vit.methods import build_all, resolve_methods
+    from captum_vit.vit import MissingCapability
+
+    zs = make_model("zs_timm")
+    built, unavailable = build_all(
+        resolve_methods(["rollout", "transformer-attribution"]), zs
+    )
+    assert list(built) == ["rollout"]
+    assert "needs LRP rules" in unavailable["transformer-attribution"]
+    assert issubclass(MissingCapability, TypeError)

@@ -73,6 +73,13 @@ VALUE_PROJECTION = "value_projection"
 #: normalisations, activations, linear layers, gated products and attention.
 ATTNLRP_RULES = "attnlrp_rules"
 
+
+class MissingCapability(TypeError):
+    """A method or metric needs a capability (:data:`CAPABILITIES`) the model lacks:
+    "<method> needs <capability>, which <family> <reason>". Jobs that run several
+    methods skip the method with this reason; a direct call raises it."""
+
+
 #: What each capability is called in error messages.
 CAPABILITIES: Dict[str, str] = {
     TOKENS: "a flat token sequence",
@@ -358,13 +365,14 @@ class ViTAdapter:
             method: The name of the method or metric that needs it.
 
         Raises:
-            TypeError: "<method> needs <capability>, which <family> <reason>".
+            MissingCapability: "<method> needs <capability>, which <family>
+                <reason>" (a ``TypeError``).
         """
         if self.has(capability):
             return
         what = CAPABILITIES[capability]
         if capability == CLASS_HEAD:
-            raise TypeError(
+            raise MissingCapability(
                 f"{method} needs {what}, which this {self.family_name} does not have: "
                 f"the model has no classifier head ({self._headless_reason()}), so "
                 "there is no class to explain or score. Use a model with a "
@@ -376,7 +384,7 @@ class ViTAdapter:
             reason = "does not have: it has no CLS, distillation or register token"
         else:
             reason = self.missing_reason(capability)
-        raise TypeError(f"{method} needs {what}, which {subject} {reason}")
+        raise MissingCapability(f"{method} needs {what}, which {subject} {reason}")
 
     def missing_reason(self, capability: str) -> str:
         """Why this model lacks ``capability``: completes "<method> needs <what>,
