@@ -32,7 +32,7 @@ from torch import Tensor
 
 from .adapter import installed, logits_of, set_attribute
 from .families.hf import _configs
-from .families.torchvision_vit import _output_from_probs
+from .families._mha import record_weights
 from .zero_shot import _default_tokenizer, _kind_of
 
 
@@ -159,26 +159,9 @@ class TextTower:
 
     def _hooks(self, on_block: Callable[[int, Tensor], None], out: List[Any]):
         if self.kind == "open_clip":
-
-            def pre(module, args, kwargs):
-                kwargs["need_weights"] = True
-                kwargs["average_attn_weights"] = False
-                return args, kwargs
-
-            def post(i, mha, args, output):
-                probs = output[1]
-                on_block(i, probs)
-                if not torch.is_grad_enabled():
-                    return None
-                return _output_from_probs(mha, args[0], probs), probs
-
-            for i, blk in enumerate(self.blocks):
-                out.append(blk.attn.register_forward_pre_hook(pre, with_kwargs=True))
-                out.append(
-                    blk.attn.register_forward_hook(
-                        lambda m, a, o, i=i: post(i, m, a, o)
-                    )
-                )
+            record_weights(
+                [(i, blk.attn) for i, blk in enumerate(self.blocks)], on_block, out
+            )
             return
         for cfg in _configs(self.model.text_model):
             out.append(set_attribute(cfg, "_attn_implementation_internal", "eager"))

@@ -29,14 +29,14 @@ pooler, ``pool_type='none'`` and an average pool normalised after pooling.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..adapter import MaskState, Normalization, ViTAdapter, register_family
-from .torchvision_vit import _output_from_probs
+from ..adapter import Normalization, ViTAdapter, register_family
+from ._mha import MultiheadAttentionHooks
 
 
 def _is_open_clip_vit(model: Any) -> bool:
@@ -51,7 +51,7 @@ def _is_open_clip_vit(model: Any) -> bool:
 
 
 @register_family(priority=70)
-class OpenCLIPVisionAdapter(ViTAdapter):
+class OpenCLIPVisionAdapter(MultiheadAttentionHooks, ViTAdapter):
     """OpenCLIP ``VisionTransformer`` (the image tower of an OpenCLIP model)."""
 
     family = "open_clip_vit"
@@ -206,44 +206,6 @@ class OpenCLIPVisionAdapter(ViTAdapter):
     def trunk_state_names(self, stop: int) -> List[str]:
         names = super().trunk_state_names(stop)
         return [n for n in names if n != "proj"]
-
-    # ------------------------------------------------------------ masks
-    def _block_hooks(self, state: MaskState, out: List[Any]) -> None:
-        def pre(module, args, kwargs):
-            if state.valid is not None:
-                kwargs["key_padding_mask"] = ~state.valid
-            return args, kwargs
-
-        for mha in self.attention_modules():
-            out.append(mha.register_forward_pre_hook(pre, with_kwargs=True))
-
-    # ------------------------------------------------------------ attention
-    def _attention_hooks(
-        self,
-        layers: List[int],
-        on_block: Callable[[int, Tensor], None],
-        on_pool: Optional[Callable[[Tensor], None]],
-        handles: List[Any],
-    ) -> None:
-        def pre(module, args, kwargs):
-            kwargs["need_weights"] = True
-            kwargs["average_attn_weights"] = False
-            return args, kwargs
-
-        def post(i: int, mha: nn.MultiheadAttention, args, out):
-            probs = out[1]
-            on_block(i, probs)
-            if not torch.is_grad_enabled():  # no gradient wanted: keep the output
-                return None
-            return _output_from_probs(mha, args[0], probs), probs
-
-        modules = self.attention_modules()
-        for i in layers:
-            mha = modules[i]
-            handles.append(mha.register_forward_pre_hook(pre, with_kwargs=True))
-            handles.append(
-                mha.register_forward_hook(lambda m, a, out, i=i: post(i, m, a, out))
-            )
 
 
 __all__ = ["OpenCLIPVisionAdapter"]

@@ -14,19 +14,20 @@ probabilities, which the block discards. Nothing global is switched (PyTorch's M
 path is left to decide for itself), and the hooks are removed after the call. Because
 the returned weights are not part of the autograd graph of the output, recording with
 grad enabled recomputes each attention output from them (see
-:func:`_output_from_probs`).
+:func:`._mha.output_from_probs`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..adapter import MaskState, ViTAdapter, register_family
+from ..adapter import ViTAdapter, register_family
 from ..lrp_sites import LRPSites, scale_gradient, walk_sites
+from ._mha import MultiheadAttentionHooks
 
 #: torchvision modules whose forward only adds, reshapes or concatenates.
 _LRP_CONTAINERS = frozenset(
@@ -35,7 +36,7 @@ _LRP_CONTAINERS = frozenset(
 
 
 @register_family(priority=50)
-class TorchvisionViTAdapter(ViTAdapter):
+class TorchvisionViTAdapter(MultiheadAttentionHooks, ViTAdapter):
     """torchvision ``VisionTransformer``."""
 
     family = "torchvision_vit"
@@ -132,15 +133,6 @@ class TorchvisionViTAdapter(ViTAdapter):
         return getattr(block, "ln_1", None)
 
     # ------------------------------------------------------------ masks
-    def _block_hooks(self, state: MaskState, out: List[Any]) -> None:
-        def pre(module, args, kwargs):
-            if state.valid is not None:
-                kwargs["key_padding_mask"] = ~state.valid
-            return args, kwargs
-
-        for mha in self.attention_modules():
-            out.append(mha.register_forward_pre_hook(pre, with_kwargs=True))
-
     # ------------------------------------------------------------ AttnLRP
     def _lrp_sites(self) -> Tuple[Optional[LRPSites], Optional[str]]:
         """``nn.MultiheadAttention`` projects inside one functional call, so its
@@ -171,52 +163,6 @@ class TorchvisionViTAdapter(ViTAdapter):
 
         sites.attention = attention
         return sites, None
-
-    # ------------------------------------------------------------ attention
-    def _attention_hooks(
-        self,
-        layers: List[int],
-        on_block: Callable[[int, Tensor], None],
-        on_pool: Optional[Callable[[Tensor], None]],
-        handles: List[Any],
-    ) -> None:
-        def pre(module, args, kwargs):
-            kwargs["need_weights"] = True
-            kwargs["average_attn_weights"] = False
-            return args, kwargs
-
-        def post(i: int, mha: nn.MultiheadAttention, args, out):
-            probs = out[1]
-            on_block(i, probs)
-            if not torch.is_grad_enabled():  # no gradient wanted: keep the output
-                return None
-            return _output_from_probs(mha, args[0], probs), probs
-
-        modules = self.attention_modules()
-        for i in layers:
-            mha = modules[i]
-            handles.append(mha.register_forward_pre_hook(pre, with_kwargs=True))
-            handles.append(
-                mha.register_forward_hook(lambda m, a, out, i=i: post(i, m, a, out))
-            )
-
-
-def _output_from_probs(mha: nn.MultiheadAttention, x: Tensor, probs: Tensor) -> Tensor:
-    """Self-attention output computed from the reported probabilities.
-
-    ``nn.MultiheadAttention`` returns its weights as a view taken after the values
-    were attended, so the output does not depend on the returned tensor and no
-    gradient reaches it. Recording therefore replaces the output by the same
-    computation from the returned probabilities (value projection, ``probs @ v``,
-    output projection), which makes them part of the graph.
-    """
-    b, t, e = x.shape
-    heads = mha.num_heads
-    bias = None if mha.in_proj_bias is None else mha.in_proj_bias[2 * e :]
-    v = nn.functional.linear(x, mha.in_proj_weight[2 * e :], bias)
-    v = v.reshape(b, t, heads, e // heads).transpose(1, 2)  # (B, heads, T, hd)
-    y = (probs @ v).transpose(1, 2).reshape(b, t, e)
-    return mha.out_proj(y)
 
 
 __all__ = ["TorchvisionViTAdapter"]
