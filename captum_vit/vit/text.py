@@ -30,8 +30,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .adapter import installed, logits_of, set_attribute
-from .families.hf import _configs
+from .adapter import installed, logits_of
+from .families.hf import record_eager
 from .families._mha import record_weights
 from .zero_shot import _default_tokenizer, _kind_of
 
@@ -163,21 +163,10 @@ class TextTower:
                 [(i, blk.attn) for i, blk in enumerate(self.blocks)], on_block, out
             )
             return
-        for cfg in _configs(self.model.text_model):
-            out.append(set_attribute(cfg, "_attn_implementation_internal", "eager"))
-
-        def report(i: int, output: Any) -> None:
-            probs = output[1] if isinstance(output, tuple) else None
-            if not isinstance(probs, Tensor):
-                raise RuntimeError(
-                    f"text layer {i} returned no attention probabilities"
-                )
-            on_block(i, probs)
-
-        for i, layer in enumerate(self.blocks):
-            out.append(
-                layer.self_attn.register_forward_hook(lambda m, a, o, i=i: report(i, o))
-            )
+        attns = [layer.self_attn for layer in self.blocks]
+        record_eager(
+            self.model.text_model, attns, list(range(len(attns))), on_block, out
+        )
 
 
 __all__ = ["TextTower"]

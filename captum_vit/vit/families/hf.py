@@ -324,23 +324,36 @@ class HFViTAdapter(ViTAdapter):
         on_pool: Optional[Callable[[Tensor], None]],
         handles: List[Any],
     ) -> None:
-        for cfg in _configs(self.model):
-            handles.append(set_attribute(cfg, "_attn_implementation_internal", "eager"))
-        modules = self.attention_modules()
+        record_eager(self.model, self.attention_modules(), layers, on_block, handles)
 
-        def report(i: int, out: Any) -> None:
-            probs = out[1] if isinstance(out, tuple) and len(out) > 1 else None
-            if not isinstance(probs, Tensor):
-                raise RuntimeError(
-                    f"record_attention: layer {i}'s attention returned no "
-                    "probabilities on the eager path"
-                )
-            on_block(i, probs)
 
-        for i in layers:
-            handles.append(
-                modules[i].register_forward_hook(lambda m, a, out, i=i: report(i, out))
+def record_eager(
+    model: nn.Module,
+    modules: List[nn.Module],
+    layers: List[int],
+    on_block: Callable[[int, Tensor], None],
+    handles: List[Any],
+) -> None:
+    """Record the probabilities of Hugging Face attention ``modules[i]`` (``i`` in
+    ``layers``) into ``on_block(i, probs)``: every config of ``model`` is switched to
+    the eager implementation (which returns them) for the call; the hook handles
+    and the switch go into ``handles``."""
+    for cfg in _configs(model):
+        handles.append(set_attribute(cfg, "_attn_implementation_internal", "eager"))
+
+    def report(i: int, out: Any) -> None:
+        probs = out[1] if isinstance(out, tuple) and len(out) > 1 else None
+        if not isinstance(probs, Tensor):
+            raise RuntimeError(
+                f"record_attention: layer {i}'s attention returned no "
+                "probabilities on the eager path"
             )
+        on_block(i, probs)
+
+    for i in layers:
+        handles.append(
+            modules[i].register_forward_hook(lambda m, a, out, i=i: report(i, out))
+        )
 
 
 def _combine(old: Optional[Tensor], mask: Tensor) -> Tensor:

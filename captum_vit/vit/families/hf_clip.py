@@ -43,8 +43,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..adapter import MaskState, ViTAdapter, register_family, set_attribute
-from .hf import _combine, _configs
+from ..adapter import MaskState, ViTAdapter, register_family
+from .hf import _combine, record_eager
 
 #: Served class names -> kind.
 _CLASSES: Dict[str, str] = {
@@ -258,23 +258,7 @@ class HFCLIPVisionAdapter(ViTAdapter):
         on_pool: Optional[Callable[[Tensor], None]],
         handles: List[Any],
     ) -> None:
-        for cfg in _configs(self.model):
-            handles.append(set_attribute(cfg, "_attn_implementation_internal", "eager"))
-        modules = self.attention_modules()
-
-        def report(i: int, out: Any) -> None:
-            probs = out[1] if isinstance(out, tuple) and len(out) > 1 else None
-            if not isinstance(probs, Tensor):
-                raise RuntimeError(
-                    f"record_attention: layer {i}'s attention returned no "
-                    "probabilities on the eager path"
-                )
-            on_block(i, probs)
-
-        for i in layers:
-            handles.append(
-                modules[i].register_forward_hook(lambda m, a, out, i=i: report(i, out))
-            )
+        record_eager(self.model, self.attention_modules(), layers, on_block, handles)
         if self.pool != "map" or on_pool is None:
             return
 
