@@ -12,12 +12,12 @@ and batch size (1 and 8) this times, in the same run and on the same inputs:
 - ``gradsam``, ``gradcam-attention`` and ``partial-lrp`` as the registry builds them
   (``captum_vit.methods.METHODS``: validation, eval mode and the guard included).
 
-Times are the minimum over repeated calls (:func:`speed.measure`: calls under a
-second repeated for about half a second, calls of 1–20 s three times); the measure
-rounds alternate between the floors and the methods so that load from other
-processes falls on both. Run it with one thread under the shared lock::
+Times are the minimum over repeated calls, the floors and the methods called in
+turn one call at a time (:func:`speed.measure_interleaved`: at least ``--min-runs``
+calls and ``--seconds`` of calls each), so that a load spike falls on both sides of
+a ratio. Run it with one thread on an otherwise idle machine::
 
-    flock /tmp/agents/heavy.lock env OMP_NUM_THREADS=1 PYTHONPATH=$PWD \\
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD \\
         python benchmarks/chefer_baselines_speed.py --threads 1
 """
 
@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import Clock, measure  # noqa: E402
+from speed import Clock, measure_interleaved  # noqa: E402
 
 from captum_vit.methods import METHODS  # noqa: E402
 from captum_vit.vit import ViTAdapter, record_attention  # noqa: E402
@@ -85,8 +85,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds")
+    parser.add_argument(
+        "--seconds", type=float, default=3.0, help="timed runs per call, at least"
+    )
+    parser.add_argument("--min-runs", type=int, default=5, help="runs per call")
     parser.add_argument(
         "--models",
         nargs="+",
@@ -116,11 +118,9 @@ def main(argv=None) -> int:
             for name in NAMES:
                 explain = METHODS[name].build(model)
                 calls[name] = lambda e=explain: e(x, t)
-            best: Dict[str, float] = {}
-            for _ in range(args.rounds):
-                for key, call in calls.items():
-                    wall = measure(clock, call, args.repeats)["wall"]
-                    best[key] = min(best.get(key, wall), wall)
+            for call in calls.values():  # warm-up
+                call()
+            best = measure_interleaved(clock, calls, args.seconds, args.min_runs)
             for name in NAMES:
                 floor = "fwd + LRP" if name == "partial-lrp" else "fwd+bwd"
                 ratio = best[name] / best[floor]

@@ -108,6 +108,25 @@ def measure(clock: Clock, fn: Callable[[], Any], repeats: int) -> Dict[str, floa
     return {"wall": best[0], "cpu": best[1]}
 
 
+def measure_interleaved(
+    clock: Clock, calls: Dict[str, Callable[[], Any]], seconds: float, min_runs: int
+) -> Dict[str, float]:
+    """Minimum wall time of each call, the calls timed one after another in turn
+    (floor, method, floor, method, ...) until each has had ``seconds`` of runs and at
+    least ``min_runs`` of them: a load spike then falls on a floor and a method alike,
+    so the ratio of two minima is paired, not two separate measurements."""
+    best = {k: float("inf") for k in calls}
+    spent = {k: 0.0 for k in calls}
+    runs = 0
+    while runs < min_runs or min(spent.values()) < seconds:
+        for key, fn in calls.items():
+            wall = clock(fn)[0]
+            best[key] = min(best[key], wall)
+            spent[key] += wall
+        runs += 1
+    return best
+
+
 # ------------------------------------------------------------------- floors
 def _chunks(n: int, size: int):
     for lo in range(0, n, size):

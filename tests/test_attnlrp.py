@@ -391,3 +391,26 @@ def test_registry_entries_read_the_gamma_knobs():
     assert _other_knobs(opts) == {"attnlrp_lin_gamma": 0.05, "attnlrp_conv_gamma": 0.25}
     with pytest.raises(ValueError, match="^attnlrp_lin_gamma:"):
         MethodOptions(attnlrp_lin_gamma=-1.0)
+
+
+def test_sequence_major_inputs_keep_values_and_gradients():
+    """torchvision's attention inputs are copied to sequence-major memory for the
+    rules (a faster in-projection on CPU): same values, same gradients, each
+    distinct input copied once, nothing copied when already sequence-major."""
+    from captum_vit.vit.families.torchvision_vit import _sequence_major
+
+    mha = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+    x = torch.randn(3, 5, 8, requires_grad=True)
+    y = torch.randn(3, 5, 8)
+    q, k, v = _sequence_major(mha, [x, x, y])
+    assert q is k and q is not v
+    assert torch.equal(q, x) and torch.equal(v, y)
+    assert q.transpose(0, 1).is_contiguous() and v.transpose(0, 1).is_contiguous()
+    same = _sequence_major(mha, [q, q, v])  # already sequence-major: not copied
+    assert all(a is b for a, b in zip(same, [q, q, v]))
+    w = torch.randn(3, 5, 8)
+    (g,) = torch.autograd.grad((q * w).sum(), x)
+    assert torch.equal(g, w)
+    batch_major = torch.nn.MultiheadAttention(8, 2, batch_first=False)
+    kept = _sequence_major(batch_major, [x, x, y])
+    assert all(a is b for a, b in zip(kept, [x, x, y]))

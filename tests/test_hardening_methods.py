@@ -193,6 +193,55 @@ def test_mode_restored_when_the_call_raises():
     assert model_state(model) == before
 
 
+def test_nested_guards_walk_once_unless_the_model_went_back_to_train_mode(
+    monkeypatch,
+):
+    """An attributor called through the registry (or inside a metric) is guarded
+    twice; the inner guard reuses the outer one's walk, but a model put back in
+    train mode inside the outer guard is put in eval mode again."""
+    import captum_vit._guard as guard
+
+    walks = []
+    real_walk = guard._walk
+    monkeypatch.setattr(
+        guard, "_walk", lambda modules: walks.append(modules) or real_walk(modules)
+    )
+    model = dropout_model()
+    before = model_state(model)
+    with guard.eval_mode(model):
+        assert not any(m.training for m in model.modules())
+        with guard.eval_mode(model), guard.eval_mode(model.blocks[0]):
+            assert not any(m.training for m in model.modules())
+        assert len(walks) == 1
+        model.train()  # e.g. a callback inside the call
+        with guard.eval_mode(model):
+            assert not any(m.training for m in model.modules())
+        assert len(walks) == 2
+        assert all(m.training for m in model.modules())  # the inner one restored
+    assert model_state(model) == before
+    assert guard._HELD.ids is None
+    # the registry's guard and the class's: one walk per call
+    walks.clear()
+    build = METHODS["rollout"].build(model, extras_for(model))
+    build(images(), torch.tensor(TARGET))
+    assert len(walks) == 1
+
+
+def test_all_finite_takes_one_reduction_and_never_misses():
+    from captum_vit._utils import all_finite
+
+    big = torch.full((4, 3), 3e38)  # finite, but its float32 sum overflows
+    assert all_finite(big) and all_finite(torch.zeros(0)) and all_finite(torch.ones(3))
+    assert all_finite(torch.arange(3)) and all_finite(big.double())
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+            x = torch.ones(2, 5, dtype=dtype)
+            x[1, 3] = bad
+            assert not all_finite(x), (bad, dtype)
+    both = torch.tensor([float("inf"), -float("inf")])  # sum NaN
+    assert not all_finite(both)
+
+
 # -------------------------------------------------------- 3. ignored arguments checked
 @pytest.mark.parametrize("name", list(METHODS))
 def test_registry_checks_target(name):

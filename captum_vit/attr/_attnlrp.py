@@ -18,6 +18,7 @@ from ..vit.adapter import installed
 from ..vit.lrp_sites import LRPSites, scale_gradient
 from ._utils import (
     TargetType,
+    all_finite,
     check_choice,
     check_number,
     evaluates_model,
@@ -72,14 +73,19 @@ class _IdentityRule(Function):
 
     @staticmethod
     def forward(ctx, x, y):  # type: ignore[override]
-        ctx.save_for_backward(x, y)
+        # f(x)/x, exact, kept for the backward (one tensor, one product there);
+        # where x = 0 the quotient is not finite and f(0) takes its place (0 for
+        # GELU, SiLU, ReLU: the relevance there is 0)
+        ratio = torch.div(y, x)
+        if not all_finite(ratio):
+            ratio = torch.where(x == 0, y, ratio)
+        ctx.save_for_backward(ratio)
         return y.view_as(y)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        x, y = ctx.saved_tensors
-        # f(x)/x, exact; f(0) = 0 for the activations served, so 0 there
-        return (grad * y).div_(torch.where(x == 0, 1.0, x)), None
+        (ratio,) = ctx.saved_tensors
+        return grad * ratio, None
 
 
 class _EpsilonRule(Function):

@@ -22,7 +22,7 @@ from typing import Any, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from .._utils import check_choice, check_number, gaussian_blur
+from .._utils import all_finite, check_choice, check_number, gaussian_blur
 from ..vit.adapter import Normalization, ViTAdapter
 from ..vit.families._timm import pretrained_cfg_normalization
 
@@ -180,7 +180,7 @@ def resolve_fill(
             f"{name}: shape {tuple(baselines.shape)} does not broadcast to the "
             f"inputs' shape {tuple(images.shape)}"
         )
-    if not bool(torch.isfinite(t).all()):
+    if not all_finite(t):
         raise ValueError(f"{name}: contains NaN or infinite values")
     return t
 

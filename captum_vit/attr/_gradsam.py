@@ -148,29 +148,26 @@ class GradSAM(GradientAttribution):
                 t = logits.argmax(dim=1)
             t = t.to(logits.device)
             grads = rec.grad(logits.gather(1, t[:, None]).sum())
-        attentions = [a.detach() for a in rec.attentions]
-        num_layers, heads, tokens = len(attentions), *attentions[0].shape[1:3]
-        if self.reading == "readout":
+        num_layers, _, heads, tokens, _ = (len(grads), *grads[0].shape)
+        # Σ_l Σ_h H^{lh} = Σ_l Σ_h A ⊙ ReLU(G), in place on the gradients (ours)
+        h = torch.zeros_like(grads[0][:, 0])  # (B, T, T)
+        for a, g in zip(rec.attentions, grads):
+            h += g.to(a.dtype).clamp_(min=0).mul_(a.detach()).sum(dim=1)
+        if self.reading == "query":
+            r = h.sum(dim=2)  # Σ_j H_ij
+            scale = 1.0 / (num_layers * heads * tokens)
+        elif self.reading == "key":
+            r = h.sum(dim=1)  # Σ_i H_ij
+            scale = 1.0 / (num_layers * heads * tokens)
+        else:
             w = head_readout(
                 self.adapter,
                 rec,
-                attentions[0][:, 0],  # (B, T, T)
+                rec.attentions[0].detach()[:, 0],  # (B, T, T)
                 lambda p: fused_pool_rows(p, "mean"),
-            ).to(attentions[0])
+            ).to(h)
+            r = torch.einsum("bi,bij->bj", w, h)
             scale = 1.0 / (num_layers * heads)
-        else:
-            scale = 1.0 / (num_layers * heads * tokens)
-        r = None
-        for a, g in zip(attentions, grads):
-            h = (a * g.to(a.dtype).clamp(min=0)).sum(dim=1)  # (B, T, T): Σ_h H^{lh}
-            if self.reading == "query":
-                s = h.sum(dim=2)  # Σ_j H_ij
-            elif self.reading == "key":
-                s = h.sum(dim=1)  # Σ_i H_ij
-            else:
-                s = torch.einsum("bi,bij->bj", w, h)
-            r = s if r is None else r + s
-        assert r is not None
         scores = r[:, self.adapter.num_prefix_tokens :] * scale
         return pack_output(
             tokens_to_pixels(scores.detach(), grid, images, interpolate_mode),

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from .._guard import evaluates_model, model_call, require_autograd  # noqa: F401
 from .._utils import (  # noqa: F401
+    all_finite,
     TargetType,
     as_target,
     check_choice,

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._utils import check_batch, check_choice, check_number
+from .._utils import all_finite, check_batch, check_choice, check_number
 from . import _core
 
 _NEGATIVES = ("shift", "abs", "clip")
@@ -26,7 +26,7 @@ def _flat(attributions: Any) -> Tensor:
         )
     check_batch("attributions", attr)
     attr = attr.reshape(attr.shape[0], -1).double()
-    if not bool(torch.isfinite(attr).all()):
+    if not all_finite(attr):
         raise ValueError("attributions: contains NaN or infinite values")
     return attr
 

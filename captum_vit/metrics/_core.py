@@ -39,7 +39,7 @@ from .._utils import (
     gaussian_blur,
     progress_bar,
 )
-from .._utils import format_target as _shared_format_target
+from .._utils import all_finite, format_target as _shared_format_target
 from ..vit.adapter import logits_of
 
 TargetType = Union[None, int, Sequence[int], Tensor]
@@ -256,7 +256,7 @@ def reduce_attributions(
             f"attributions: shape {tuple(attr.shape)} matches neither the inputs' "
             f"shape {shape} nor the feature count (B, F) = {(b, num)}{grid}"
         )
-    if not bool(torch.isfinite(out).all()):
+    if not all_finite(out):
         raise ValueError("attributions: contains NaN or infinite values")
     return out
 
@@ -322,7 +322,7 @@ def make_baseline(baseline: BaselineType, inputs: Tensor, seed: int) -> Tensor:
             f"{name}: baseline of shape {tuple(value.shape)} does not broadcast to the "
             f"inputs' shape {shape}"
         )
-    if not bool(torch.isfinite(value).all()):
+    if not all_finite(value):
         raise ValueError(f"{name}: contains NaN or infinite values")
     return value.to(device=inputs.device, dtype=inputs.dtype).expand(shape).contiguous()
 

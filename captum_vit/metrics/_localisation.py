@@ -20,7 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._utils import check_batch, check_choice, check_int, check_number, check_seed
+from .._utils import (
+    all_finite,
+    check_batch,
+    check_choice,
+    check_int,
+    check_number,
+    check_seed,
+)
 from . import _core
 
 BoxesType = Union[Tensor, Sequence[Any]]
@@ -45,7 +52,7 @@ def _maps(attributions: Any, size: Tuple[int, int], interpolate_mode: str) -> Te
             f"shape {tuple(attr.shape)}"
         )
     attr = attr.float()
-    if not bool(torch.isfinite(attr).all()):
+    if not all_finite(attr):
         raise ValueError("attributions: contains NaN or infinite values")
     if _size_of(attr) != tuple(size):
         kw = {} if interpolate_mode == "nearest" else {"align_corners": False}
@@ -96,7 +103,7 @@ def _format_boxes(boxes: BoxesType, batch: int, size: Tuple[int, int]) -> List[T
         t = t.double()
         if t.shape[0] == 0:
             raise ValueError(f"boxes: sample {i} has no box")
-        if not bool(torch.isfinite(t).all()):
+        if not all_finite(t):
             raise ValueError(f"boxes: sample {i} has NaN or infinite coordinates")
         x1, y1, x2, y2 = t.unbind(-1)
         bad = (x1 < 0) | (y1 < 0) | (x2 > w) | (y2 > h)

@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .._utils import check_batch, check_choice, check_subset
+from .._utils import all_finite, check_batch, check_choice, check_subset
 from . import _core
 from ._core import BaselineType, TargetType
 from ._docs import fill_doc
@@ -205,9 +205,9 @@ def area_under_curve(
             f"curves: expected (B, S) = (B, {x.numel()}) curves, got {tuple(y.shape)}"
         )
     check_batch("curves", y)
-    if not bool(torch.isfinite(x).all()) or not bool(((x >= 0) & (x <= 1)).all()):
+    if not all_finite(x) or not bool(((x >= 0) & (x <= 1)).all()):
         raise ValueError("fractions: expected finite values in [0, 1]")
-    if not bool(torch.isfinite(y).all()):
+    if not all_finite(y):
         raise ValueError("curves: contains NaN or infinite values")
     return _core.area(x, y, area)
 

@@ -23,7 +23,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._utils import check_batch, check_choice, check_int, check_number, check_seed
+from .._utils import (
+    all_finite,
+    check_batch,
+    check_choice,
+    check_int,
+    check_number,
+    check_seed,
+)
 from . import _core
 
 _MODES = ("cascading", "independent")
@@ -57,7 +64,7 @@ def _maps(attributions: Any, batch: int, absolute: bool) -> Tensor:
             f"{batch}, got shape {tuple(a.shape)}"
         )
     a = a.double()
-    if not bool(torch.isfinite(a).all()):
+    if not all_finite(a):
         raise ValueError("attributions: contains NaN or infinite values")
     return a.abs() if absolute else a
 
@@ -112,7 +119,7 @@ def ssim(
         )
     for name, t in (("x", x), ("y", y)):
         check_batch(name, t)
-        if not bool(torch.isfinite(t).all()):
+        if not all_finite(t):
             raise ValueError(f"{name}: contains NaN or infinite values")
     data_range = check_number("data_range", data_range, 0.0, low_open=True)
     window = check_int("window", window, 1)

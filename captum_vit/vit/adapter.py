@@ -298,10 +298,7 @@ class ViTAdapter:
     def capabilities(self) -> FrozenSet[str]:
         """The capabilities of this model (see :data:`CAPABILITIES`)."""
         caps = self._basic_capabilities()
-        if self._has_lrp_rules():
-            caps.add(LRP_RULES)
-        if self._lrp_sites()[1] is None:
-            caps.add(ATTNLRP_RULES)
+        caps.update(c for c, check in self._walked_capabilities().items() if check())
         return frozenset(caps)
 
     def _basic_capabilities(self) -> Set[str]:
@@ -312,13 +309,21 @@ class ViTAdapter:
             caps.add(PREFIX_TOKENS)
         return caps
 
+    def _walked_capabilities(self) -> Dict[str, Callable[[], bool]]:
+        """The capabilities whose check walks the blocks, each with its check: run
+        only when that capability is asked for, so the frequent ``has``/``require``
+        calls of the forward paths stay cheap."""
+        return {
+            LRP_RULES: self._has_lrp_rules,
+            ATTNLRP_RULES: lambda: self._lrp_sites()[1] is None,
+        }
+
     def _family_capabilities(self) -> Sequence[str]:
         return (TOKENS, TOKEN_DROP, ATTENTION_MASK, RECORDED_ATTENTION)
 
     def _has_lrp_rules(self) -> bool:
-        """Whether :mod:`captum_vit.vit.lrp`'s rules serve this model. Checked only
-        when asked (it walks every block), so the frequent ``has``/``require`` calls
-        of the forward paths stay cheap."""
+        """Whether :mod:`captum_vit.vit.lrp`'s rules serve this model (one of
+        :meth:`_walked_capabilities`)."""
         return False
 
     def lrp_sites(self, method: str = "AttnLRP") -> LRPSites:
@@ -346,10 +351,9 @@ class ViTAdapter:
 
     def has(self, capability: str) -> bool:
         """Whether the model has ``capability``."""
-        if capability == LRP_RULES:
-            return self._has_lrp_rules()
-        if capability == ATTNLRP_RULES:
-            return self._lrp_sites()[1] is None
+        check = self._walked_capabilities().get(capability)
+        if check is not None:
+            return check()
         return capability in self._basic_capabilities()
 
     @property

@@ -16,7 +16,7 @@ projection, MLP), whose probabilities are reported and differentiable.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch.nn as nn
 from torch import Tensor
@@ -101,21 +101,24 @@ class TimmViTAdapter(TimmTokenAdapter):
 
         m = self.model
         for i, blk in enumerate(m.blocks):
+            # read the children from ``_modules``: this check runs on every call of
+            # an LRP method, and ``nn.Module.__getattr__`` is slow
+            attn, mlp = blk._modules.get("attn"), blk._modules.get("mlp")
             ok = (
                 type(blk) is Block
-                and type(blk.attn) is Attention
-                and getattr(blk.attn, "gate", None) is None
-                and type(blk.mlp) is Mlp
-                and isinstance(blk.mlp.fc1, nn.Linear)
-                and isinstance(blk.mlp.fc2, nn.Linear)
-                and isinstance(blk.attn.qkv, nn.Linear)
-                and isinstance(blk.attn.proj, nn.Linear)
+                and type(attn) is Attention
+                and getattr(attn, "gate", None) is None
+                and type(mlp) is Mlp
+                and isinstance(mlp._modules.get("fc1"), nn.Linear)
+                and isinstance(mlp._modules.get("fc2"), nn.Linear)
+                and isinstance(attn._modules.get("qkv"), nn.Linear)
+                and isinstance(attn._modules.get("proj"), nn.Linear)
             )
             if not ok:
                 return (
                     f"standard pre-norm blocks; block {i} is a {type(blk).__name__} "
-                    f"with {type(blk.attn).__name__} attention and "
-                    f"{type(blk.mlp).__name__} MLP"
+                    f"with {type(attn).__name__} attention and "
+                    f"{type(mlp).__name__} MLP"
                 )
         if self.pool not in ("token", "avg"):
             return f"token or avg pooling, not {self.pool!r}"
@@ -130,9 +133,11 @@ class TimmViTAdapter(TimmTokenAdapter):
         return None
 
     # ------------------------------------------------------ projected values
-    def _family_capabilities(self) -> Sequence[str]:
-        caps = tuple(super()._family_capabilities())
-        return caps + ((VALUE_PROJECTION,) if self._values_readable() else ())
+    def _walked_capabilities(self) -> Dict[str, Callable[[], bool]]:
+        return {
+            **super()._walked_capabilities(),
+            VALUE_PROJECTION: self._values_readable,
+        }
 
     def _values_readable(self) -> bool:
         """Whether every block's attention is a timm ``Attention`` whose values can

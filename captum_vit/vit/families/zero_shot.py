@@ -12,7 +12,7 @@ head is a cosine, not a linear layer).
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch.nn as nn
 from torch import Tensor
@@ -129,6 +129,12 @@ class ZeroShotAdapter(ViTAdapter):
 
     def _family_capabilities(self) -> Sequence[str]:
         return self.inner._family_capabilities()
+
+    def _walked_capabilities(self) -> Dict[str, Callable[[], bool]]:
+        # the tower's block-level checks; the rules of the head are this adapter's
+        inner = self.inner._walked_capabilities()
+        own = super()._walked_capabilities()
+        return {**{c: f for c, f in inner.items() if c not in own}, **own}
 
     def attention_modules(self) -> List[nn.Module]:
         return self.inner.attention_modules()
