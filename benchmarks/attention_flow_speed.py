@@ -20,8 +20,8 @@
 (d) Two threads against one for the per-token problems of one ViT-B image (scipy's
     solver holds the GIL).
 
-Run under the shared lock with one thread:
-    flock /tmp/agents/heavy.lock env OMP_NUM_THREADS=1 PYTHONPATH=$PWD \
+Run with one thread on an otherwise idle machine:
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD \
         python benchmarks/attention_flow_speed.py [--reference GIT_DIR] [--images N]
 """
 

@@ -23,11 +23,12 @@ LXT's efficient mode patches classes (``monkey_patch``), globally, for the proce
 
 Every patch is undone after each use (the class attributes are restored), so both
 sides run in one process on the same weights and images; timings are taken in the
-same run, alternating, median of ``--repeats``.
+same run, the two sides called in turn (at least ``--repeats`` calls and
+``--seconds`` of calls each), minimum of each.
 
 Usage::
 
-    flock /tmp/agents/heavy.lock env OMP_NUM_THREADS=1 PYTHONPATH=$PWD \\
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD \\
         python benchmarks/attnlrp_lxt_compare.py [--quick]
 """
 
@@ -37,14 +38,17 @@ import argparse
 import contextlib
 import statistics
 import sys
-import time
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from captum_vit import AttnLRP
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import Clock, measure_interleaved  # noqa: E402
+
+from captum_vit import AttnLRP  # noqa: E402
 
 
 # ------------------------------------------------------------------ LXT patching
@@ -304,20 +308,14 @@ def compare(
     return pix, pearson(pool(ours), pool(ref)), ours, ref
 
 
-def timed(fn: Callable[[], Any], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small models only")
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="calls each, at least")
+    parser.add_argument(
+        "--seconds", type=float, default=2.0, help="seconds of calls each, at least"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     import lxt
@@ -348,19 +346,20 @@ def main() -> None:
             )
             method = AttnLRP(model, variant=variant, **kw)
             lin, conv = gammas if gammas is not None else (None, None)
-            ours_s, lxt_s = [], []
-            for _ in range(args.repeats):  # alternate, same run
-                ours_s.append(timed(lambda: method.attribute(x, target=t), 1))
-                lxt_s.append(
-                    timed(
-                        lambda: lxt_relevance(model, x, t, kind, variant, lin, conv), 1
-                    )
-                )
+            best = measure_interleaved(
+                Clock(torch.device("cpu")),
+                {
+                    "ours": lambda: method.attribute(x, target=t),
+                    "lxt": lambda: lxt_relevance(model, x, t, kind, variant, lin, conv),
+                },
+                args.seconds,
+                args.repeats,
+            )
             g = "eps" if gammas is None else f"{gammas[0]}, {gammas[1]}"
             print(
                 f"| {name} | {variant} | {g} | {min(pix):.5f} / "
                 f"{statistics.mean(pix):.5f} | {min(patch):.5f} | "
-                f"{statistics.median(ours_s):.3f} | {statistics.median(lxt_s):.3f} |",
+                f"{best['ours']:.4f} | {best['lxt']:.4f} |",
                 flush=True,
             )
 

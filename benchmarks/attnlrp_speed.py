@@ -10,7 +10,7 @@ machine cancels. One thread (``torch.set_num_threads(1)``).
 
 Usage::
 
-    flock /tmp/agents/heavy.lock env OMP_NUM_THREADS=1 PYTHONPATH=$PWD \\
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD \\
         python benchmarks/attnlrp_speed.py [--rounds-small 15] [--rounds-base 5]
 """
 

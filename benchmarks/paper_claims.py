@@ -18,7 +18,14 @@ Englebert et al. 2023), SkipPLUS improving IG and IxG (Mehri et al. 2024; on
 insertion − deletion, the positive/negative accuracy AOPC and faithfulness); and,
 for the baselines of issue 15, TIS above ViT-CX and RISE on insertion − deletion
 (Englebert et al. 2023, Table 1) and Transformer Attribution above rollout and raw
-attention on the positive/negative perturbation curves (Chefer et al. 2021).
+attention on the positive/negative perturbation curves (Chefer et al. 2021). For
+the methods added since (issue 32): TAM and Beyond Intuition (token and head) above
+Transformer Attribution on the perturbation AOPCs (Yuan et al. 2021; Chen et al.
+2023), AttnLRP above it on faithfulness (Achtibat et al. 2024), LeGrad above GenAtt
+on the perturbation AOPCs (Bousselham et al. 2024), Attention Flow above rollout on
+faithfulness correlation (Abnar & Zuidema 2020), and Grad-SAM and partial LRP below
+Transformer Attribution on the perturbation AOPCs (their place in Chefer et al.'s
+tables).
 
 Usage: python benchmarks/paper_claims.py RUN_DIR [RUN_DIR ...] [--markdown]
 """
@@ -41,6 +48,9 @@ from captum_vit.evaluate._pairs import (  # the one pairing, shared with report.
 from captum_vit.evaluate._pairs import per_image as _per_image
 
 __all__ = ["CLAIMS", "DIRECTION", "check", "paired", "per_image", "verdict"]
+
+#: The positive and negative perturbation tests (Chefer et al.'s AOPCs of accuracy)
+_PERTURBATION = ("aopc_acc_positive", "aopc_acc_negative")
 
 #: (paper, winner, loser or "*" for every other method, metrics)
 CLAIMS: List[Tuple[str, str, str, Tuple[str, ...]]] = [
@@ -73,6 +83,32 @@ CLAIMS: List[Tuple[str, str, str, Tuple[str, ...]]] = [
         "raw-attention",
         ("aopc_acc_positive", "aopc_acc_negative"),
     ),
+    # the methods of issues 28-30 against the baselines their papers beat
+    ("Yuan et al. 2021 (TAM)", "tam", "transformer-attribution", _PERTURBATION),
+    (
+        "Chen et al. 2023 (Beyond Intuition)",
+        "beyond-intuition-token",
+        "transformer-attribution",
+        _PERTURBATION,
+    ),
+    (
+        "Chen et al. 2023 (Beyond Intuition)",
+        "beyond-intuition-head",
+        "transformer-attribution",
+        _PERTURBATION,
+    ),
+    (
+        "Achtibat et al. 2024 (AttnLRP)",
+        "attnlrp",
+        "transformer-attribution",
+        ("faithfulness",),
+    ),
+    ("Bousselham et al. 2024 (LeGrad)", "legrad", "genatt", _PERTURBATION),
+    ("Abnar & Zuidema 2020", "attention-flow", "rollout", ("faithfulness",)),
+    # Grad-SAM and partial LRP are baselines below Transformer Attribution in
+    # Chefer et al.'s tables
+    ("Chefer et al. 2021", "transformer-attribution", "gradsam", _PERTURBATION),
+    ("Chefer et al. 2021", "transformer-attribution", "partial-lrp", _PERTURBATION),
 ]
 
 #: metric -> +1 when higher is better, -1 when lower is better, for the metrics the

@@ -25,9 +25,9 @@ batch and reshaped to one image), so at batch 8 it runs once per image.
 
 Usage::
 
-    flock /tmp/agents/heavy.lock env OMP_NUM_THREADS=1 PYTHONPATH=$PWD \\
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD \\
         python benchmarks/tam_bi_compare.py            # Pearson tables
-    flock /tmp/agents/heavy.lock env OMP_NUM_THREADS=1 PYTHONPATH=$PWD \\
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD \\
         python benchmarks/tam_bi_compare.py --speed    # timings
 """
 

@@ -23,7 +23,7 @@ relevance reaches the words (possible with the last block alone) must be all zer
 both sides and is counted apart. Both are timed in the same run
 (``torch.set_num_threads(1)``).
 
-    flock /tmp/agents/heavy.lock env OMP_NUM_THREADS=1 PYTHONPATH=$PWD \\
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD \\
         python benchmarks/text_relevance_compare.py --images 8
 """
 

@@ -9,7 +9,7 @@ image–text model (64 px) with its 10 class prompts. Per model, the tower's for
 classifier's forward alternate, ``--repeats`` times each; the ratio of the medians is
 reported. ``torch.set_num_threads(1)``, run under the shared heavy lock:
 
-    flock /tmp/agents/heavy.lock env OMP_NUM_THREADS=1 PYTHONPATH=$PWD \\
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD \\
         python benchmarks/zero_shot_speed.py
 """
 

@@ -116,3 +116,28 @@ def test_only_the_latest_settings_count(tmp_path: Path) -> None:
         "\n".join(json.dumps(r) for r in lines) + "\n"
     )
     assert pc.per_image(tmp_path)["tis"]["deletion"] == {"a": 0.1, "b": 0.2}
+
+
+def test_every_claim_names_a_method_and_a_column_that_exist() -> None:
+    """A renamed method or column would make ``check`` skip its claims silently."""
+    from captum_vit.evaluate import METRICS
+    from captum_vit.methods import METHODS
+
+    mod = _module()
+    columns = {key for key, _, _ in METRICS}
+    for paper, winner, loser, metrics in mod.CLAIMS:
+        assert winner in METHODS, (paper, winner)
+        assert loser == "*" or loser in METHODS, (paper, loser)
+        assert set(metrics) <= columns, (paper, metrics)
+    claimed = {(w, lo) for _, w, lo, _ in mod.CLAIMS}
+    for pair in [
+        ("tam", "transformer-attribution"),
+        ("beyond-intuition-token", "transformer-attribution"),
+        ("beyond-intuition-head", "transformer-attribution"),
+        ("attnlrp", "transformer-attribution"),
+        ("legrad", "genatt"),
+        ("attention-flow", "rollout"),
+        ("transformer-attribution", "gradsam"),
+        ("transformer-attribution", "partial-lrp"),
+    ]:
+        assert pair in claimed
