@@ -34,7 +34,10 @@ size; how s/image grows with the batch size; how it grows with the image size
 (ViT-B built at each size). Times are the minimum over ``--repeats`` runs for calls
 shorter than a second, three for calls up to 20 s, one otherwise; on the CPU the
 process CPU time is reported too (robust to other load when ``--threads 1``). With a
-GPU (``--device auto`` finds it) the same tables are made on the GPU.
+GPU (``--device auto`` finds it) the same tables are made on the GPU. Each row is
+appended to ``OUT/rows.jsonl`` as soon as it is measured: a run stopped half-way
+(the ViT-B tables with every method take hours of one core) resumes where it
+stopped when run again with the same settings.
 
 Usage (the run behind benchmarks/RESULTS.md)::
 
@@ -345,6 +348,31 @@ def markdown(title: str, rows: List[Dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+class RowLog:
+    """The rows of a speed run, one JSON line each, appended as they are measured."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def rows(self, settings: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+        """``{json.dumps(where): row}`` of the earlier rows with these settings."""
+        out: Dict[str, Dict[str, Any]] = {}
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a kill
+                    continue
+                if rec.get("settings") == settings:
+                    out.setdefault(json.dumps(rec["where"]), rec["row"])
+        return out
+
+    def append(self, record: Dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="auto", help="auto (cpu, + cuda if present)")
@@ -397,47 +425,71 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "tables": {},
     }
     md = [f"<!-- made by benchmarks/speed.py; machine: {result['machine']} -->\n"]
+    # every row is appended to rows.jsonl as it is measured; a rerun with the same
+    # settings and versions takes the rows measured before and measures the rest
+    settings = {
+        k: result["machine"][k] for k in ("platform", "torch", "timm", "threads")
+    }
+    settings.update(
+        {k: str(getattr(args, k)) for k in ("repeats", "tis_masks", "ig_steps")}
+    )
+    settings["rise_masks"] = str(args.rise_masks)
+    log = RowLog(args.out / "rows.jsonl")
+    done = log.rows(settings)
+    if done:
+        print(f"resuming: {len(done)} rows measured before in {log.path}", flush=True)
     for device in devices:
         clock = Clock(device)
         tables: Dict[str, List[Dict[str, Any]]] = {}
 
-        def table(model, extras, methods, batches, floor):
-            return [
-                run_one(
-                    model,
-                    extras,
-                    m,
-                    images(model, b, device),
-                    opts,
-                    clock,
-                    args.repeats,
-                    with_floor=floor,
-                )
-                for m in methods
-                for b in batches
-            ]
+        def table(model, extras, methods, batches, floor, key):
+            rows = []
+            size = ViTAdapter.of(model).image_size[1]
+            for m in methods:
+                for b in batches:
+                    where = [str(device), key, m, b, size]
+                    row = done.get(json.dumps(where))
+                    if row is None:
+                        x = images(model, b, device)
+                        row = run_one(
+                            model, extras, m, x, opts, clock, args.repeats, floor
+                        )
+                        log.append({"settings": settings, "where": where, "row": row})
+                    rows.append(row)
+            return rows
 
         if "embedded" in args.models:
             print(f"== {device}: embedded default model", flush=True)
             model, extras = embedded(device)
-            tables["embedded"] = table(model, extras, args.methods, [args.batch], True)
+            tables["embedded"] = table(
+                model, extras, args.methods, [args.batch], True, "embedded"
+            )
             print(f"== {device}: embedded, batch growth", flush=True)
             tables["embedded_batch"] = table(
-                model, extras, args.methods, args.batch_sizes, False
+                model, extras, args.methods, args.batch_sizes, False, "embedded_batch"
             )
         if "vit_base" in args.models:
             print(f"== {device}: vit_base_patch16_224 at 224", flush=True)
             model, extras = vit_base(224, device)
-            tables["vit_base"] = table(model, extras, args.methods, [args.batch], True)
+            tables["vit_base"] = table(
+                model, extras, args.methods, [args.batch], True, "vit_base"
+            )
             print(f"== {device}: vit_base, batch growth", flush=True)
             tables["vit_base_batch"] = table(
-                model, extras, args.growth_methods, args.base_batch_sizes, False
+                model,
+                extras,
+                args.growth_methods,
+                args.base_batch_sizes,
+                False,
+                "vit_base_batch",
             )
             print(f"== {device}: vit_base, image-size growth", flush=True)
             rows = []
             for size in args.image_sizes:
                 model, extras = vit_base(size, device)
-                rows += table(model, extras, args.growth_methods, [args.batch], False)
+                rows += table(
+                    model, extras, args.growth_methods, [args.batch], False, "size"
+                )
             tables["vit_base_size"] = sorted(
                 rows, key=lambda r: (r["method"], r["size"])
             )
