@@ -60,7 +60,7 @@ def all_finite(tensor: Tensor) -> bool:
     ``torch.isfinite(t).all()`` on a ViT-B batch); only a sum that overflowed, or a
     tensor that is not finite, takes the element-wise check.
     """
-    if tensor.is_floating_point() and math.isfinite(float(tensor.sum())):
+    if tensor.is_floating_point() and math.isfinite(float(tensor.detach().sum())):
         return True
     return bool(torch.isfinite(tensor).all())
 
