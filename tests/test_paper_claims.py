@@ -141,3 +141,35 @@ def test_every_claim_names_a_method_and_a_column_that_exist() -> None:
         ("transformer-attribution", "partial-lrp"),
     ]:
         assert pair in claimed
+
+
+def test_summary_marks_the_best_and_the_methods_level_with_it(tmp_path: Path) -> None:
+    """benchmarks/summary.py: ★ on the best mean, ≈ where the paired interval with
+    the best contains zero, nothing where the best is clearly ahead; the random
+    baseline is never marked."""
+    spec = importlib.util.spec_from_file_location(
+        "summary", ROOT / "benchmarks" / "summary.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = np.random.default_rng(0)
+    base = rng.normal(0.5, 0.1, 40)
+    cols = {
+        "best": base + 0.1,
+        "close": base + 0.1 + rng.normal(0, 0.05, 40),  # level with the best
+        "far": base,  # 0.1 behind on every image: clearly behind
+        "random": base + 0.5,  # a reference row: never best
+    }
+    values = {
+        m: {k: v for k, _, _ in mod.COLUMNS}
+        for m, v in [(m, list(c)) for m, c in cols.items()]
+    }
+    _write(tmp_path, values)
+    cells = mod.summarise(mod.run_data(tmp_path))
+    marks = {m: cells[m]["ins_minus_del"][2] for m in cols}
+    assert marks["random"] == "" and marks["far"] == ""
+    assert {marks["best"], marks["close"]} == {"★", "≈"}
+    # deletion is lower-is-better: the same values make "far" the best there
+    assert cells["far"]["deletion"][2] == "★"
+    text = mod.table(cells, None)
+    assert "★**" in text and text.count("\n") == len(cols) + 2
