@@ -264,21 +264,7 @@ class HFViTAdapter(ViTAdapter):
 
     # ------------------------------------------------------------ masks
     def _block_hooks(self, state: MaskState, out: List[Any]) -> None:
-        def pre(module, args, kwargs):
-            mask = state.additive(args[0].dtype)
-            if mask is None:
-                return args, kwargs
-            if "attention_mask" in kwargs:
-                old = kwargs["attention_mask"]
-                kwargs["attention_mask"] = _combine(old, mask)
-            elif len(args) > 1:
-                args = (args[0], _combine(args[1], mask)) + tuple(args[2:])
-            else:
-                kwargs["attention_mask"] = mask
-            return args, kwargs
-
-        for layer in self.blocks:
-            out.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
+        mask_blocks(self.blocks, state, out)
 
     # ------------------------------------------------------------ AttnLRP
     def _lrp_sites(self) -> Tuple[Optional[LRPSites], Optional[str]]:
@@ -354,6 +340,27 @@ def record_eager(
         handles.append(
             modules[i].register_forward_hook(lambda m, a, out, i=i: report(i, out))
         )
+
+
+def mask_blocks(blocks: List[nn.Module], state: MaskState, out: List[Any]) -> None:
+    """Add the masking context's additive key mask to the ``attention_mask`` that
+    every Hugging Face encoder layer in ``blocks`` receives (positional or keyword,
+    combined with a mask the model already passes); append the hook handles."""
+
+    def pre(module, args, kwargs):
+        mask = state.additive(args[0].dtype)
+        if mask is None:
+            return args, kwargs
+        if "attention_mask" in kwargs:
+            kwargs["attention_mask"] = _combine(kwargs["attention_mask"], mask)
+        elif len(args) > 1:
+            args = (args[0], _combine(args[1], mask)) + tuple(args[2:])
+        else:
+            kwargs["attention_mask"] = mask
+        return args, kwargs
+
+    for layer in blocks:
+        out.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
 
 
 def _combine(old: Optional[Tensor], mask: Tensor) -> Tensor:

@@ -44,7 +44,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..adapter import MaskState, ViTAdapter, register_family
-from .hf import _combine, record_eager
+from .hf import mask_blocks, record_eager
 
 #: Served class names -> kind.
 _CLASSES: Dict[str, str] = {
@@ -223,20 +223,7 @@ class HFCLIPVisionAdapter(ViTAdapter):
 
     # ------------------------------------------------------------ masks
     def _block_hooks(self, state: MaskState, out: List[Any]) -> None:
-        def pre(module, args, kwargs):
-            mask = state.additive(args[0].dtype)
-            if mask is None:
-                return args, kwargs
-            if "attention_mask" in kwargs:
-                kwargs["attention_mask"] = _combine(kwargs["attention_mask"], mask)
-            elif len(args) > 1:
-                args = (args[0], _combine(args[1], mask)) + tuple(args[2:])
-            else:
-                kwargs["attention_mask"] = mask
-            return args, kwargs
-
-        for layer in self.blocks:
-            out.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
+        mask_blocks(self.blocks, state, out)
 
     def _pool_hooks(self, state: MaskState, out: List[Any]) -> None:
         if self.pool != "map":
