@@ -818,21 +818,9 @@ def _load_hf(ref, checkpoint, random_weights, use_ema, quiet=False):
             model = AutoModelForImageClassification.from_config(config)
     else:
 
-        def build(offline: bool) -> nn.Module:
-            return AutoModelForImageClassification.from_pretrained(
-                ref, local_files_only=offline or local
-            )
-
-        if local:
-            try:
-                model = build(True)
-            except Exception as exc:
-                raise ModelError(
-                    f"--model {spec}: cannot load its weights ({_first_line(exc)}); "
-                    "pass --checkpoint PATH or --random-weights"
-                ) from exc
-        else:
-            model = _cached_then_online(spec, "huggingface.co", build)
+        model = _hf_pretrained(
+            spec, local, AutoModelForImageClassification.from_pretrained, ref
+        )
         weights = "pretrained"
     cfg = model.config
     id2label = getattr(cfg, "id2label", None) or {}
@@ -1148,6 +1136,26 @@ def _load_openclip(name, checkpoint, random_weights, use_ema, quiet=False):
     return ImageText(model, tokenizer, "openclip"), [], pre, weights
 
 
+def _hf_pretrained(
+    spec: str, local: bool, from_pretrained: Callable[..., Any], ref: str
+) -> nn.Module:
+    """``from_pretrained(ref)``: from the folder ``ref`` when ``local`` (its failure
+    one line naming --model), else from the Hugging Face cache, then online."""
+
+    def build(offline: bool) -> nn.Module:
+        return from_pretrained(ref, local_files_only=offline or local)
+
+    if not local:
+        return _cached_then_online(spec, "huggingface.co", build)
+    try:
+        return build(True)
+    except Exception as exc:
+        raise ModelError(
+            f"--model {spec}: cannot load its weights ({_first_line(exc)}); "
+            "pass --checkpoint PATH or --random-weights"
+        ) from exc
+
+
 class _VisionConfig:
     """The vision side of an image-text config, for :func:`_hf_preprocessing`."""
 
@@ -1170,19 +1178,7 @@ def _load_hf_image_text(ref, config, local, checkpoint, random_weights, use_ema)
             weights = "checkpoint"
     else:
 
-        def build(offline: bool) -> nn.Module:
-            return AutoModel.from_pretrained(ref, local_files_only=offline or local)
-
-        if local:
-            try:
-                model = build(True)
-            except Exception as exc:
-                raise ModelError(
-                    f"--model {spec}: cannot load its weights ({_first_line(exc)}); "
-                    "pass --checkpoint PATH or --random-weights"
-                ) from exc
-        else:
-            model = _cached_then_online(spec, "huggingface.co", build)
+        model = _hf_pretrained(spec, local, AutoModel.from_pretrained, ref)
         weights = "pretrained"
 
     def get_tokenizer(offline: bool) -> Any:
